@@ -1,0 +1,139 @@
+//! `cargo xtask <command>`: the single entry point to set up, build, run and test the gateway.
+
+mod setup;
+mod shell;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::shell::{Cmd, is_root};
+
+#[derive(Parser)]
+#[command(about = "Set up, build, run and test the MCP edge gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: nightly rust-src, bpf-linker, Debian packages, npm test peers.
+    Setup,
+    /// Build the eBPF object and the gateway release binary that embeds it.
+    Build,
+    /// Build, then run the gateway. Without `--config`, runs a demo in front of a built-in MCP server.
+    Run {
+        /// Arguments passed to the gateway.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run every test: formatting, clippy, unit, eBPF (BPF_PROG_TEST_RUN) and end-to-end tests.
+    /// Tests that need root run when root and are reported as ignored otherwise.
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+    /// `cargo fmt --check` and `cargo clippy` on the host crates, warnings as errors.
+    Lint,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli.command) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    let root = workspace_root();
+    match command {
+        Command::Setup => setup::all(&root),
+        Command::Build => {
+            setup::toolchain(&root)?;
+            let binary = build(&root)?;
+            println!("eBPF object:    {}", ebpf_object(&root)?.display());
+            println!("gateway binary: {}", binary.display());
+            Ok(())
+        }
+        Command::Run { args } => {
+            setup::toolchain(&root)?;
+            let binary = build(&root)?;
+            if !is_root() {
+                eprintln!(
+                    "note: not running as root: the gateway cannot attach XDP without CAP_BPF and \
+                     CAP_NET_ADMIN and will say so; run as root (sudo -E cargo xtask run) for the \
+                     kernel half"
+                );
+            }
+            let status = std::process::Command::new(&binary)
+                .args(&args)
+                .current_dir(&root)
+                .status()?;
+            std::process::exit(status.code().unwrap_or(1));
+        }
+        Command::Test { filter } => test(&root, filter.as_deref()),
+        Command::Lint => lint(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Builds the gateway (its build script compiles and embeds the eBPF object); returns the binary.
+fn build(root: &Path) -> Result<PathBuf> {
+    Cmd::cargo(root, &["build", "--release", "--package", "gateway"]).run()?;
+    Ok(root.join("target/release/gateway"))
+}
+
+/// The eBPF object embedded by the last build (aya-build writes it into the build script's OUT_DIR).
+fn ebpf_object(root: &Path) -> Result<PathBuf> {
+    let build_dir = root.join("target/release/build");
+    let newest = std::fs::read_dir(&build_dir)?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("gateway-"))
+        .map(|entry| entry.path().join("out/gateway-ebpf"))
+        .filter(|object| object.is_file())
+        .max_by_key(|object| object.metadata().and_then(|m| m.modified()).ok());
+    newest.ok_or_else(|| anyhow::anyhow!("no eBPF object under {}", build_dir.display()))
+}
+
+fn lint(root: &Path) -> Result<()> {
+    setup::toolchain(root)?;
+    Cmd::cargo(root, &["fmt", "--all", "--check"]).run()?;
+    Cmd::cargo(
+        root,
+        &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"],
+    )
+    .run()
+}
+
+fn test(root: &Path, filter: Option<&str>) -> Result<()> {
+    setup::all(root)?;
+    lint(root)?;
+    let gateway = build(root)?;
+
+    let mut args = vec!["test", "--workspace", "--release", "--"];
+    if let Some(filter) = filter {
+        args.push(filter);
+    }
+    if is_root() {
+        // Root-only tests are `#[ignore = "needs root: ..."]`; as root they run.
+        args.push("--include-ignored");
+    } else {
+        eprintln!(
+            "note: not root: tests that need root (XDP, BPF_PROG_TEST_RUN, network namespaces) are \
+             reported as ignored"
+        );
+    }
+    Cmd::cargo(root, &args)
+        .env("GATEWAY_BIN", &gateway)
+        .env("RUST_BACKTRACE", "1")
+        .run()
+}
