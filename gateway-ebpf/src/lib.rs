@@ -187,6 +187,9 @@ mod tests {
         let entry = BlockEntry::new(1_000, BlockReason::AuthFailures);
         assert!(entry.is_active(999));
         assert!(!entry.is_active(1_000));
-        assert_eq!(BlockReason::from_u32(entry.reason), Some(BlockReason::AuthFailures));
+        assert_eq!(
+            BlockReason::from_u32(entry.reason),
+            Some(BlockReason::AuthFailures)
+        );
     }
 }

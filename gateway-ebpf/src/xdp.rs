@@ -24,8 +24,7 @@ const VLAN_TAG_LEN: usize = 4;
 const MAX_VLAN_TAGS: usize = 2;
 
 #[map(name = "BLOCKLIST")]
-static BLOCKLIST: HashMap<SourceKey, BlockEntry> =
-    HashMap::with_max_entries(BLOCKLIST_CAPACITY, 0);
+static BLOCKLIST: HashMap<SourceKey, BlockEntry> = HashMap::with_max_entries(BLOCKLIST_CAPACITY, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Verdict::COUNT, 0);

@@ -1,4 +1,18 @@
 //! The MCP edge gateway: a reverse proxy that authenticates, rate-limits and audits every MCP call,
 //! and an XDP program that drops abusive sources in the kernel.
+//!
+//! The request path is in [`proxy`]: [`auth`] -> [`rate_limit`] -> [`audit`] -> [`forward`].
 
+pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod config;
+pub mod demo_upstream;
+pub mod forward;
+pub mod jsonrpc;
+pub mod keys;
+pub mod proxy;
+pub mod rate_limit;
+pub mod server;
+pub mod sessions;
 pub mod xdp;

@@ -1,1 +1,196 @@
-fn main() {}
+use std::{io::Read, net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use gateway::{
+    app,
+    config::{Config, Settings},
+    demo_upstream, keys,
+};
+
+/// XDP-accelerated edge gateway for HTTP-transport MCP servers: per-user bearer keys, per-caller
+/// rate limits, an audit log of every tool call, and kernel-level drops of abusive sources.
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on (overrides `listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// URL of the MCP server (overrides `upstream.url`).
+    #[arg(long)]
+    upstream_url: Option<String>,
+    /// Audit log file (overrides `audit.path`).
+    #[arg(long)]
+    audit_path: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new random key and its SHA-256 for the config.
+    GenKey,
+    /// Read a key on stdin and print its SHA-256 for `key_sha256`.
+    HashKey,
+    /// Validate a configuration file and exit.
+    CheckConfig { file: PathBuf },
+    /// Run a small MCP server (tools `echo` and `add`) to try the gateway with.
+    DemoUpstream {
+        #[arg(long, default_value = "127.0.0.1:3000")]
+        listen: SocketAddr,
+    },
+    /// Run the gateway in front of the built-in demo MCP server, with a fresh key.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Audit log file.
+        #[arg(long, default_value = "logs/mcp-audit.jsonl")]
+        audit_path: PathBuf,
+    },
+}
+
+fn main() {
+    init_logging();
+    if let Err(err) = run(Cli::parse()) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => {
+            let settings = settings(&cli.run)?;
+            runtime()?.block_on(app::run(settings))
+        }
+        Some(Command::GenKey) => {
+            let key = keys::generate()?;
+            println!("key:        {key}");
+            println!("key_sha256: {}", keys::hash(&key)?);
+            Ok(())
+        }
+        Some(Command::HashKey) => {
+            let mut input = String::new();
+            std::io::stdin()
+                .read_to_string(&mut input)
+                .context("cannot read stdin")?;
+            println!("{}", keys::hash(&input)?);
+            Ok(())
+        }
+        Some(Command::CheckConfig { file }) => {
+            let settings = load(
+                &file,
+                &RunArgs {
+                    config: None,
+                    listen: None,
+                    upstream_url: None,
+                    audit_path: None,
+                },
+            )?;
+            println!(
+                "{}: ok ({} users, upstream {})",
+                file.display(),
+                settings.users.len(),
+                settings.upstream_url
+            );
+            Ok(())
+        }
+        Some(Command::DemoUpstream { listen }) => runtime()?.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot bind {listen}"))?;
+            println!("demo MCP server on http://{}/mcp", listener.local_addr()?);
+            demo_upstream::serve(listener).await;
+            Ok(())
+        }),
+        Some(Command::Demo { listen, audit_path }) => runtime()?.block_on(demo(listen, audit_path)),
+    }
+}
+
+fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
+    match &args.config {
+        Some(path) => load(path, args),
+        None => {
+            let url = args.upstream_url.clone().context(
+                "no configuration: pass --config FILE (see README), or --upstream-url with \
+                 MCP_API_KEY / MCP_USER_KEYS set; or try `gateway demo`",
+            )?;
+            let toml = format!("[upstream]\nurl = {}\n", toml_string(&url));
+            validate(Config::from_toml(&toml).map_err(anyhow::Error::msg)?, args)
+        }
+    }
+}
+
+fn load(path: &std::path::Path, args: &RunArgs) -> anyhow::Result<Settings> {
+    validate(Config::from_file(path)?, args)
+}
+
+/// Applies flag overrides and the environment's keys, then validates.
+fn validate(mut config: Config, args: &RunArgs) -> anyhow::Result<Settings> {
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(url) = &args.upstream_url {
+        config.upstream.url = url.clone();
+    }
+    if let Some(path) = &args.audit_path {
+        config.audit.path = path.clone();
+    }
+    let api_key = std::env::var("MCP_API_KEY").ok();
+    let user_keys = std::env::var("MCP_USER_KEYS").ok();
+    Ok(config.validate(api_key.as_deref(), user_keys.as_deref())?)
+}
+
+async fn demo(listen: SocketAddr, audit_path: PathBuf) -> anyhow::Result<()> {
+    let upstream = demo_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let key = keys::generate()?;
+    let toml = format!(
+        "listen = \"{listen}\"\naudit.path = {}\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[[users]]\nname = \"demo\"\nkey_sha256 = \"{}\"\n",
+        toml_string(&audit_path.to_string_lossy()),
+        keys::hash(&key)?
+    );
+    let settings = Config::from_toml(&toml)
+        .map_err(anyhow::Error::msg)?
+        .validate(None, None)?;
+    println!(
+        "Demo: the gateway on http://{listen}/mcp in front of a built-in MCP server (tools: echo, add)."
+    );
+    println!("Key for user \"demo\" (shown once): {key}");
+    println!("Call a tool:");
+    println!(
+        "  curl -s http://{listen}/mcp -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+         -H 'Accept: application/json, text/event-stream' \
+         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"hello\"}}}}}}'"
+    );
+    println!("Audit log: {}   (Ctrl-C to stop)", audit_path.display());
+    app::run(settings).await
+}
+
+fn toml_string(text: &str) -> String {
+    toml::Value::String(text.to_owned()).to_string()
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -93,7 +93,9 @@ pub fn read_stats(ebpf: &Ebpf) -> Result<[(Verdict, u64); Verdict::COUNT as usiz
 }
 
 /// The blocklist map of a loaded object, for reading and writing from userspace.
-pub fn blocklist(ebpf: &mut Ebpf) -> Result<HashMap<&mut MapData, SourceKey, BlockEntry>, XdpError> {
+pub fn blocklist(
+    ebpf: &mut Ebpf,
+) -> Result<HashMap<&mut MapData, SourceKey, BlockEntry>, XdpError> {
     let map = ebpf
         .map_mut(BLOCKLIST_MAP)
         .ok_or(XdpError::Missing(BLOCKLIST_MAP))?;

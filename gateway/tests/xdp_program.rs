@@ -40,7 +40,12 @@ fn ipv6_packet(source: &str) -> Vec<u8> {
     };
     let mut ip = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
     ip.extend_from_slice(&source.octets());
-    ip.extend_from_slice(&"2001:db8::1".parse::<std::net::Ipv6Addr>().expect("addr").octets());
+    ip.extend_from_slice(
+        &"2001:db8::1"
+            .parse::<std::net::Ipv6Addr>()
+            .expect("addr")
+            .octets(),
+    );
     ip.extend_from_slice(&[0x30, 0x39, 0x1f, 0x90, 0, 8, 0, 0]);
     ethernet(0x86DD, &ip)
 }
@@ -57,7 +62,10 @@ fn run(ebpf: &mut Ebpf, frame: &[u8]) -> u32 {
     let program = xdp::program(ebpf).expect("program");
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
-    program.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    program
+        .test_run(opts)
+        .expect("BPF_PROG_TEST_RUN")
+        .return_value
 }
 
 fn counter(ebpf: &Ebpf, verdict: Verdict) -> u64 {

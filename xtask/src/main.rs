@@ -109,7 +109,15 @@ fn lint(root: &Path) -> Result<()> {
     Cmd::cargo(root, &["fmt", "--all", "--check"]).run()?;
     Cmd::cargo(
         root,
-        &["clippy", "--workspace", "--all-targets", "--release", "--", "-D", "warnings"],
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--release",
+            "--",
+            "-D",
+            "warnings",
+        ],
     )
     .run()
 }

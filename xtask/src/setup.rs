@@ -23,10 +23,13 @@ pub fn all(root: &Path) -> Result<()> {
 
 /// Nightly with rust-src and a bpf-linker built against nightly's own LLVM.
 pub fn toolchain(root: &Path) -> Result<()> {
-    let nightly = Cmd::new("rustc").args(["+nightly", "-vV"]).output().context(
-        "the nightly Rust toolchain is missing; it builds the eBPF program. Install it with \
+    let nightly = Cmd::new("rustc")
+        .args(["+nightly", "-vV"])
+        .output()
+        .context(
+            "the nightly Rust toolchain is missing; it builds the eBPF program. Install it with \
          `rustup toolchain install nightly --component rust-src`",
-    )?;
+        )?;
     let llvm_major = llvm_major(&nightly)?;
     if !Cmd::new("rustup")
         .args(["component", "list", "--installed", "--toolchain", "nightly"])
@@ -72,7 +75,9 @@ fn bpf_linker(root: &Path, llvm_major: u32) -> Result<()> {
         );
     }
 
-    let sysroot = Cmd::new("rustc").args(["+nightly", "--print", "sysroot"]).output()?;
+    let sysroot = Cmd::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()?;
     let sysroot_lib = Path::new(sysroot.trim()).join("lib");
     let libllvm = std::fs::read_dir(&sysroot_lib)
         .with_context(|| format!("cannot read {}", sysroot_lib.display()))?
@@ -96,7 +101,9 @@ fn bpf_linker(root: &Path, llvm_major: u32) -> Result<()> {
             .with_context(|| format!("cannot create {}", link.display()))?;
     }
 
-    eprintln!("building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about 2 minutes)");
+    eprintln!(
+        "building bpf-linker {BPF_LINKER_VERSION} against nightly's LLVM {llvm_major} (about 2 minutes)"
+    );
     Cmd::new("cargo")
         .args(["install", "--locked", "--force"])
         .arg(format!("bpf-linker@{BPF_LINKER_VERSION}"))
@@ -117,7 +124,11 @@ fn bpf_linker(root: &Path, llvm_major: u32) -> Result<()> {
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(program, _)| !Cmd::new("sh").args(["-c", &format!("command -v {program}")]).succeeds())
+        .filter(|(program, _)| {
+            !Cmd::new("sh")
+                .args(["-c", &format!("command -v {program}")])
+                .succeeds()
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
@@ -129,7 +140,10 @@ fn debian_packages() -> Result<()> {
             missing.join(" ")
         );
     }
-    Cmd::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive").run()?;
+    Cmd::new("apt-get")
+        .arg("update")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()?;
     Cmd::new("apt-get")
         .args(["install", "-y", "--no-install-recommends"])
         .args(&missing)

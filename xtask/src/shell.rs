@@ -55,7 +55,11 @@ impl Cmd {
 
     fn describe(&self) -> String {
         let program = self.command.get_program().to_string_lossy();
-        let args: Vec<_> = self.command.get_args().map(|a| a.to_string_lossy()).collect();
+        let args: Vec<_> = self
+            .command
+            .get_args()
+            .map(|a| a.to_string_lossy())
+            .collect();
         format!("{program} {}", args.join(" "))
     }
 

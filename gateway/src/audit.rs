@@ -1,0 +1,473 @@
+//! Stage 3: the audit log, JSON Lines, append-only.
+//!
+//! One writer thread owns the file. Requests hand it their lines and wait for the write (and the
+//! fsync, with `audit.fsync = true`) before they are forwarded. The writer takes everything queued
+//! at once and writes it with one `write` and one `fsync` (group commit), so throughput holds under
+//! concurrency. SIGHUP makes it reopen the path (logrotate's `postrotate`); lines queued meanwhile
+//! wait and go to the new file, none are lost.
+
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Write},
+    net::IpAddr,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::jsonrpc::Message;
+
+/// Longest string field written; longer ones are cut and marked.
+const MAX_FIELD_LEN: usize = 256;
+/// Most argument keys written for one message.
+const MAX_ARG_KEYS: usize = 64;
+/// Lines waiting for the writer before requests wait for room (backpressure, bounded memory).
+const QUEUE_CAPACITY: usize = 16_384;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("the audit log cannot be written: {0}")]
+    Write(Arc<io::Error>),
+    #[error("the audit log writer has stopped")]
+    Stopped,
+}
+
+/// What the gateway decided about a request (the `decision` field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    Forwarded,
+    Unauthenticated,
+    InvalidKey,
+    /// Authenticated, but not allowed (another caller's session).
+    Forbidden,
+    RateLimited,
+    BadRequest,
+    TooLarge,
+    /// The audit line could not be written, so the call was refused (only seen in the gateway's
+    /// own log, since the audit log was failing).
+    AuditFailed,
+}
+
+/// The request facts every line of a request repeats.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub ip: IpAddr,
+    pub caller: Option<Arc<str>>,
+    pub user_agent: Option<String>,
+    pub session: Option<String>,
+    pub http_method: String,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    ts: String,
+    event: &'static str,
+    request_id: &'a str,
+    caller: Option<&'a str>,
+    ip: IpAddr,
+    user_agent: Option<&'a str>,
+    session: Option<&'a str>,
+    http_method: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arg_keys: Option<Vec<&'a str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_ms: Option<f64>,
+}
+
+impl<'a> Line<'a> {
+    fn new(event: &'static str, ctx: &'a RequestContext) -> Self {
+        Line {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            event,
+            request_id: &ctx.request_id,
+            caller: ctx.caller.as_deref(),
+            ip: ctx.ip,
+            user_agent: ctx.user_agent.as_deref().map(cap),
+            session: ctx.session.as_deref().map(cap),
+            http_method: &ctx.http_method,
+            method: None,
+            tool: None,
+            arg_keys: None,
+            decision: None,
+            status: None,
+            latency_ms: None,
+        }
+    }
+
+    fn append_to(&self, out: &mut Vec<u8>) {
+        // Serializing plain strings and numbers cannot fail.
+        if serde_json::to_writer(&mut *out, self).is_ok() {
+            out.push(b'\n');
+        }
+    }
+}
+
+/// `event: "request"` lines: one per JSON-RPC message, or one for a request without messages
+/// (GET, DELETE, or refused before the body was read).
+pub fn request_lines(ctx: &RequestContext, messages: &[Message], decision: Decision) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256 * messages.len().max(1));
+    if messages.is_empty() {
+        let mut line = Line::new("request", ctx);
+        line.decision = Some(decision);
+        line.append_to(&mut out);
+    }
+    for message in messages {
+        let mut line = Line::new("request", ctx);
+        line.method = message.method.as_deref().map(cap);
+        line.tool = message.tool().map(cap);
+        line.arg_keys = message
+            .method
+            .as_deref()
+            .is_some_and(|m| m == "tools/call" || m == "prompts/get")
+            .then(|| {
+                message
+                    .arg_keys
+                    .iter()
+                    .take(MAX_ARG_KEYS)
+                    .map(|k| cap(k))
+                    .collect()
+            });
+        line.decision = Some(decision);
+        line.append_to(&mut out);
+    }
+    out
+}
+
+/// The `event: "response"` line of a forwarded request: upstream status and time to its headers.
+pub fn response_line(ctx: &RequestContext, status: u16, latency: Duration) -> Vec<u8> {
+    let mut line = Line::new("response", ctx);
+    line.status = Some(status);
+    line.latency_ms = Some((latency.as_secs_f64() * 1e6).round() / 1e3);
+    let mut out = Vec::with_capacity(256);
+    line.append_to(&mut out);
+    out
+}
+
+/// Cuts a field to [`MAX_FIELD_LEN`] bytes on a character boundary, marking the cut.
+fn cap(field: &str) -> &str {
+    if field.len() <= MAX_FIELD_LEN {
+        return field;
+    }
+    let mut end = MAX_FIELD_LEN;
+    while !field.is_char_boundary(end) {
+        end -= 1;
+    }
+    &field[..end]
+}
+
+enum Command {
+    Write {
+        lines: Vec<u8>,
+        done: Option<oneshot::Sender<Result<(), Arc<io::Error>>>>,
+    },
+    Reopen,
+}
+
+/// Handle to the audit writer; cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    commands: mpsc::Sender<Command>,
+}
+
+impl AuditLog {
+    /// Opens (creating it and its directory if needed) the log and starts the writer thread.
+    pub fn open(path: &Path, fsync: bool) -> io::Result<Self> {
+        let file = open_append(path)?;
+        let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let writer = Writer {
+            path: path.to_owned(),
+            file,
+            fsync,
+            ends_mid_line: false,
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(receiver))?;
+        Ok(Self { commands })
+    }
+
+    /// Appends `lines` and returns once they are written (and synced, in fsync mode).
+    pub async fn write(&self, lines: Vec<u8>) -> Result<(), AuditError> {
+        let (done, written) = oneshot::channel();
+        self.commands
+            .send(Command::Write {
+                lines,
+                done: Some(done),
+            })
+            .await
+            .map_err(|_| AuditError::Stopped)?;
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(AuditError::Write(err)),
+            Err(_) => Err(AuditError::Stopped),
+        }
+    }
+
+    /// Appends `lines` without waiting (for lines written after the fact, such as responses).
+    pub fn write_in_background(&self, lines: Vec<u8>) {
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            if commands
+                .send(Command::Write { lines, done: None })
+                .await
+                .is_err()
+            {
+                tracing::error!("audit log writer has stopped; a response line was not written");
+            }
+        });
+    }
+
+    /// Reopens the file at the configured path (after logrotate moved it).
+    pub async fn reopen(&self) {
+        if self.commands.send(Command::Reopen).await.is_err() {
+            tracing::error!("audit log writer has stopped; cannot reopen");
+        }
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    // The log names callers and addresses: readable by the gateway's user only.
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+}
+
+struct Writer {
+    path: PathBuf,
+    file: File,
+    fsync: bool,
+    /// A failed write may have left a partial line; the next write starts on a fresh line.
+    ends_mid_line: bool,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        let mut buffer = Vec::with_capacity(64 * 1024);
+        let mut waiting = Vec::new();
+        while let Some(first) = receiver.blocking_recv() {
+            let mut next = Some(first);
+            while let Some(command) = next.take().or_else(|| receiver.try_recv().ok()) {
+                match command {
+                    Command::Write { lines, done } => {
+                        buffer.extend_from_slice(&lines);
+                        waiting.extend(done);
+                    }
+                    Command::Reopen => {
+                        // Everything queued before the reopen goes to the old file.
+                        self.commit(&mut buffer, &mut waiting);
+                        self.reopen();
+                    }
+                }
+                if buffer.len() >= 1024 * 1024 {
+                    break;
+                }
+            }
+            self.commit(&mut buffer, &mut waiting);
+        }
+    }
+
+    fn commit(
+        &mut self,
+        buffer: &mut Vec<u8>,
+        waiting: &mut Vec<oneshot::Sender<Result<(), Arc<io::Error>>>>,
+    ) {
+        if buffer.is_empty() && waiting.is_empty() {
+            return;
+        }
+        let result = self.write_all(buffer).map_err(Arc::new);
+        if let Err(err) = &result {
+            tracing::error!(path = %self.path.display(), error = %err, "audit log write failed; refusing requests until it works again");
+        }
+        for done in waiting.drain(..) {
+            // The request may have gone away meanwhile; nothing to tell then.
+            let _ = done.send(result.clone());
+        }
+        buffer.clear();
+    }
+
+    fn write_all(&mut self, buffer: &[u8]) -> io::Result<()> {
+        if self.ends_mid_line {
+            self.file.write_all(b"\n")?;
+            self.ends_mid_line = false;
+        }
+        if let Err(err) = self.file.write_all(buffer) {
+            self.ends_mid_line = true;
+            return Err(err);
+        }
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn reopen(&mut self) {
+        match open_append(&self.path) {
+            Ok(file) => {
+                self.file = file;
+                self.ends_mid_line = false;
+                tracing::info!(path = %self.path.display(), "audit log reopened");
+            }
+            // Keep writing to the old file: lines land in the rotated file rather than nowhere.
+            Err(err) => {
+                tracing::error!(path = %self.path.display(), error = %err, "cannot reopen the audit log; still writing to the previous file")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn ctx() -> RequestContext {
+        RequestContext {
+            request_id: "r-1".into(),
+            ip: "192.0.2.1".parse().unwrap(),
+            caller: Some("alice".into()),
+            user_agent: Some("x".repeat(1000)),
+            session: Some("s-1".into()),
+            http_method: "POST".into(),
+        }
+    }
+
+    fn parse_lines(bytes: &[u8]) -> Vec<Value> {
+        std::str::from_utf8(bytes)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn request_lines_have_the_documented_fields_and_no_values() {
+        let body = crate::jsonrpc::inspect(
+            br#"[{"id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"top-secret"}}},{"method":"notifications/initialized"}]"#,
+        )
+        .unwrap();
+        let bytes = request_lines(&ctx(), &body.messages, Decision::Forwarded);
+        assert!(!String::from_utf8_lossy(&bytes).contains("top-secret"));
+        let lines = parse_lines(&bytes);
+        assert_eq!(lines.len(), 2);
+        let call = &lines[0];
+        for field in [
+            "ts",
+            "request_id",
+            "caller",
+            "ip",
+            "user_agent",
+            "session",
+            "method",
+            "tool",
+            "arg_keys",
+            "decision",
+        ] {
+            assert!(call.get(field).is_some(), "missing {field}: {call}");
+        }
+        assert_eq!(call["event"], "request");
+        assert_eq!(call["tool"], "echo");
+        assert_eq!(call["arg_keys"], serde_json::json!(["message"]));
+        assert_eq!(call["decision"], "forwarded");
+        assert_eq!(call["user_agent"].as_str().unwrap().len(), MAX_FIELD_LEN);
+        let ts = call["ts"].as_str().unwrap();
+        assert!(
+            ts.ends_with('Z') && ts.len() == "2026-01-01T00:00:00.000Z".len(),
+            "{ts}"
+        );
+        assert_eq!(lines[1]["method"], "notifications/initialized");
+        assert!(lines[1].get("tool").is_none());
+    }
+
+    #[test]
+    fn denied_requests_without_body_get_one_line() {
+        let mut ctx = ctx();
+        ctx.caller = None;
+        let lines = parse_lines(&request_lines(&ctx, &[], Decision::Unauthenticated));
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["decision"], "unauthenticated");
+        assert_eq!(lines[0]["caller"], Value::Null);
+    }
+
+    #[test]
+    fn response_line_carries_status_and_latency() {
+        let line = &parse_lines(&response_line(&ctx(), 200, Duration::from_micros(1500)))[0];
+        assert_eq!(line["event"], "response");
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["latency_ms"], 1.5);
+    }
+
+    #[test]
+    fn cap_respects_char_boundaries() {
+        let long = "é".repeat(200);
+        let capped = cap(&long);
+        assert!(capped.len() <= MAX_FIELD_LEN);
+        assert!(capped.chars().all(|c| c == 'é'));
+    }
+
+    #[tokio::test]
+    async fn writes_survive_reopen_after_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit/log.jsonl");
+        let log = AuditLog::open(&path, true).unwrap();
+        log.write(b"{\"n\":1}\n".to_vec()).await.unwrap();
+        std::fs::rename(&path, dir.path().join("audit/log.jsonl.1")).unwrap();
+        log.write(b"{\"n\":2}\n".to_vec()).await.unwrap();
+        log.reopen().await;
+        log.write(b"{\"n\":3}\n".to_vec()).await.unwrap();
+        let rotated = std::fs::read_to_string(dir.path().join("audit/log.jsonl.1")).unwrap();
+        let current = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(rotated, "{\"n\":1}\n{\"n\":2}\n");
+        assert_eq!(current, "{\"n\":3}\n");
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_all_land_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let log = AuditLog::open(&path, true).unwrap();
+        let tasks: Vec<_> = (0..200)
+            .map(|i| {
+                let log = log.clone();
+                tokio::spawn(
+                    async move { log.write(format!("{{\"n\":{i}}}\n").into_bytes()).await },
+                )
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let mut seen: Vec<u64> = parse_lines(&std::fs::read(&path).unwrap())
+            .iter()
+            .map(|v| v["n"].as_u64().unwrap())
+            .collect();
+        seen.sort();
+        assert_eq!(seen, (0..200).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_is_reported() {
+        // /dev/full accepts the open and fails every write with ENOSPC: a full disk.
+        let log = AuditLog::open(Path::new("/dev/full"), false).unwrap();
+        let err = log.write(b"{}\n".to_vec()).await.unwrap_err();
+        assert!(matches!(err, AuditError::Write(_)), "{err}");
+    }
+}

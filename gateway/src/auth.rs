@@ -1,0 +1,225 @@
+//! Stage 1: authentication. Per-user bearer keys, stored only as SHA-256 digests.
+//!
+//! Lookup hashes the presented token, finds the user by digest and confirms with a constant-time
+//! comparison, so neither the map lookup nor the final check leaks how much of a key matched.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use hyper::{HeaderMap, header::AUTHORIZATION};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{RateLimit, User};
+
+/// SHA-256 of a key. Compared only in constant time.
+#[derive(Clone, Copy, Hash)]
+pub struct Sha256Digest([u8; 32]);
+
+impl Sha256Digest {
+    pub fn of(bytes: &[u8]) -> Self {
+        Self(Sha256::digest(bytes).into())
+    }
+
+    pub fn from_hex(hex_digest: &str) -> Option<Self> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(hex_digest.trim(), &mut digest).ok()?;
+        Some(Self(digest))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl ConstantTimeEq for Sha256Digest {
+    fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+impl PartialEq for Sha256Digest {
+    fn eq(&self, other: &Self) -> bool {
+        self.ct_eq(other).into()
+    }
+}
+
+impl Eq for Sha256Digest {}
+
+impl fmt::Debug for Sha256Digest {
+    // A digest of a key is still key material: never print it in logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sha256Digest(..)")
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug)]
+pub struct Caller {
+    pub name: Arc<str>,
+    /// Per-user rate limit, if the config overrides the default.
+    pub limit: Option<RateLimit>,
+    key_digest: Sha256Digest,
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("authentication required: send your key as `Authorization: Bearer <key>`")]
+    Missing,
+    #[error("malformed Authorization header: expected `Authorization: Bearer <key>`")]
+    Malformed,
+    #[error("invalid key: the bearer key is not known to this gateway")]
+    InvalidKey,
+}
+
+/// The users the gateway accepts, keyed by the digest of their key.
+pub struct Authenticator {
+    by_digest: HashMap<Sha256Digest, Arc<Caller>>,
+}
+
+impl Authenticator {
+    pub fn new(users: &[User]) -> Self {
+        let by_digest = users
+            .iter()
+            .map(|user| {
+                let caller = Caller {
+                    name: user.name.as_str().into(),
+                    limit: user.limit,
+                    key_digest: user.key_digest,
+                };
+                (user.key_digest, Arc::new(caller))
+            })
+            .collect();
+        Self { by_digest }
+    }
+
+    /// The caller whose key is in the `Authorization: Bearer` header. The query string is never
+    /// consulted: keys in URLs end up in logs and browser histories.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Caller>, AuthError> {
+        let mut values = headers.get_all(AUTHORIZATION).iter();
+        let value = values.next().ok_or(AuthError::Missing)?;
+        if values.next().is_some() {
+            return Err(AuthError::Malformed);
+        }
+        let token = bearer_token(value.as_bytes()).ok_or(AuthError::Malformed)?;
+        let digest = Sha256Digest::of(token);
+        let caller = self.by_digest.get(&digest).ok_or(AuthError::InvalidKey)?;
+        if bool::from(caller.key_digest.ct_eq(&digest)) {
+            Ok(Arc::clone(caller))
+        } else {
+            Err(AuthError::InvalidKey)
+        }
+    }
+}
+
+/// The token of a `Bearer` credential (scheme case-insensitive, RFC 9110 §11.1).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.strip_prefix(b" ")?.trim_ascii();
+    // token68 characters only; anything else (spaces, a second credential) is malformed.
+    let valid = !token.is_empty()
+        && token
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(b));
+    valid.then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn authenticator() -> Authenticator {
+        Authenticator::new(&[
+            User {
+                name: "alice".into(),
+                key_digest: Sha256Digest::of(b"alice-key"),
+                limit: None,
+            },
+            User {
+                name: "bob".into(),
+                key_digest: Sha256Digest::of(b"bob-key"),
+                limit: None,
+            },
+        ])
+    }
+
+    fn with_auth(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    fn caller(value: &str) -> Result<String, AuthError> {
+        authenticator()
+            .authenticate(&with_auth(value))
+            .map(|caller| caller.name.to_string())
+    }
+
+    #[test]
+    fn each_key_identifies_its_user() {
+        assert_eq!(caller("Bearer alice-key").unwrap(), "alice");
+        assert_eq!(caller("Bearer bob-key").unwrap(), "bob");
+    }
+
+    #[test]
+    fn scheme_is_case_insensitive() {
+        assert_eq!(caller("bearer alice-key").unwrap(), "alice");
+        assert_eq!(caller("BEARER alice-key").unwrap(), "alice");
+    }
+
+    #[test]
+    fn missing_malformed_and_wrong_keys_are_told_apart() {
+        assert_eq!(
+            authenticator().authenticate(&HeaderMap::new()).unwrap_err(),
+            AuthError::Missing
+        );
+        for malformed in [
+            "Basic YWxpY2U6eA==",
+            "Bearer",
+            "Bearer ",
+            "Bearer a b",
+            "Beareralice-key",
+            "Token alice-key",
+        ] {
+            assert_eq!(
+                caller(malformed).unwrap_err(),
+                AuthError::Malformed,
+                "{malformed}"
+            );
+        }
+        assert_eq!(
+            caller("Bearer alice-kez").unwrap_err(),
+            AuthError::InvalidKey
+        );
+        assert_eq!(
+            caller("Bearer alice-key-and-more").unwrap_err(),
+            AuthError::InvalidKey
+        );
+    }
+
+    #[test]
+    fn two_authorization_headers_are_malformed() {
+        let mut headers = with_auth("Bearer alice-key");
+        headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer bob-key"));
+        assert_eq!(
+            authenticator().authenticate(&headers).unwrap_err(),
+            AuthError::Malformed
+        );
+    }
+
+    #[test]
+    fn digests_roundtrip_through_hex() {
+        let digest = Sha256Digest::of(b"password");
+        assert_eq!(
+            digest.to_hex(),
+            "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8"
+        );
+        assert_eq!(Sha256Digest::from_hex(&digest.to_hex()), Some(digest));
+        assert_eq!(Sha256Digest::from_hex("xyz"), None);
+        assert_eq!(format!("{digest:?}"), "Sha256Digest(..)");
+    }
+}

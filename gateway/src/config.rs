@@ -1,0 +1,547 @@
+//! Configuration: a TOML file, overridden by flags and the `MCP_API_KEY` / `MCP_USER_KEYS`
+//! environment variables, validated at start with errors that name the field.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use hyper::Uri;
+use serde::Deserialize;
+
+use crate::auth::Sha256Digest;
+
+/// The configuration file, as written by an operator. Unknown keys are an error, so a typo never
+/// silently falls back to a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "defaults::mcp_path")]
+    pub mcp_path: String,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub xdp: XdpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port/path` of the MCP server.
+    pub url: String,
+    /// Header that carries the authenticated caller's name upstream.
+    #[serde(default = "defaults::caller_header")]
+    pub caller_header: String,
+    /// Longest wait for the upstream's response headers (streams may then run longer).
+    #[serde(default = "defaults::timeout_secs")]
+    pub timeout_secs: u64,
+    /// Credential sent upstream as `Authorization` (the caller's own key never is).
+    #[serde(default)]
+    pub authorization: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub requests: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default = "defaults::requests")]
+    pub requests: u32,
+    #[serde(default = "defaults::window_secs")]
+    pub window_secs: u64,
+    /// HTTP status of a rate-limited answer: 429, or 200 for clients that break on any non-2xx.
+    #[serde(default = "defaults::rate_limit_status")]
+    pub status: u16,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests: defaults::requests(),
+            window_secs: defaults::window_secs(),
+            status: defaults::rate_limit_status(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "defaults::audit_path")]
+    pub path: PathBuf,
+    /// Wait for fsync before forwarding (group commit keeps throughput under concurrency).
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: defaults::audit_path(),
+            fsync: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Hex SHA-256 of the user's key (`gateway hash-key`).
+    pub key_sha256: String,
+    #[serde(default)]
+    pub rate_limit: Option<Limit>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpConfig {
+    /// Load the XDP program and attach it to `interface`.
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub interface: Option<String>,
+    #[serde(default)]
+    pub mode: XdpModeConfig,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    /// Driver mode, falling back to generic (skb) mode where the driver has no XDP support.
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+mod defaults {
+    use std::{net::SocketAddr, path::PathBuf};
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn mcp_path() -> String {
+        "/mcp".into()
+    }
+    pub fn max_body_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn caller_header() -> String {
+        "X-MCP-Caller".into()
+    }
+    pub fn timeout_secs() -> u64 {
+        300
+    }
+    pub fn requests() -> u32 {
+        100
+    }
+    pub fn window_secs() -> u64 {
+        60
+    }
+    pub fn rate_limit_status() -> u16 {
+        429
+    }
+    pub fn audit_path() -> PathBuf {
+        PathBuf::from("logs/mcp-audit.jsonl")
+    }
+}
+
+/// A configuration problem, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// A user the gateway accepts, with the digest of their key.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub key_digest: Sha256Digest,
+    pub limit: Option<RateLimit>,
+}
+
+/// A request budget: at most `requests` in any window of `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: NonZeroU32,
+    pub window: Duration,
+}
+
+/// The validated configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub mcp_path: String,
+    pub max_body_bytes: usize,
+    pub upstream_url: Uri,
+    pub caller_header: hyper::header::HeaderName,
+    pub upstream_timeout: Duration,
+    pub upstream_authorization: Option<hyper::header::HeaderValue>,
+    pub default_limit: RateLimit,
+    pub rate_limit_status: hyper::StatusCode,
+    pub audit_path: PathBuf,
+    pub audit_fsync: bool,
+    pub users: Vec<User>,
+    pub xdp: XdpConfig,
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML; the error names the key and line (toml's own message).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|err| err.to_string().trim_end().to_owned())
+    }
+
+    /// Checks every field and adds the users from `MCP_API_KEY` / `MCP_USER_KEYS` (given as
+    /// arguments so tests need not touch the process environment).
+    pub fn validate(
+        self,
+        mcp_api_key: Option<&str>,
+        mcp_user_keys: Option<&str>,
+    ) -> Result<Settings, ConfigError> {
+        if !self.mcp_path.starts_with('/') {
+            return Err(invalid("mcp_path", "must start with '/'"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be at least 1"));
+        }
+        let upstream_url: Uri = self
+            .upstream
+            .url
+            .parse()
+            .map_err(|err| invalid("upstream.url", format!("not a URL: {err}")))?;
+        if upstream_url.scheme_str() != Some("http") || upstream_url.authority().is_none() {
+            return Err(invalid(
+                "upstream.url",
+                "must be http://host:port/path (the gateway speaks plain HTTP to its upstream)",
+            ));
+        }
+        let caller_header =
+            hyper::header::HeaderName::from_bytes(self.upstream.caller_header.as_bytes())
+                .map_err(|_| invalid("upstream.caller_header", "not a valid HTTP header name"))?;
+        if caller_header == hyper::header::AUTHORIZATION || caller_header == hyper::header::HOST {
+            return Err(invalid(
+                "upstream.caller_header",
+                "must not be Authorization or Host",
+            ));
+        }
+        if self.upstream.timeout_secs == 0 {
+            return Err(invalid("upstream.timeout_secs", "must be at least 1"));
+        }
+        let upstream_authorization = self
+            .upstream
+            .authorization
+            .as_deref()
+            .map(|value| {
+                let mut value = hyper::header::HeaderValue::from_str(value)
+                    .map_err(|_| invalid("upstream.authorization", "not a valid header value"))?;
+                value.set_sensitive(true);
+                Ok(value)
+            })
+            .transpose()?;
+        let default_limit = rate_limit(
+            "rate_limit",
+            Limit {
+                requests: self.rate_limit.requests,
+                window_secs: self.rate_limit.window_secs,
+            },
+        )?;
+        let rate_limit_status = match self.rate_limit.status {
+            429 => hyper::StatusCode::TOO_MANY_REQUESTS,
+            200 => hyper::StatusCode::OK,
+            other => {
+                return Err(invalid(
+                    "rate_limit.status",
+                    format!("must be 429 or 200, not {other}"),
+                ));
+            }
+        };
+        if self.audit.path.as_os_str().is_empty() {
+            return Err(invalid("audit.path", "must not be empty"));
+        }
+        if self.xdp.enabled && self.xdp.interface.as_deref().unwrap_or("").is_empty() {
+            return Err(invalid(
+                "xdp.interface",
+                "required when xdp.enabled = true (e.g. \"eth0\")",
+            ));
+        }
+
+        let mut users = Vec::with_capacity(self.users.len());
+        for (index, user) in self.users.iter().enumerate() {
+            let field = |name: &str| format!("users[{index}].{name}");
+            check_user_name(&user.name).map_err(|message| invalid(field("name"), message))?;
+            let key_digest = Sha256Digest::from_hex(&user.key_sha256).ok_or_else(|| {
+                invalid(
+                    field("key_sha256"),
+                    "must be 64 hex characters (SHA-256 of the key: `gateway hash-key`)",
+                )
+            })?;
+            let limit = user
+                .rate_limit
+                .map(|limit| rate_limit(&field("rate_limit"), limit))
+                .transpose()?;
+            users.push(User {
+                name: user.name.clone(),
+                key_digest,
+                limit,
+            });
+        }
+        if let Some(key) = mcp_api_key {
+            users.push(env_user("MCP_API_KEY", "default", key)?);
+        }
+        if let Some(json) = mcp_user_keys {
+            let keys: BTreeMap<String, String> = serde_json::from_str(json).map_err(|err| {
+                invalid(
+                    "MCP_USER_KEYS",
+                    format!("must be a JSON object of user name -> key: {err}"),
+                )
+            })?;
+            for (name, key) in &keys {
+                users.push(env_user(&format!("MCP_USER_KEYS.{name}"), name, key)?);
+            }
+        }
+        for (index, user) in users.iter().enumerate() {
+            if let Some(other) = users[..index].iter().find(|u| u.name == user.name) {
+                return Err(invalid(
+                    format!("users ({})", other.name),
+                    "user name defined twice",
+                ));
+            }
+            if users[..index].iter().any(|u| {
+                bool::from(subtle::ConstantTimeEq::ct_eq(
+                    &u.key_digest,
+                    &user.key_digest,
+                ))
+            }) {
+                return Err(invalid(
+                    format!("users ({})", user.name),
+                    "same key as another user: every user needs their own key",
+                ));
+            }
+        }
+        if users.is_empty() {
+            return Err(invalid(
+                "users",
+                "no users: add [[users]] entries, or set MCP_API_KEY or MCP_USER_KEYS",
+            ));
+        }
+
+        Ok(Settings {
+            listen: self.listen,
+            mcp_path: self.mcp_path,
+            max_body_bytes: self.max_body_bytes,
+            upstream_url,
+            caller_header,
+            upstream_timeout: Duration::from_secs(self.upstream.timeout_secs),
+            upstream_authorization,
+            default_limit,
+            rate_limit_status,
+            audit_path: self.audit.path,
+            audit_fsync: self.audit.fsync,
+            users,
+            xdp: self.xdp,
+        })
+    }
+}
+
+fn rate_limit(field: &str, limit: Limit) -> Result<RateLimit, ConfigError> {
+    let requests = NonZeroU32::new(limit.requests)
+        .ok_or_else(|| invalid(format!("{field}.requests"), "must be at least 1"))?;
+    if limit.window_secs == 0 || limit.window_secs > 86_400 {
+        return Err(invalid(
+            format!("{field}.window_secs"),
+            "must be between 1 and 86400",
+        ));
+    }
+    Ok(RateLimit {
+        requests,
+        window: Duration::from_secs(limit.window_secs),
+    })
+}
+
+fn check_user_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    // The name travels upstream in a header and into the audit log.
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return Err("may only contain letters, digits and - _ . @");
+    }
+    Ok(())
+}
+
+fn env_user(field: &str, name: &str, key: &str) -> Result<User, ConfigError> {
+    check_user_name(name).map_err(|message| invalid(field, message))?;
+    if key.len() < 16 {
+        return Err(invalid(
+            field,
+            "key must be at least 16 characters (`gateway gen-key` makes one)",
+        ));
+    }
+    Ok(User {
+        name: name.to_owned(),
+        key_digest: Sha256Digest::of(key.as_bytes()),
+        limit: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY_HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+    fn settings(toml: &str) -> Result<Settings, ConfigError> {
+        Config::from_toml(toml)
+            .map_err(|message| ConfigError::Parse {
+                path: "test.toml".into(),
+                message,
+            })?
+            .validate(None, None)
+    }
+
+    fn error(toml: &str) -> String {
+        settings(toml)
+            .expect_err("config should be rejected")
+            .to_string()
+    }
+
+    fn with_user(rest: &str) -> String {
+        format!(
+            "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n{rest}\n[[users]]\nname = \"alice\"\nkey_sha256 = \"{KEY_HASH}\"\n"
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let settings = settings(&with_user("")).expect("valid");
+        assert_eq!(settings.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(settings.mcp_path, "/mcp");
+        assert_eq!(settings.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(settings.caller_header.as_str(), "x-mcp-caller");
+        assert_eq!(settings.upstream_timeout, Duration::from_secs(300));
+        assert_eq!(settings.default_limit.requests.get(), 100);
+        assert_eq!(settings.default_limit.window, Duration::from_secs(60));
+        assert_eq!(
+            settings.rate_limit_status,
+            hyper::StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(settings.audit_path, PathBuf::from("logs/mcp-audit.jsonl"));
+        assert!(!settings.audit_fsync);
+        assert_eq!(settings.users.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(error(&with_user("timeout_secs = 0")).contains("upstream.timeout_secs"));
+        assert!(
+            error("[upstream]\nurl = \"https://x/mcp\"\n[[users]]\nname=\"a\"\nkey_sha256=\"00\"")
+                .contains("upstream.url")
+        );
+        let bad_hash = format!(
+            "[upstream]\nurl = \"http://h:1/\"\n[[users]]\nname = \"a\"\nkey_sha256 = \"abc\""
+        );
+        assert!(error(&bad_hash).contains("users[0].key_sha256"));
+        assert!(
+            error(&format!("{}[rate_limit]\nrequests = 0\n", with_user("")))
+                .contains("rate_limit.requests")
+        );
+        assert!(
+            error(&format!("{}[rate_limit]\nstatus = 503\n", with_user("")))
+                .contains("rate_limit.status")
+        );
+        // Unknown keys and wrong types name the key, with toml's line information.
+        assert!(error(&format!("{}\nlisten_port = 3\n", with_user(""))).contains("listen_port"));
+        assert!(error(&format!("listen = \"nowhere\"\n{}", with_user(""))).contains("listen"));
+        assert!(error("[upstream]\nurl = \"http://h:1/\"\n").contains("users"));
+        assert!(
+            error(&format!("{}[xdp]\nenabled = true\n", with_user(""))).contains("xdp.interface")
+        );
+    }
+
+    #[test]
+    fn env_keys_add_users() {
+        let config = Config::from_toml("[upstream]\nurl = \"http://h:1/mcp\"\n").unwrap();
+        let settings = config
+            .validate(
+                Some("shared-key-0123456789"),
+                Some(r#"{"bob": "bob-key-0123456789", "carol": "carol-key-0123456789"}"#),
+            )
+            .expect("valid");
+        let names: Vec<_> = settings.users.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["default", "bob", "carol"]);
+        assert_eq!(
+            settings.users[1].key_digest,
+            Sha256Digest::of(b"bob-key-0123456789")
+        );
+
+        let config = Config::from_toml("[upstream]\nurl = \"http://h:1/mcp\"\n").unwrap();
+        let err = config
+            .validate(None, Some("[1,2]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MCP_USER_KEYS"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_users_and_shared_keys_are_rejected() {
+        let twice = format!(
+            "{}[[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n",
+            with_user(""),
+            "ab".repeat(32)
+        );
+        assert!(error(&twice).contains("defined twice"));
+        let same_key = format!(
+            "{}[[users]]\nname = \"bob\"\nkey_sha256 = \"{KEY_HASH}\"\n",
+            with_user("")
+        );
+        assert!(error(&same_key).contains("same key"));
+    }
+}

@@ -1,0 +1,192 @@
+//! Stage 4: forwarding to the MCP server over a pooled HTTP/1.1 client. The upstream sees a plain
+//! client: its own Host, the caller's identity in one header, never the caller's key.
+
+use std::{net::IpAddr, time::Duration};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    HeaderMap, Request, Response, Uri, Version,
+    body::Incoming,
+    header::{self, HeaderName, HeaderValue},
+    http::request,
+};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use crate::config::Settings;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("the MCP server is unreachable: {0}")]
+    Unavailable(#[source] hyper_util::client::legacy::Error),
+    #[error("the MCP server did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+pub struct Upstream {
+    client: Client<HttpConnector, Full<Bytes>>,
+    url: Uri,
+    host: HeaderValue,
+    caller_header: HeaderName,
+    authorization: Option<HeaderValue>,
+    timeout: Duration,
+}
+
+impl Upstream {
+    pub fn new(settings: &Settings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        let host = settings
+            .upstream_url
+            .authority()
+            .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+            .unwrap_or_else(|| HeaderValue::from_static("localhost"));
+        Self {
+            client,
+            url: settings.upstream_url.clone(),
+            host,
+            caller_header: settings.caller_header.clone(),
+            authorization: settings.upstream_authorization.clone(),
+            timeout: settings.upstream_timeout,
+        }
+    }
+
+    /// Sends the request upstream and returns the response head with its body still streaming.
+    /// The timeout covers the wait for the response head only: streams may then run for as long
+    /// as the server keeps them open.
+    pub async fn send(
+        &self,
+        parts: request::Parts,
+        body: Bytes,
+        caller: &str,
+        client_ip: IpAddr,
+        request_id: &HeaderValue,
+    ) -> Result<Response<Incoming>, ForwardError> {
+        let mut headers = parts.headers;
+        remove_hop_by_hop(&mut headers);
+        // The caller's credentials and any identity header it forged never go upstream.
+        headers.remove(header::AUTHORIZATION);
+        headers.remove(header::PROXY_AUTHORIZATION);
+        headers.remove(&self.caller_header);
+        headers.insert(header::HOST, self.host.clone());
+        if let Ok(caller) = HeaderValue::from_str(caller) {
+            headers.insert(&self.caller_header, caller);
+        }
+        if let Some(authorization) = &self.authorization {
+            headers.insert(header::AUTHORIZATION, authorization.clone());
+        }
+        headers.insert(REQUEST_ID, request_id.clone());
+        append_forwarded_for(&mut headers, client_ip);
+
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method;
+        *request.uri_mut() = self.target(parts.uri.query());
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+
+        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+            Ok(Ok(mut response)) => {
+                remove_hop_by_hop(response.headers_mut());
+                Ok(response)
+            }
+            Ok(Err(err)) => Err(ForwardError::Unavailable(err)),
+            Err(_) => Err(ForwardError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The upstream URL, with the client's query string (the path is always the upstream's).
+    fn target(&self, query: Option<&str>) -> Uri {
+        let Some(query) = query else {
+            return self.url.clone();
+        };
+        let path = self.url.path();
+        let mut parts = self.url.clone().into_parts();
+        parts.path_and_query = format!("{path}?{query}").parse().ok();
+        Uri::from_parts(parts).unwrap_or_else(|_| self.url.clone())
+    }
+}
+
+/// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
+/// including any the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {client_ip}"),
+        None => client_ip.to_string(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&value) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-private"),
+        );
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, text/event-stream"),
+        );
+        headers.insert("mcp-session-id", HeaderValue::from_static("abc"));
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["accept", "mcp-session-id"]);
+    }
+
+    #[test]
+    fn forwarded_for_is_appended() {
+        let mut headers = HeaderMap::new();
+        append_forwarded_for(&mut headers, "192.0.2.1".parse().unwrap());
+        append_forwarded_for(&mut headers, "::1".parse().unwrap());
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.1, ::1");
+    }
+}

@@ -1,0 +1,493 @@
+//! The request path, in one place: authenticate -> rate-limit -> audit -> forward.
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderName, HeaderValue},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    audit::{self, AuditLog, Decision, RequestContext},
+    auth::{AuthError, Authenticator},
+    config::Settings,
+    forward::{ForwardError, REQUEST_ID, Upstream},
+    jsonrpc::{self, Body, code},
+    rate_limit::{Denied, RateLimiter},
+    sessions::Sessions,
+};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+const REALM: &str = "Bearer realm=\"mcp-gateway\"";
+
+/// Everything a request needs, shared by all connections.
+pub struct Gateway {
+    settings: Settings,
+    auth: Authenticator,
+    limiter: RateLimiter,
+    audit: AuditLog,
+    sessions: Sessions,
+    upstream: Upstream,
+}
+
+/// A request the gateway answers itself, with the decision the audit log records.
+struct Refusal {
+    status: StatusCode,
+    decision: Decision,
+    code: i64,
+    message: String,
+    data: Option<Value>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, decision: Decision, code: i64, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            decision,
+            code,
+            message: message.into(),
+            data: None,
+            headers: Vec::new(),
+        }
+    }
+
+    fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl Gateway {
+    pub fn new(settings: Settings, audit: AuditLog) -> Self {
+        Self {
+            auth: Authenticator::new(&settings.users),
+            limiter: RateLimiter::new(settings.default_limit),
+            sessions: Sessions::default(),
+            upstream: Upstream::new(&settings),
+            audit,
+            settings,
+        }
+    }
+
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.limiter
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Answers one HTTP request. Never fails: every problem becomes a precise HTTP answer.
+    pub async fn handle(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ProxyBody> {
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let request_id_header = HeaderValue::from_str(&request_id)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        let path = request.uri().path();
+        let mut response = if path == self.settings.mcp_path {
+            let mut ctx = RequestContext {
+                request_id,
+                ip: peer.ip().to_canonical(),
+                caller: None,
+                user_agent: header_str(request.headers(), &header::USER_AGENT).map(str::to_owned),
+                session: header_str(request.headers(), &MCP_SESSION_ID).map(str::to_owned),
+                http_method: request.method().as_str().to_owned(),
+            };
+            match self.mcp(request, &mut ctx, &request_id_header).await {
+                Ok(response) => response,
+                Err((refusal, body)) => self.refuse(&ctx, refusal, body.as_ref()).await,
+            }
+        } else if path.starts_with("/.well-known/oauth-") {
+            // Static keys only: advertising OAuth makes some clients ignore configured headers.
+            json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "error_description": "this gateway uses static bearer keys, not OAuth"}),
+            )
+        } else {
+            json_response(
+                StatusCode::NOT_FOUND,
+                json!({"error": "not_found", "error_description": format!("only {} is served here", self.settings.mcp_path)}),
+            )
+        };
+        response.headers_mut().insert(REQUEST_ID, request_id_header);
+        response
+    }
+
+    /// The MCP endpoint: the gateway's chain of stages.
+    async fn mcp(
+        &self,
+        request: Request<Incoming>,
+        ctx: &mut RequestContext,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, (Refusal, Option<Body>)> {
+        // 1. Authenticate.
+        let caller = self
+            .auth
+            .authenticate(request.headers())
+            .map_err(|err| (unauthenticated(err), None))?;
+        ctx.caller = Some(Arc::clone(&caller.name));
+        if let Some(session) = &ctx.session {
+            self.sessions.claim(session, &caller.name).map_err(|err| {
+                (
+                    Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        Decision::Forbidden,
+                        code::FORBIDDEN,
+                        err.to_string(),
+                    ),
+                    None,
+                )
+            })?;
+        }
+        let (parts, body) = request.into_parts();
+        let body_bytes = match parts.method {
+            Method::POST => self
+                .read_body(body)
+                .await
+                .map_err(|refusal| (refusal, None))?,
+            Method::GET | Method::DELETE => Bytes::new(),
+            _ => {
+                let refusal = Refusal::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    Decision::BadRequest,
+                    code::INVALID_REQUEST,
+                    "the MCP endpoint accepts POST, GET and DELETE",
+                )
+                .header(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
+                return Err((refusal, None));
+            }
+        };
+        let messages = if parts.method == Method::POST {
+            let body = jsonrpc::inspect(&body_bytes).map_err(|err| {
+                (
+                    Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        Decision::BadRequest,
+                        err.code(),
+                        err.to_string(),
+                    ),
+                    None,
+                )
+            })?;
+            if let Err(refusal) = check_mcp_headers(&parts.headers, &body) {
+                return Err((refusal, Some(body)));
+            }
+            Some(body)
+        } else {
+            None
+        };
+        let calls = messages.as_ref().map_or(&[][..], |body| &body.messages[..]);
+
+        // 2. Rate-limit per caller: a batch costs one per message.
+        let cost = calls.len().max(1) as u32;
+        if let Err(denied) = self.limiter.check(&caller.name, caller.limit, cost) {
+            return Err((self.rate_limited(&denied), messages));
+        }
+
+        // 3. Audit, and wait for the write: nothing reaches the upstream unaudited.
+        if let Err(err) = self
+            .audit
+            .write(audit::request_lines(ctx, calls, Decision::Forwarded))
+            .await
+        {
+            tracing::error!(request_id = %ctx.request_id, error = %err, "refusing a request that could not be audited");
+            let refusal = Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Decision::AuditFailed,
+                code::AUDIT_UNAVAILABLE,
+                "the gateway cannot write its audit log; the call was not forwarded",
+            );
+            return Ok(refusal_response(&refusal, messages.as_ref()));
+        }
+
+        // 4. Forward, streaming the answer back as it arrives.
+        let started = Instant::now();
+        let is_delete = parts.method == Method::DELETE;
+        let result = self
+            .upstream
+            .send(parts, body_bytes, &caller.name, ctx.ip, request_id)
+            .await;
+        let response = match result {
+            Ok(response) => response,
+            Err(err) => {
+                let (status, code) = match err {
+                    ForwardError::Unavailable(_) => {
+                        (StatusCode::BAD_GATEWAY, code::UPSTREAM_UNAVAILABLE)
+                    }
+                    ForwardError::Timeout(_) => {
+                        (StatusCode::GATEWAY_TIMEOUT, code::UPSTREAM_TIMEOUT)
+                    }
+                };
+                tracing::warn!(request_id = %ctx.request_id, error = %err, "upstream request failed");
+                self.audit.write_in_background(audit::response_line(
+                    ctx,
+                    status.as_u16(),
+                    started.elapsed(),
+                ));
+                let refusal = Refusal::new(status, Decision::Forwarded, code, err.to_string());
+                return Ok(refusal_response(&refusal, messages.as_ref()));
+            }
+        };
+        self.audit.write_in_background(audit::response_line(
+            ctx,
+            response.status().as_u16(),
+            started.elapsed(),
+        ));
+        if let Some(session) = header_str(response.headers(), &MCP_SESSION_ID) {
+            self.sessions.bind(session, &caller.name);
+        }
+        if is_delete
+            && response.status().is_success()
+            && let Some(session) = &ctx.session
+        {
+            self.sessions.forget(session);
+        }
+        Ok(response.map(BodyExt::boxed))
+    }
+
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
+        let limit = self.settings.max_body_bytes;
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Decision::TooLarge,
+                code::BODY_TOO_LARGE,
+                format!("request body larger than max_body_bytes ({limit} bytes)"),
+            )),
+            Err(err) => Err(Refusal::new(
+                StatusCode::BAD_REQUEST,
+                Decision::BadRequest,
+                code::INVALID_REQUEST,
+                format!("could not read the request body: {err}"),
+            )),
+        }
+    }
+
+    fn rate_limited(&self, denied: &Denied) -> Refusal {
+        let retry_after = denied.retry_after_secs();
+        let limit = format!(
+            "{} requests per {} s",
+            denied.limit.requests,
+            denied.limit.window.as_secs()
+        );
+        let message = if denied.exceeds_limit {
+            format!(
+                "rate limit exceeded: this batch alone has more messages than the limit of {limit}; send smaller batches"
+            )
+        } else {
+            format!("rate limit exceeded: {limit}; retry in {retry_after} s")
+        };
+        let mut refusal = Refusal::new(
+            self.settings.rate_limit_status,
+            Decision::RateLimited,
+            code::RATE_LIMITED,
+            message,
+        )
+        .header(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        refusal.data = Some(json!({"retryAfterSeconds": retry_after}));
+        refusal
+    }
+
+    /// Audits a refused request, then answers it. A refusal is answered even if the audit fails.
+    async fn refuse(
+        &self,
+        ctx: &RequestContext,
+        refusal: Refusal,
+        body: Option<&Body>,
+    ) -> Response<ProxyBody> {
+        let messages = body.map_or(&[][..], |body| &body.messages[..]);
+        if let Err(err) = self
+            .audit
+            .write(audit::request_lines(ctx, messages, refusal.decision))
+            .await
+        {
+            tracing::error!(request_id = %ctx.request_id, error = %err, "could not audit a refused request");
+        }
+        refusal_response(&refusal, body)
+    }
+}
+
+fn unauthenticated(err: AuthError) -> Refusal {
+    let (decision, challenge) = match err {
+        AuthError::Missing | AuthError::Malformed => {
+            (Decision::Unauthenticated, HeaderValue::from_static(REALM))
+        }
+        AuthError::InvalidKey => (
+            Decision::InvalidKey,
+            HeaderValue::from_static("Bearer realm=\"mcp-gateway\", error=\"invalid_token\""),
+        ),
+    };
+    Refusal::new(
+        StatusCode::UNAUTHORIZED,
+        decision,
+        code::UNAUTHENTICATED,
+        err.to_string(),
+    )
+    .header(header::WWW_AUTHENTICATE, challenge)
+}
+
+/// MCP 2026-07-28 mirrors the method and name in headers; when present they must match the body,
+/// which is what the gateway audits and limits.
+fn check_mcp_headers(headers: &HeaderMap, body: &Body) -> Result<(), Refusal> {
+    let mismatch = |what: &str| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            Decision::BadRequest,
+            code::HEADER_MISMATCH,
+            format!("{what} header does not match the request body"),
+        )
+    };
+    let method_header = headers.get(&MCP_METHOD);
+    let name_header = headers.get(&MCP_NAME);
+    if method_header.is_none() && name_header.is_none() {
+        return Ok(());
+    }
+    let (false, [message]) = (body.is_batch, &body.messages[..]) else {
+        return Err(mismatch(
+            "Mcp-Method/Mcp-Name (a batch has no single method)",
+        ));
+    };
+    if let Some(value) = method_header
+        && message.method.as_deref().map(str::as_bytes) != Some(value.as_bytes())
+    {
+        return Err(mismatch("Mcp-Method"));
+    }
+    if let Some(value) = name_header
+        && decode_header_text(value).as_deref() != message.target.as_deref()
+    {
+        return Err(mismatch("Mcp-Name"));
+    }
+    Ok(())
+}
+
+/// A header value as text; non-ASCII values travel as `=?base64?<base64>?=`.
+fn decode_header_text(value: &HeaderValue) -> Option<String> {
+    let text = value.to_str().ok()?;
+    match text
+        .strip_prefix("=?base64?")
+        .and_then(|rest| rest.strip_suffix("?="))
+    {
+        Some(encoded) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .ok()?;
+            String::from_utf8(bytes).ok()
+        }
+        None => Some(text.to_owned()),
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+fn refusal_response(refusal: &Refusal, body: Option<&Body>) -> Response<ProxyBody> {
+    let payload = jsonrpc::error_body(body, refusal.code, &refusal.message, refusal.data.clone());
+    let mut response = bytes_response(refusal.status, payload);
+    for (name, value) in &refusal.headers {
+        response.headers_mut().insert(name, value.clone());
+    }
+    response
+}
+
+fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
+    bytes_response(status, Bytes::from(value.to_string()))
+}
+
+fn bytes_response(status: StatusCode, payload: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(payload).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// How often idle limiter state is swept: the longest window any caller has.
+pub fn sweep_interval(settings: &Settings) -> Duration {
+    settings
+        .users
+        .iter()
+        .filter_map(|user| user.limit)
+        .map(|limit| limit.window)
+        .chain([settings.default_limit.window])
+        .max()
+        .unwrap_or(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(json: &str) -> Body {
+        jsonrpc::inspect(json.as_bytes()).unwrap()
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn mcp_headers_must_match_the_body() {
+        let call =
+            body(r#"{"id":1,"method":"tools/call","params":{"name":"echo","arguments":{}}}"#);
+        assert!(check_mcp_headers(&HeaderMap::new(), &call).is_ok());
+        assert!(
+            check_mcp_headers(
+                &headers(&[("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+                &call
+            )
+            .is_ok()
+        );
+        let refusal =
+            check_mcp_headers(&headers(&[("mcp-method", "tools/list")]), &call).unwrap_err();
+        assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
+        assert_eq!(refusal.code, code::HEADER_MISMATCH);
+        assert!(check_mcp_headers(&headers(&[("mcp-name", "add")]), &call).is_err());
+        // "échø" in base64.
+        let accented = body(r#"{"id":1,"method":"tools/call","params":{"name":"échø"}}"#);
+        assert!(
+            check_mcp_headers(&headers(&[("mcp-name", "=?base64?w6ljaMO4?=")]), &accented).is_ok()
+        );
+        let batch = body(r#"[{"id":1,"method":"ping"}]"#);
+        assert!(check_mcp_headers(&headers(&[("mcp-method", "ping")]), &batch).is_err());
+    }
+
+    #[test]
+    fn invalid_keys_get_the_invalid_token_challenge() {
+        let refusal = unauthenticated(AuthError::InvalidKey);
+        assert_eq!(refusal.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refusal.decision, Decision::InvalidKey);
+        assert!(
+            refusal.headers[0]
+                .1
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\"")
+        );
+        let refusal = unauthenticated(AuthError::Missing);
+        assert_eq!(refusal.headers[0].1, REALM);
+    }
+}

@@ -1,0 +1,257 @@
+//! Stage 2: per-caller rate limiting with exact sliding-window semantics.
+//!
+//! For each caller the limiter keeps the admission times of the requests inside the current window
+//! (at most `requests` of them) and admits a request only if fewer than `requests` were admitted in
+//! the `window` before it. That is exact at every instant, unlike fixed windows (twice the limit
+//! across a boundary) or token buckets (burst + refill). Memory per caller is bounded by the limit,
+//! and callers with no request inside their window are swept away.
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use dashmap::DashMap;
+
+use crate::config::RateLimit;
+
+/// Refused: the caller must wait `retry_after` for enough slots to free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub retry_after: Duration,
+    pub limit: RateLimit,
+    /// The request alone needs more slots than the limit has; it can never pass.
+    pub exceeds_limit: bool,
+}
+
+impl Denied {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs();
+        let secs = if self.retry_after.subsec_nanos() > 0 {
+            secs + 1
+        } else {
+            secs
+        };
+        secs.max(1)
+    }
+}
+
+pub struct RateLimiter {
+    default: RateLimit,
+    epoch: Instant,
+    windows: DashMap<Arc<str>, Window>,
+}
+
+/// Admission times (ns since the limiter's epoch) inside the caller's window, oldest first.
+#[derive(Default)]
+struct Window {
+    admitted: VecDeque<u64>,
+}
+
+impl RateLimiter {
+    pub fn new(default: RateLimit) -> Self {
+        Self {
+            default,
+            epoch: Instant::now(),
+            windows: DashMap::new(),
+        }
+    }
+
+    /// Admits `cost` requests (a JSON-RPC batch costs one per message) for `caller` now, or says
+    /// how long to wait. `limit` overrides the default for this caller.
+    pub fn check(
+        &self,
+        caller: &Arc<str>,
+        limit: Option<RateLimit>,
+        cost: u32,
+    ) -> Result<(), Denied> {
+        self.check_at(caller, limit.unwrap_or(self.default), cost, Instant::now())
+    }
+
+    fn check_at(
+        &self,
+        caller: &Arc<str>,
+        limit: RateLimit,
+        cost: u32,
+        now: Instant,
+    ) -> Result<(), Denied> {
+        let now_ns = self.nanos_since_epoch(now);
+        let window_ns = limit.window.as_nanos() as u64;
+        let max = limit.requests.get() as usize;
+        let cost = cost.max(1) as usize;
+        if cost > max {
+            return Err(Denied {
+                retry_after: limit.window,
+                limit,
+                exceeds_limit: true,
+            });
+        }
+
+        let mut window = self.windows.entry(Arc::clone(caller)).or_default();
+        let admitted = &mut window.admitted;
+        // Forget admissions that left the window (now - window, now].
+        while admitted.front().is_some_and(|&t| t + window_ns <= now_ns) {
+            admitted.pop_front();
+        }
+        let needed_free = (admitted.len() + cost).saturating_sub(max);
+        if needed_free > 0 {
+            // The request fits once the `needed_free` oldest admissions have left the window.
+            let frees_at = admitted[needed_free - 1] + window_ns;
+            return Err(Denied {
+                retry_after: Duration::from_nanos(frees_at - now_ns),
+                limit,
+                exceeds_limit: false,
+            });
+        }
+        admitted.extend(std::iter::repeat_n(now_ns, cost));
+        Ok(())
+    }
+
+    /// Drops the state of callers with no admission inside `idle_after`. Call periodically with
+    /// the longest configured window.
+    pub fn sweep(&self, idle_after: Duration) {
+        let now_ns = self.nanos_since_epoch(Instant::now());
+        let idle_ns = idle_after.as_nanos() as u64;
+        self.windows.retain(|_, window| {
+            window
+                .admitted
+                .back()
+                .is_some_and(|&newest| newest + idle_ns > now_ns)
+        });
+    }
+
+    /// Number of callers with limiter state (for tests and metrics).
+    pub fn tracked_callers(&self) -> usize {
+        self.windows.len()
+    }
+
+    fn nanos_since_epoch(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_nanos() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use super::*;
+
+    fn limit(requests: u32, window_secs: u64) -> RateLimit {
+        RateLimit {
+            requests: NonZeroU32::new(requests).unwrap(),
+            window: Duration::from_secs(window_secs),
+        }
+    }
+
+    #[test]
+    fn admits_exactly_n_per_window_and_frees_slots_at_the_edge() {
+        let limiter = RateLimiter::new(limit(3, 10));
+        let alice: Arc<str> = "alice".into();
+        let t0 = limiter.epoch + Duration::from_secs(1);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let lim = limit(3, 10);
+
+        assert!(limiter.check_at(&alice, lim, 1, at(0)).is_ok());
+        assert!(limiter.check_at(&alice, lim, 1, at(4_000)).is_ok());
+        assert!(limiter.check_at(&alice, lim, 1, at(5_000)).is_ok());
+        let denied = limiter.check_at(&alice, lim, 1, at(9_999)).unwrap_err();
+        // The oldest admission (t=0) leaves the window at t=10s: 1 ms from now.
+        assert_eq!(denied.retry_after, Duration::from_millis(1));
+        assert_eq!(denied.retry_after_secs(), 1);
+        // Exactly at the edge the first slot is free again, and only one.
+        assert!(limiter.check_at(&alice, lim, 1, at(10_000)).is_ok());
+        let denied = limiter.check_at(&alice, lim, 1, at(10_000)).unwrap_err();
+        assert_eq!(denied.retry_after, Duration::from_millis(4_000));
+        assert_eq!(denied.retry_after_secs(), 4);
+    }
+
+    #[test]
+    fn denied_requests_do_not_use_up_slots() {
+        let limiter = RateLimiter::new(limit(1, 1));
+        let alice: Arc<str> = "alice".into();
+        let t0 = limiter.epoch;
+        assert!(limiter.check_at(&alice, limit(1, 1), 1, t0).is_ok());
+        for ms in [1, 500, 999] {
+            assert!(
+                limiter
+                    .check_at(&alice, limit(1, 1), 1, t0 + Duration::from_millis(ms))
+                    .is_err()
+            );
+        }
+        assert!(
+            limiter
+                .check_at(&alice, limit(1, 1), 1, t0 + Duration::from_secs(1))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn no_window_ever_holds_more_than_n() {
+        // Requests every 7 ms for 3 s against 10 per second: check every 1 s window afterwards.
+        let lim = limit(10, 1);
+        let limiter = RateLimiter::new(lim);
+        let bob: Arc<str> = "bob".into();
+        let admitted: Vec<u64> = (0..430u64)
+            .map(|i| i * 7)
+            .filter(|&ms| {
+                limiter
+                    .check_at(&bob, lim, 1, limiter.epoch + Duration::from_millis(ms))
+                    .is_ok()
+            })
+            .collect();
+        for (i, &start) in admitted.iter().enumerate() {
+            let in_window = admitted[i..]
+                .iter()
+                .take_while(|&&t| t < start + 1_000)
+                .count();
+            assert!(
+                in_window <= 10,
+                "{in_window} admitted in the window from {start} ms"
+            );
+        }
+        // And the limiter is not stingier than the limit: 10 per second over 3 s.
+        assert!(admitted.len() >= 30, "only {} admitted", admitted.len());
+    }
+
+    #[test]
+    fn callers_are_limited_separately_and_overrides_apply() {
+        let limiter = RateLimiter::new(limit(1, 60));
+        let alice: Arc<str> = "alice".into();
+        let bob: Arc<str> = "bob".into();
+        assert!(limiter.check(&alice, None, 1).is_ok());
+        assert!(limiter.check(&alice, None, 1).is_err());
+        assert!(limiter.check(&bob, Some(limit(2, 60)), 1).is_ok());
+        assert!(limiter.check(&bob, Some(limit(2, 60)), 1).is_ok());
+        assert!(limiter.check(&bob, Some(limit(2, 60)), 1).is_err());
+    }
+
+    #[test]
+    fn batches_cost_one_per_message_all_or_nothing() {
+        let lim = limit(5, 60);
+        let limiter = RateLimiter::new(lim);
+        let alice: Arc<str> = "alice".into();
+        let now = limiter.epoch;
+        assert!(limiter.check_at(&alice, lim, 3, now).is_ok());
+        // Three more do not fit into the two left; nothing is taken.
+        assert!(limiter.check_at(&alice, lim, 3, now).is_err());
+        assert!(limiter.check_at(&alice, lim, 2, now).is_ok());
+        let too_big = limiter.check_at(&"bob".into(), lim, 6, now).unwrap_err();
+        assert!(too_big.exceeds_limit);
+    }
+
+    #[test]
+    fn idle_callers_are_swept() {
+        let limiter = RateLimiter::new(limit(10, 60));
+        for i in 0..100 {
+            let caller: Arc<str> = format!("user{i}").into();
+            limiter.check(&caller, None, 1).unwrap();
+        }
+        assert_eq!(limiter.tracked_callers(), 100);
+        limiter.sweep(Duration::from_secs(60));
+        assert_eq!(limiter.tracked_callers(), 100, "active callers are kept");
+        limiter.sweep(Duration::ZERO);
+        assert_eq!(limiter.tracked_callers(), 0);
+    }
+}
