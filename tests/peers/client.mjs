@@ -1,0 +1,40 @@
+// An MCP client from the official TypeScript SDK, driven by the gateway's end-to-end tests.
+// Usage: node client.mjs <url> <key or ""> <scenario> [count]
+// Prints one JSON object describing what happened.
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+
+const [url, key, scenario, count = "1"] = process.argv.slice(2);
+const headers = key ? { Authorization: `Bearer ${key}` } : {};
+const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
+const client = new Client({ name: "gateway-e2e", version: "1.0.0" });
+const text = (result) => result.content?.[0]?.text;
+const out = {};
+
+try {
+  await client.connect(transport);
+  out.sessionId = transport.sessionId;
+  if (scenario === "call") {
+    out.tools = (await client.listTools()).tools.map((tool) => tool.name);
+    out.echo = text(await client.callTool({ name: "echo", arguments: { message: process.env.SECRET_ARG } }));
+    out.sum = text(await client.callTool({ name: "get-sum", arguments: { a: 2, b: 3 } }));
+  } else if (scenario === "burst") {
+    out.ok = 0;
+    out.errors = [];
+    for (let i = 0; i < Number(count); i++) {
+      try {
+        await client.callTool({ name: "echo", arguments: { message: `call ${i}` } });
+        out.ok++;
+      } catch (error) {
+        out.errors.push(String(error?.message ?? error));
+      }
+    }
+  }
+  await transport.terminateSession();
+  await client.close();
+} catch (error) {
+  out.error = String(error?.message ?? error);
+  out.code = error?.code ?? null;
+}
+console.log(JSON.stringify(out));
+process.exit(0);

@@ -1,0 +1,400 @@
+//! Helpers for the end-to-end tests: the real gateway binary as a child process, the official MCP
+//! SDK peers (Node.js), and small in-process HTTP upstreams that record what reaches them.
+//! Everything listens and connects on 127.0.0.1 only.
+
+use std::{
+    convert::Infallible,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    HeaderMap, Method, Request, Response, StatusCode, Uri, body::Incoming, service::service_fn,
+};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub const ALICE_KEY: &str = "alice-test-key-0123456789abcdef";
+pub const BOB_KEY: &str = "bob-test-key-0123456789abcdef";
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The gateway binary built by `cargo xtask test` (GATEWAY_BIN), or the release build.
+pub fn gateway_bin() -> PathBuf {
+    let path = std::env::var_os("GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release/gateway"));
+    assert!(
+        path.is_file(),
+        "gateway binary {} not found: run the tests with `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+pub fn sha256_hex(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+/// A free loopback port (bound, then released for the child to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str, logs: &dyn Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{what} exited ({status}) before listening on {addr}:\n{}",
+                logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{what} did not listen on {addr} within 20 s:\n{}", logs());
+}
+
+/// A child process killed when the test ends, passed or failed.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The gateway, running as its real binary with a config written for the test.
+pub struct Gateway {
+    process: KillOnDrop,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub audit_path: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway in front of `upstream_url` with users alice and bob. `extra` is TOML
+    /// appended to the config (sections such as `[rate_limit]`); `audit_path` overrides the log.
+    pub fn start(upstream_url: &str, extra: &str) -> Self {
+        Self::start_with_audit(upstream_url, extra, None)
+    }
+
+    pub fn start_with_audit(upstream_url: &str, extra: &str, audit_path: Option<&Path>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let audit_path = audit_path
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("audit.jsonl"));
+        let config = format!(
+            "listen = \"{addr}\"\n\
+             [upstream]\nurl = \"{upstream_url}\"\n\
+             [audit]\npath = \"{}\"\n\
+             [[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
+             [[users]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n\
+             {extra}\n",
+            audit_path.display(),
+            sha256_hex(ALICE_KEY),
+            sha256_hex(BOB_KEY),
+        );
+        let config_path = dir.path().join("gateway.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("gateway.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env_remove("MCP_API_KEY")
+            .env_remove("MCP_USER_KEYS")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start the gateway");
+        let mut process = KillOnDrop(child);
+        wait_for_port(addr, &mut process.0, "gateway", &|| {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        });
+        Gateway {
+            process,
+            addr,
+            dir,
+            audit_path,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// What the gateway printed so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Every line of the audit log, parsed (fails on a line that is not JSON).
+    pub fn audit_lines(&self) -> Vec<Value> {
+        read_audit(&self.audit_path)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child's pid.
+        let rc = unsafe { libc::kill(self.process.0.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill failed");
+    }
+}
+
+pub fn read_audit(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("audit line is not JSON ({err}): {line}"))
+        })
+        .collect()
+}
+
+/// Polls `condition` for up to 5 s (for lines written after the response, such as `response`).
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+fn peers_dir() -> PathBuf {
+    let dir = workspace_root().join("tests/peers");
+    assert!(
+        dir.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
+        "MCP SDK peers not installed in {}: run `cargo xtask setup`",
+        dir.display()
+    );
+    dir
+}
+
+/// `@modelcontextprotocol/server-everything` over streamable HTTP on a loopback port.
+pub struct EverythingServer {
+    _process: KillOnDrop,
+    pub addr: SocketAddr,
+}
+
+impl EverythingServer {
+    pub fn start() -> Self {
+        let peers = peers_dir();
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let log_path = std::env::temp_dir().join(format!("server-everything-{port}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new("node")
+            .arg(peers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"))
+            .arg("streamableHttp")
+            .env("PORT", port.to_string())
+            .current_dir(&peers)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start server-everything (is Node.js installed? `cargo xtask setup`)");
+        let mut process = KillOnDrop(child);
+        wait_for_port(addr, &mut process.0, "server-everything", &|| {
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        });
+        EverythingServer {
+            _process: process,
+            addr,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+/// Runs the SDK client script (`tests/peers/client.mjs`) and returns what it reported.
+pub fn sdk_client(
+    url: &str,
+    key: Option<&str>,
+    scenario: &str,
+    count: u32,
+    env: &[(&str, &str)],
+) -> Value {
+    let mut command = Command::new("node");
+    command
+        .arg(peers_dir().join("client.mjs"))
+        .args([url, key.unwrap_or(""), scenario, &count.to_string()])
+        .stdin(Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let output = command.output().expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(report).unwrap_or_else(|err| {
+        panic!(
+            "SDK client printed no report ({err}):\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// A request as it reached an in-process upstream.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+pub type TestBody = BoxBody<Bytes, Infallible>;
+type Handler = dyn Fn(&Recorded) -> Response<TestBody> + Send + Sync;
+
+/// An HTTP upstream inside the test process: records every request and answers with `handler`.
+pub struct RecordingUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+impl RecordingUpstream {
+    pub async fn start(
+        handler: impl Fn(&Recorded) -> Response<TestBody> + Send + Sync + 'static,
+    ) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let handler: Arc<Handler> = Arc::new(handler);
+        let recorded = Arc::clone(&requests);
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let handler = Arc::clone(&handler);
+                let recorded = Arc::clone(&recorded);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request: Request<Incoming>| {
+                        let handler = Arc::clone(&handler);
+                        let recorded = Arc::clone(&recorded);
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let request = Recorded {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                            };
+                            let response = handler(&request);
+                            recorded.lock().expect("lock").push(request);
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        RecordingUpstream { addr, requests }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    pub fn count(&self) -> usize {
+        self.requests.lock().expect("lock").len()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests
+            .lock()
+            .expect("lock")
+            .last()
+            .cloned()
+            .expect("the upstream saw a request")
+    }
+}
+
+/// A JSON answer for a [`RecordingUpstream`] handler.
+pub fn json_reply(status: StatusCode, body: &str) -> Response<TestBody> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_owned())).boxed());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert("content-type", "application/json".parse().expect("header"));
+    response
+}
+
+/// A whole response as a client saw it.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|err| {
+            panic!(
+                "answer is not JSON ({err}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends one request with an HTTP/1.1 client and reads the whole answer.
+pub async fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Answer {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request.body(Full::new(body.into())).expect("request");
+    let response = client.request(request).await.expect("send request");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("read body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
