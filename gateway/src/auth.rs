@@ -12,7 +12,7 @@ use subtle::ConstantTimeEq;
 use crate::config::{RateLimit, User};
 
 /// SHA-256 of a key. Compared only in constant time.
-#[derive(Clone, Copy, Hash)]
+#[derive(Clone, Copy)]
 pub struct Sha256Digest([u8; 32]);
 
 impl Sha256Digest {
@@ -44,6 +44,13 @@ impl PartialEq for Sha256Digest {
 }
 
 impl Eq for Sha256Digest {}
+
+// Equal digests have equal bytes, so hashing the bytes agrees with the constant-time `eq`.
+impl std::hash::Hash for Sha256Digest {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl fmt::Debug for Sha256Digest {
     // A digest of a key is still key material: never print it in logs.

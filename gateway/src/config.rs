@@ -485,10 +485,9 @@ mod tests {
             error("[upstream]\nurl = \"https://x/mcp\"\n[[users]]\nname=\"a\"\nkey_sha256=\"00\"")
                 .contains("upstream.url")
         );
-        let bad_hash = format!(
-            "[upstream]\nurl = \"http://h:1/\"\n[[users]]\nname = \"a\"\nkey_sha256 = \"abc\""
-        );
-        assert!(error(&bad_hash).contains("users[0].key_sha256"));
+        let bad_hash =
+            "[upstream]\nurl = \"http://h:1/\"\n[[users]]\nname = \"a\"\nkey_sha256 = \"abc\"";
+        assert!(error(bad_hash).contains("users[0].key_sha256"));
         assert!(
             error(&format!("{}[rate_limit]\nrequests = 0\n", with_user("")))
                 .contains("rate_limit.requests")

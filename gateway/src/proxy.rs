@@ -143,19 +143,6 @@ impl Gateway {
             .authenticate(request.headers())
             .map_err(|err| (unauthenticated(err), None))?;
         ctx.caller = Some(Arc::clone(&caller.name));
-        if let Some(session) = &ctx.session {
-            self.sessions.claim(session, &caller.name).map_err(|err| {
-                (
-                    Refusal::new(
-                        StatusCode::FORBIDDEN,
-                        Decision::Forbidden,
-                        code::FORBIDDEN,
-                        err.to_string(),
-                    ),
-                    None,
-                )
-            })?;
-        }
         let (parts, body) = request.into_parts();
         let body_bytes = match parts.method {
             Method::POST => self
@@ -193,6 +180,17 @@ impl Gateway {
         } else {
             None
         };
+        if let Some(session) = &ctx.session
+            && let Err(err) = self.sessions.claim(session, &caller.name)
+        {
+            let refusal = Refusal::new(
+                StatusCode::FORBIDDEN,
+                Decision::Forbidden,
+                code::FORBIDDEN,
+                err.to_string(),
+            );
+            return Err((refusal, messages));
+        }
         let calls = messages.as_ref().map_or(&[][..], |body| &body.messages[..]);
 
         // 2. Rate-limit per caller: a batch costs one per message.

@@ -33,14 +33,15 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The gateway binary built by `cargo xtask test` (GATEWAY_BIN), or the release build.
+/// The gateway binary that `cargo xtask test` built for this run (GATEWAY_BIN). Required, so the
+/// tests never run against a stale build.
 pub fn gateway_bin() -> PathBuf {
     let path = std::env::var_os("GATEWAY_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release/gateway"));
+        .expect("GATEWAY_BIN is not set: run the end-to-end tests with `cargo xtask test`");
     assert!(
         path.is_file(),
-        "gateway binary {} not found: run the tests with `cargo xtask test`",
+        "gateway binary {} not found",
         path.display()
     );
     path
@@ -85,6 +86,19 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Extra configuration for a test gateway, as TOML lines.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// Top-level keys (`max_body_bytes = 1024`).
+    pub top: &'a str,
+    /// Keys of the `[upstream]` table.
+    pub upstream: &'a str,
+    /// Whole tables appended at the end (`[rate_limit]` ...).
+    pub sections: &'a str,
+    /// Audit log path instead of one in the test's temporary directory.
+    pub audit_path: Option<&'a Path>,
+}
+
 /// The gateway, running as its real binary with a config written for the test.
 pub struct Gateway {
     process: KillOnDrop,
@@ -94,25 +108,37 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts the gateway in front of `upstream_url` with users alice and bob. `extra` is TOML
-    /// appended to the config (sections such as `[rate_limit]`); `audit_path` overrides the log.
-    pub fn start(upstream_url: &str, extra: &str) -> Self {
-        Self::start_with_audit(upstream_url, extra, None)
+    /// Starts the gateway in front of `upstream_url` with users alice and bob; `sections` is TOML
+    /// appended to the config (such as a `[rate_limit]` table).
+    pub fn start(upstream_url: &str, sections: &str) -> Self {
+        Self::start_with(
+            upstream_url,
+            Options {
+                sections,
+                ..Options::default()
+            },
+        )
     }
 
-    pub fn start_with_audit(upstream_url: &str, extra: &str, audit_path: Option<&Path>) -> Self {
+    pub fn start_with(upstream_url: &str, options: Options<'_>) -> Self {
+        let Options {
+            top,
+            upstream,
+            sections,
+            audit_path,
+        } = options;
         let dir = tempfile::tempdir().expect("tempdir");
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let audit_path = audit_path
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.path().join("audit.jsonl"));
         let config = format!(
-            "listen = \"{addr}\"\n\
-             [upstream]\nurl = \"{upstream_url}\"\n\
+            "listen = \"{addr}\"\n{top}\n\
+             [upstream]\nurl = \"{upstream_url}\"\n{upstream}\n\
              [audit]\npath = \"{}\"\n\
              [[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
              [[users]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n\
-             {extra}\n",
+             {sections}\n",
             audit_path.display(),
             sha256_hex(ALICE_KEY),
             sha256_hex(BOB_KEY),

@@ -140,8 +140,67 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
              reported as ignored"
         );
     }
-    Cmd::cargo(root, &args)
+    let output = Cmd::cargo(root, &args)
         .env("GATEWAY_BIN", &gateway)
         .env("RUST_BACKTRACE", "1")
-        .run()
+        .run_echoing_stdout();
+    // One closing line for the whole run, whatever happened: the per-binary lines scroll away.
+    let totals = TestTotals::from_output(&output.stdout);
+    println!(
+        "xtask test: {} passed, {} failed, {} skipped",
+        totals.passed, totals.failed, totals.ignored
+    );
+    output.result
+}
+
+/// Sums of cargo test's `test result:` lines.
+#[derive(Debug, Default, PartialEq)]
+struct TestTotals {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl TestTotals {
+    fn from_output(output: &str) -> Self {
+        let mut totals = Self::default();
+        for line in output.lines().filter(|l| l.starts_with("test result:")) {
+            for part in line.split([';', '.']) {
+                let mut words = part.split_whitespace();
+                let (Some(count), Some(kind)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let Ok(count) = count.parse::<u64>() else {
+                    continue;
+                };
+                match kind {
+                    "passed" => totals.passed += count,
+                    "failed" => totals.failed += count,
+                    "ignored" => totals.ignored += count,
+                    _ => {}
+                }
+            }
+        }
+        totals
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TestTotals;
+
+    #[test]
+    fn test_result_lines_are_summed() {
+        let output = "running 3 tests\n\
+            test result: ok. 3 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 0.01s\n\
+            test result: FAILED. 10 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.40s\n";
+        assert_eq!(
+            TestTotals::from_output(output),
+            TestTotals {
+                passed: 13,
+                failed: 1,
+                ignored: 2
+            }
+        );
+    }
 }

@@ -77,6 +77,36 @@ impl Cmd {
         Ok(())
     }
 
+    /// Runs with stdout shown as it comes and also kept; stderr inherited.
+    pub fn run_echoing_stdout(mut self) -> Echoed {
+        use std::io::{BufRead, BufReader};
+        let described = self.describe();
+        eprintln!("$ {described}");
+        let mut child = match self.command.stdout(std::process::Stdio::piped()).spawn() {
+            Ok(child) => child,
+            Err(err) => {
+                return Echoed {
+                    stdout: String::new(),
+                    result: Err(anyhow::anyhow!("could not start `{described}`: {err}")),
+                };
+            }
+        };
+        let mut stdout = String::new();
+        if let Some(pipe) = child.stdout.take() {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                println!("{line}");
+                stdout.push_str(&line);
+                stdout.push('\n');
+            }
+        }
+        let result = match child.wait() {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(anyhow::anyhow!("`{described}` failed ({status})")),
+            Err(err) => Err(anyhow::anyhow!("`{described}` did not finish: {err}")),
+        };
+        Echoed { stdout, result }
+    }
+
     /// Runs and captures output; fails if the command fails, with its stderr.
     pub fn output(mut self) -> Result<String> {
         let described = self.describe();
@@ -104,6 +134,12 @@ impl Cmd {
             .map(|out| out.status.success())
             .unwrap_or(false)
     }
+}
+
+/// What [`Cmd::run_echoing_stdout`] saw.
+pub struct Echoed {
+    pub stdout: String,
+    pub result: Result<()>,
 }
 
 /// Project-local tools (bpf-linker) live here.

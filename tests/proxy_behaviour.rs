@@ -1,0 +1,530 @@
+//! The gateway binary between a raw HTTP client and an in-process upstream that records what
+//! reaches it: streaming, headers, error answers and the audit log's failure modes.
+
+use std::{
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use e2e_tests::{
+    ALICE_KEY, BOB_KEY, Gateway, Options, RecordingUpstream, TestBody, eventually, free_port,
+    json_reply, read_audit, send,
+};
+use http_body_util::{BodyExt, Full, channel::Channel};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use serde_json::{Value, json};
+
+const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hidden"}}}"#;
+const ALICE: &str = "Bearer alice-test-key-0123456789abcdef";
+
+fn ok_upstream() -> impl Fn(&e2e_tests::Recorded) -> Response<TestBody> + Send + Sync + 'static {
+    |_| {
+        json_reply(
+            StatusCode::OK,
+            r#"{"jsonrpc":"2.0","id":42,"result":{"content":[]}}"#,
+        )
+    }
+}
+
+async fn post(gateway: &Gateway, headers: &[(&str, &str)], body: &str) -> e2e_tests::Answer {
+    let mut all = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    all.extend_from_slice(headers);
+    send(Method::POST, &gateway.url(), &all, body.to_owned()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_goes_upstream_and_credentials_do_not() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start(&upstream.url(), "");
+    let answer = post(
+        &gateway,
+        &[
+            ("authorization", ALICE),
+            ("x-mcp-caller", "root"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("x-custom", "kept"),
+        ],
+        CALL,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let request_id = answer.headers["x-request-id"].to_str().unwrap().to_owned();
+
+    let seen = upstream.last();
+    assert_eq!(
+        seen.headers["x-mcp-caller"], "alice",
+        "forged identity replaced"
+    );
+    assert_eq!(seen.headers.get_all("x-mcp-caller").iter().count(), 1);
+    assert!(
+        seen.headers.get("authorization").is_none(),
+        "the caller's key never goes upstream"
+    );
+    assert_eq!(seen.headers["host"], upstream.addr.to_string().as_str());
+    assert_eq!(seen.headers["x-request-id"], request_id.as_str());
+    assert!(
+        seen.headers.get("x-hop").is_none(),
+        "headers named by Connection are hop-by-hop"
+    );
+    assert_eq!(seen.headers["x-custom"], "kept");
+    assert_eq!(
+        seen.headers["accept"],
+        "application/json, text/event-stream"
+    );
+    assert_eq!(seen.uri.path(), "/mcp");
+    assert_eq!(
+        &seen.body[..],
+        CALL.as_bytes(),
+        "the body is forwarded byte for byte"
+    );
+
+    let lines = gateway.audit_lines();
+    assert_eq!(lines[0]["request_id"], request_id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_upstream_credential_replaces_the_callers() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let options = Options {
+        upstream: "authorization = \"Bearer upstream-service-token\"",
+        ..Options::default()
+    };
+    let gateway = Gateway::start_with(&upstream.url(), options);
+    assert_eq!(
+        post(&gateway, &[("authorization", ALICE)], CALL)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        upstream.last().headers["authorization"],
+        "Bearer upstream-service-token"
+    );
+    assert!(
+        !gateway.logs().contains("upstream-service-token"),
+        "the credential is not logged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_reach_the_client_one_by_one() {
+    // The upstream sends the next event only after the client has received the previous one:
+    // a gateway that buffered the stream would deadlock here and the test would time out.
+    let (mut events, stream) = Channel::<Bytes, Infallible>::new(1);
+    let stream = Arc::new(Mutex::new(Some(stream)));
+    let upstream = RecordingUpstream::start(move |_| {
+        let stream = stream.lock().unwrap().take().expect("one stream");
+        let mut response = Response::new(stream.boxed());
+        response
+            .headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        response
+    })
+    .await;
+    let gateway = Gateway::start(&upstream.url(), "");
+
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let request = Request::post(gateway.url())
+        .header("authorization", ALICE)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(Full::new(Bytes::from_static(CALL.as_bytes())))
+        .unwrap();
+    let response = client.request(request).await.expect("response head");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+
+    for n in 0..3 {
+        let event = format!("event: message\nid: {n}\ndata: {{\"n\":{n}}}\n\n");
+        events.send_data(Bytes::from(event.clone())).await.unwrap();
+        let mut received = Vec::new();
+        while received.len() < event.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("event {n} was held back by the gateway"))
+                .expect("stream open")
+                .expect("frame");
+            if let Ok(data) = frame.into_data() {
+                received.extend_from_slice(&data);
+            }
+        }
+        assert_eq!(String::from_utf8(received).unwrap(), event);
+    }
+    drop(events);
+    let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("stream ends");
+    assert!(end.is_none(), "the stream ends when the upstream ends it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_streams_and_last_event_id_pass_through() {
+    let upstream = RecordingUpstream::start(|request| {
+        if request.method == Method::GET {
+            let mut response =
+                Response::new(Full::new(Bytes::from_static(b"id: 8\ndata: {}\n\n")).boxed());
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            response
+        } else {
+            json_reply(StatusCode::OK, "{}")
+        }
+    })
+    .await;
+    let gateway = Gateway::start(&upstream.url(), "");
+    let answer = send(
+        Method::GET,
+        &gateway.url(),
+        &[
+            ("authorization", ALICE),
+            ("accept", "text/event-stream"),
+            ("last-event-id", "7"),
+            ("mcp-session-id", "sess-1"),
+        ],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(&answer.body[..], b"id: 8\ndata: {}\n\n");
+    let seen = upstream.last();
+    assert_eq!(seen.method, Method::GET);
+    assert_eq!(seen.headers["last-event-id"], "7");
+    assert_eq!(seen.headers["mcp-session-id"], "sess-1");
+
+    let answer = send(
+        Method::DELETE,
+        &gateway.url(),
+        &[("authorization", ALICE), ("mcp-session-id", "sess-1")],
+        Bytes::new(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(upstream.last().method, Method::DELETE);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_refused_to_any_other_caller() {
+    let upstream = RecordingUpstream::start(|_| {
+        let mut response = json_reply(StatusCode::OK, r#"{"jsonrpc":"2.0","id":1,"result":{}}"#);
+        response
+            .headers_mut()
+            .insert("mcp-session-id", "issued-to-alice".parse().unwrap());
+        response
+    })
+    .await;
+    let gateway = Gateway::start(&upstream.url(), "");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let answer = post(&gateway, &[("authorization", ALICE)], init).await;
+    assert_eq!(answer.headers["mcp-session-id"], "issued-to-alice");
+    let forwarded = upstream.count();
+
+    let bob = format!("Bearer {BOB_KEY}");
+    let answer = post(
+        &gateway,
+        &[
+            ("authorization", &bob),
+            ("mcp-session-id", "issued-to-alice"),
+        ],
+        CALL,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(answer.json()["id"], 42);
+    assert_eq!(
+        upstream.count(),
+        forwarded,
+        "bob's request was not forwarded"
+    );
+
+    let answer = post(
+        &gateway,
+        &[
+            ("authorization", ALICE),
+            ("mcp-session-id", "issued-to-alice"),
+        ],
+        CALL,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let decisions: Vec<Value> = gateway
+        .audit_lines()
+        .iter()
+        .map(|l| l["decision"].clone())
+        .collect();
+    assert!(decisions.contains(&json!("forbidden")), "{decisions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_precise_errors_and_are_not_forwarded() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start_with(
+        &upstream.url(),
+        Options {
+            top: "max_body_bytes = 1024",
+            ..Options::default()
+        },
+    );
+
+    let answer = post(&gateway, &[], CALL).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.headers["www-authenticate"],
+        "Bearer realm=\"mcp-gateway\""
+    );
+    assert!(
+        answer.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Authorization: Bearer")
+    );
+
+    let answer = post(&gateway, &[("authorization", "Bearer wrong-key")], CALL).await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        answer.headers["www-authenticate"],
+        "Bearer realm=\"mcp-gateway\", error=\"invalid_token\""
+    );
+
+    // A key in the query string is never accepted.
+    let answer = send(
+        Method::POST,
+        &format!("{}?api_key={ALICE_KEY}", gateway.url()),
+        &[("content-type", "application/json")],
+        CALL,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+
+    let answer = post(
+        &gateway,
+        &[("authorization", ALICE)],
+        r#"{"jsonrpc":"2.0","id":1,"method":"#,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error"]["code"], -32700);
+
+    let answer = post(&gateway, &[("authorization", ALICE)], "[]").await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error"]["code"], -32600);
+
+    let big = format!(
+        r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"echo","arguments":{{"message":"{}"}}}}}}"#,
+        "x".repeat(2048)
+    );
+    let answer = post(&gateway, &[("authorization", ALICE)], &big).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    let answer = post(
+        &gateway,
+        &[("authorization", ALICE), ("mcp-method", "tools/list")],
+        CALL,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer.json()["error"]["code"], -32020);
+    assert_eq!(answer.json()["id"], 42);
+
+    let answer = send(
+        Method::PUT,
+        &gateway.url(),
+        &[("authorization", ALICE)],
+        CALL,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::METHOD_NOT_ALLOWED);
+
+    for path in [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-protected-resource/mcp",
+        "/other",
+    ] {
+        let answer = send(
+            Method::GET,
+            &format!("http://{}{path}", gateway.addr),
+            &[],
+            Bytes::new(),
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND, "{path}");
+        assert!(answer.json()["error"].is_string(), "{path}");
+    }
+    assert_eq!(upstream.count(), 0, "nothing reached the upstream");
+
+    let decisions: Vec<String> = gateway
+        .audit_lines()
+        .iter()
+        .map(|l| l["decision"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(
+        decisions,
+        [
+            "unauthenticated",
+            "invalid_key",
+            "unauthenticated",
+            "bad_request",
+            "bad_request",
+            "too_large",
+            "bad_request",
+            "bad_request"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limited_answers_can_use_http_200() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start(
+        &upstream.url(),
+        "[rate_limit]\nrequests = 1\nwindow_secs = 30\nstatus = 200\n",
+    );
+    assert_eq!(
+        post(&gateway, &[("authorization", ALICE)], CALL)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let answer = post(&gateway, &[("authorization", ALICE)], CALL).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let retry_after: u64 = answer.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((29..=30).contains(&retry_after), "{retry_after}");
+    let body = answer.json();
+    assert_eq!(body["id"], 42);
+    assert_eq!(body["error"]["data"]["retryAfterSeconds"], retry_after);
+    let code = body["error"]["code"].as_i64().unwrap();
+    assert!(
+        !(-32768..=-32000).contains(&code),
+        "gateway codes stay outside the reserved range"
+    );
+    // Another caller has their own budget.
+    let bob = format!("Bearer {BOB_KEY}");
+    assert_eq!(
+        post(&gateway, &[("authorization", &bob)], CALL)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.count(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_down_is_502_and_slow_upstream_is_504() {
+    let closed_port = free_port();
+    let gateway = Gateway::start(&format!("http://127.0.0.1:{closed_port}/mcp"), "");
+    let answer = post(&gateway, &[("authorization", ALICE)], CALL).await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(answer.json()["id"], 42);
+
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let slow_addr = slow.local_addr().unwrap();
+    // Accepts and never answers.
+    let _held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = slow.accept().await {
+            held.push(stream);
+        }
+    });
+    let options = Options {
+        upstream: "timeout_secs = 1",
+        ..Options::default()
+    };
+    let gateway = Gateway::start_with(&format!("http://{slow_addr}/mcp"), options);
+    let answer = post(&gateway, &[("authorization", ALICE)], CALL).await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(answer.json()["id"], 42);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_cannot_be_audited_is_refused_and_not_forwarded() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    // /dev/full opens fine and fails every write with ENOSPC, like a full disk.
+    let options = Options {
+        audit_path: Some(std::path::Path::new("/dev/full")),
+        ..Options::default()
+    };
+    let gateway = Gateway::start_with(&upstream.url(), options);
+    let answer = post(&gateway, &[("authorization", ALICE)], CALL).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.json()["id"], 42);
+    assert_eq!(
+        upstream.count(),
+        0,
+        "an unaudited call reached the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reopens_the_audit_log_without_losing_lines() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start(&upstream.url(), "");
+    assert_eq!(
+        post(&gateway, &[("authorization", ALICE)], CALL)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let rotated = gateway.audit_path.with_extension("jsonl.1");
+    eventually("first request and response lines", || {
+        gateway.audit_lines().len() == 2
+    });
+    std::fs::rename(&gateway.audit_path, &rotated).unwrap();
+    // Written after the rename but before SIGHUP: lands in the rotated file.
+    assert_eq!(
+        post(&gateway, &[("authorization", ALICE)], CALL)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    eventually("second request lines in the rotated file", || {
+        read_audit(&rotated).len() == 4
+    });
+    gateway.signal(libc::SIGHUP);
+    eventually("the gateway reopened the log", || {
+        gateway.logs().contains("audit log reopened")
+    });
+    assert_eq!(
+        post(&gateway, &[("authorization", ALICE)], CALL)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    eventually("third request in the new file", || {
+        gateway.audit_lines().len() == 2
+    });
+    assert_eq!(
+        read_audit(&rotated).len(),
+        4,
+        "nothing lost, nothing duplicated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_clients_are_served() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start(&upstream.url(), "");
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    let request = Request::post(gateway.url())
+        .header("authorization", ALICE)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(CALL.as_bytes())))
+        .unwrap();
+    let response = client.request(request).await.expect("h2c response");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.version(), hyper::Version::HTTP_2);
+    assert_eq!(upstream.last().headers["x-mcp-caller"], "alice");
+}
