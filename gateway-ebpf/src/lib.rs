@@ -8,14 +8,57 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "mcp_gateway";
+/// LPM trie of prefixes never dropped: [`PrefixKey`] -> `u32` (unused).
+pub const ALLOWLIST_MAP: &str = "ALLOWLIST";
 /// Map of blocked sources: [`SourceKey`] -> [`BlockEntry`].
 pub const BLOCKLIST_MAP: &str = "BLOCKLIST";
+/// LPM trie of blocked ranges: [`PrefixKey`] -> [`BlockEntry`]; consulted only when
+/// [`XdpConfig::FLAG_PREFIX_BLOCKLIST`] is set.
+pub const PREFIX_BLOCKLIST_MAP: &str = "PREFIX_BLOCKLIST";
+/// LRU hash of per-source token buckets: [`SourceKey`] (rate key) -> [`RateState`].
+pub const RATE_MAP: &str = "RATE";
+/// One-entry array holding the [`XdpConfig`].
+pub const CONFIG_MAP: &str = "CONFIG";
 /// Per-CPU array of `u64` counters indexed by [`Verdict`].
 pub const STATS_MAP: &str = "STATS";
+/// Per-CPU one-entry array of [`InsertBudget`].
+pub const INSERT_BUDGET_MAP: &str = "INSERT_BUDGET";
+/// Ring buffer of [`RateEvent`]s.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Every map, for pinning.
+pub const ALL_MAPS: [&str; 8] = [
+    ALLOWLIST_MAP,
+    BLOCKLIST_MAP,
+    PREFIX_BLOCKLIST_MAP,
+    RATE_MAP,
+    CONFIG_MAP,
+    STATS_MAP,
+    INSERT_BUDGET_MAP,
+    EVENTS_MAP,
+];
 
 /// Capacity of the blocklist. The map is a preallocated HASH, not an LRU: an attacker must not be
 /// able to evict blocks by churning source addresses.
 pub const BLOCKLIST_CAPACITY: u32 = 65_536;
+/// Capacity of the allowlist and of the prefix blocklist.
+pub const PREFIX_CAPACITY: u32 = 4_096;
+/// Sources with a token bucket; the least recently seen are evicted first.
+pub const RATE_CAPACITY: u32 = 262_144;
+/// Size of the events ring buffer in bytes (a power of two times the page size).
+pub const EVENTS_BYTES: u32 = 256 * 1024;
+/// Most protected destination ports.
+pub const MAX_PORTS: usize = 8;
+/// One token, in the bucket's fixed-point unit: tokens are counted in billionths, so refill is
+/// `elapsed_ns * rate_per_sec` without division.
+pub const TOKEN: u64 = 1_000_000_000;
+/// Longest refill credited at once (bounds the multiplication; any bucket is full by then).
+pub const MAX_REFILL_NS: u64 = 60 * 1_000_000_000;
+/// Highest rate (per second) and burst a bucket accepts: with [`MAX_REFILL_NS`] and [`TOKEN`] the
+/// products stay below `u64::MAX` (BPF has no 128-bit multiply for a saturating one).
+pub const MAX_RATE: u64 = 100_000_000;
+pub const MAX_BURST: u64 = 1_000_000_000;
+/// A source that keeps being rate-dropped raises at most one event per this interval.
+pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 
 /// A source address as the XDP maps key it: 16 bytes, IPv4 as a v4-mapped IPv6 address
 /// (`::ffff:a.b.c.d`), so one map serves both families.
@@ -65,6 +108,188 @@ impl From<Ipv4Addr> for SourceKey {
     }
 }
 
+/// Key of the LPM tries: a prefix length in bits over a 16-byte address (IPv4 as v4-mapped, so an
+/// IPv4 /24 is a /120). Same layout as the kernel's `bpf_lpm_trie_key`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PrefixKey {
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
+impl SourceKey {
+    /// The key rate limiting uses: IPv6 sources cut to their first `ipv6_prefix_len` bits, so one
+    /// host cannot dodge its limit by rotating addresses inside its prefix. IPv4 stays whole.
+    #[inline(always)]
+    pub fn rate_key(&self, ipv6_prefix_len: u32) -> Self {
+        if self.is_ipv4_mapped() || ipv6_prefix_len >= 128 {
+            return *self;
+        }
+        let mut addr = self.addr;
+        let mut i = 0;
+        while i < 16 {
+            let bit = (i as u32) * 8;
+            if bit >= ipv6_prefix_len {
+                addr[i] = 0;
+            } else if bit + 8 > ipv6_prefix_len {
+                addr[i] &= 0xffu8 << (8 - (ipv6_prefix_len - bit));
+            }
+            i += 1;
+        }
+        Self { addr }
+    }
+
+    #[inline(always)]
+    pub fn is_ipv4_mapped(&self) -> bool {
+        let a = &self.addr;
+        a[0] | a[1] | a[2] | a[3] | a[4] | a[5] | a[6] | a[7] | a[8] | a[9] == 0
+            && a[10] == 0xff
+            && a[11] == 0xff
+    }
+
+    /// The LPM key that looks this address up (full length).
+    #[inline(always)]
+    pub fn lpm_key(&self) -> PrefixKey {
+        PrefixKey {
+            prefix_len: 128,
+            addr: self.addr,
+        }
+    }
+}
+
+/// Runtime settings of the program, in the one-entry [`CONFIG_MAP`]; userspace may update it while
+/// the program runs. All zero means: no rate limiting, every port protected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct XdpConfig {
+    /// `FLAG_*` bits.
+    pub flags: u32,
+    /// IPv6 sources share a token bucket per prefix of this length (e.g. 64).
+    pub ipv6_prefix_len: u32,
+    /// Per-source packet rate and burst (0 = no packet limit).
+    pub packets_per_sec: u64,
+    pub burst: u64,
+    /// Per-source rate and burst of new TCP connections (SYN without ACK; 0 = no limit).
+    pub syn_per_sec: u64,
+    pub syn_burst: u64,
+    /// New sources given a bucket per second, per CPU (0 = no cap).
+    pub new_sources_per_sec: u64,
+    /// Protected TCP/UDP destination ports; `port_count == 0` protects every port.
+    pub ports: [u16; MAX_PORTS],
+    pub port_count: u32,
+    pub _pad: u32,
+    /// Test hook: when non-zero, the program's clock for token buckets and block expiry reads
+    /// this instead of the kernel's (deterministic BPF_PROG_TEST_RUN). Always 0 in production.
+    pub clock_override_ns: u64,
+}
+
+impl XdpConfig {
+    /// Count what would be dropped, but pass it.
+    pub const FLAG_DRY_RUN: u32 = 1;
+    /// The prefix blocklist has entries: look it up.
+    pub const FLAG_PREFIX_BLOCKLIST: u32 = 2;
+
+    #[inline(always)]
+    pub fn is_protected_port(&self, port: u16) -> bool {
+        if self.port_count == 0 {
+            return true;
+        }
+        let mut i = 0;
+        while i < MAX_PORTS {
+            if (i as u32) < self.port_count && self.ports[i] == port {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
+
+/// A token bucket in fixed point ([`TOKEN`] per token).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenBucket {
+    pub tokens: u64,
+    pub last_ns: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now_ns`.
+    pub const fn full(burst: u64, now_ns: u64) -> Self {
+        let burst = if burst > MAX_BURST { MAX_BURST } else { burst };
+        Self {
+            tokens: burst * TOKEN,
+            last_ns: now_ns,
+        }
+    }
+
+    /// Refills for the time since the last packet, then takes one token if there is one.
+    /// `rate_per_sec == 0` means unlimited.
+    #[inline(always)]
+    pub fn take(&mut self, now_ns: u64, rate_per_sec: u64, burst: u64) -> bool {
+        if rate_per_sec == 0 {
+            return true;
+        }
+        let elapsed = now_ns.saturating_sub(self.last_ns);
+        let elapsed = if elapsed > MAX_REFILL_NS {
+            MAX_REFILL_NS
+        } else {
+            elapsed
+        };
+        let rate = if rate_per_sec > MAX_RATE {
+            MAX_RATE
+        } else {
+            rate_per_sec
+        };
+        let burst = if burst > MAX_BURST { MAX_BURST } else { burst };
+        let capacity = burst * TOKEN;
+        let refilled = self.tokens.saturating_add(elapsed * rate);
+        self.tokens = if refilled > capacity {
+            capacity
+        } else {
+            refilled
+        };
+        self.last_ns = now_ns;
+        if self.tokens >= TOKEN {
+            self.tokens -= TOKEN;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-source limiter state (value of [`RATE_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateState {
+    pub packets: TokenBucket,
+    pub syns: TokenBucket,
+    /// When the last [`RateEvent`] for this source was sent (0 = never).
+    pub last_event_ns: u64,
+}
+
+/// Per-CPU budget of new token-bucket entries (value of [`INSERT_BUDGET_MAP`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InsertBudget {
+    pub window_start_ns: u64,
+    pub inserted: u64,
+}
+
+/// Sent on the ring buffer when a source starts being rate-dropped (at most once per
+/// [`EVENT_INTERVAL_NS`] per source), so userspace can escalate repeat offenders.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateEvent {
+    /// The source address (not the rate key).
+    pub source: SourceKey,
+    /// The [`Verdict`] of the drop (`DropRate` or `DropSynRate`).
+    pub verdict: u32,
+    pub _pad: u32,
+    pub at_ns: u64,
+}
+
 /// Why a source is on the blocklist (stored in [`BlockEntry::reason`]).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +302,8 @@ pub enum BlockReason {
     RateLimited = 2,
     /// Too many malformed requests.
     Malformed = 3,
+    /// Kept exceeding the XDP packet or SYN rate.
+    PacketRate = 4,
 }
 
 impl BlockReason {
@@ -86,6 +313,7 @@ impl BlockReason {
             1 => Some(Self::AuthFailures),
             2 => Some(Self::RateLimited),
             3 => Some(Self::Malformed),
+            4 => Some(Self::PacketRate),
             _ => None,
         }
     }
@@ -96,6 +324,7 @@ impl BlockReason {
             Self::AuthFailures => "auth_failures",
             Self::RateLimited => "rate_limited",
             Self::Malformed => "malformed",
+            Self::PacketRate => "packet_rate",
         }
     }
 }
@@ -132,25 +361,69 @@ impl BlockEntry {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// Passed to the network stack (including non-IP traffic such as ARP).
+    /// Passed to the network stack (non-IP traffic, other ports, sources within their limits).
     Pass = 0,
     /// Dropped: the source is on the blocklist.
     DropBlocked = 1,
-    /// A frame too short for the headers it announces; passed, the stack drops it.
-    ParseError = 2,
+    /// Dropped: the source lies in a blocked prefix.
+    DropPrefix = 2,
+    /// Dropped: over the per-source packet rate.
+    DropRate = 3,
+    /// Dropped: over the per-source new-connection (SYN) rate.
+    DropSynRate = 4,
+    /// Passed without any check: the source is on the allowlist.
+    Allowlisted = 5,
+    /// A frame too short for the headers it announces, or a bad IPv4 header length; passed, the
+    /// network stack drops it.
+    ParseError = 6,
+    /// Would have been dropped, but dry-run mode is on.
+    DryRunWouldDrop = 7,
+    /// Passed unmetered: the cap on new token buckets per second was reached.
+    Untracked = 8,
 }
 
 impl Verdict {
-    pub const COUNT: u32 = 3;
-    pub const ALL: [Verdict; Self::COUNT as usize] =
-        [Self::Pass, Self::DropBlocked, Self::ParseError];
+    pub const COUNT: u32 = 9;
+    pub const ALL: [Verdict; Self::COUNT as usize] = [
+        Self::Pass,
+        Self::DropBlocked,
+        Self::DropPrefix,
+        Self::DropRate,
+        Self::DropSynRate,
+        Self::Allowlisted,
+        Self::ParseError,
+        Self::DryRunWouldDrop,
+        Self::Untracked,
+    ];
 
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Pass => "pass",
             Self::DropBlocked => "drop_blocked",
+            Self::DropPrefix => "drop_prefix",
+            Self::DropRate => "drop_rate",
+            Self::DropSynRate => "drop_syn_rate",
+            Self::Allowlisted => "allowlisted",
             Self::ParseError => "parse_error",
+            Self::DryRunWouldDrop => "dry_run_would_drop",
+            Self::Untracked => "untracked",
         }
+    }
+
+    pub const fn from_u32(raw: u32) -> Option<Self> {
+        if raw < Self::COUNT {
+            Some(Self::ALL[raw as usize])
+        } else {
+            None
+        }
+    }
+
+    /// Whether this verdict drops the packet (outside dry-run).
+    pub const fn is_drop(self) -> bool {
+        matches!(
+            self,
+            Self::DropBlocked | Self::DropPrefix | Self::DropRate | Self::DropSynRate
+        )
     }
 }
 
@@ -159,6 +432,11 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data without padding holes or invalid bit patterns.
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::BlockEntry {}
+    unsafe impl aya::Pod for super::PrefixKey {}
+    unsafe impl aya::Pod for super::XdpConfig {}
+    unsafe impl aya::Pod for super::RateState {}
+    unsafe impl aya::Pod for super::InsertBudget {}
+    unsafe impl aya::Pod for super::RateEvent {}
 }
 
 #[cfg(test)]
@@ -179,6 +457,64 @@ mod tests {
     fn ipv6_keys_keep_all_bytes() {
         let ip: IpAddr = "2001:db8::1".parse().unwrap();
         assert_eq!(SourceKey::from(ip).ip(), ip);
+    }
+
+    #[test]
+    fn ipv6_rate_keys_cover_the_prefix_and_ipv4_stays_whole() {
+        let a = SourceKey::from("2001:db8:1:2:aaaa::1".parse::<IpAddr>().unwrap());
+        let b = SourceKey::from("2001:db8:1:2:bbbb::2".parse::<IpAddr>().unwrap());
+        let other = SourceKey::from("2001:db8:1:3::1".parse::<IpAddr>().unwrap());
+        assert_eq!(a.rate_key(64), b.rate_key(64));
+        assert_ne!(a.rate_key(64), other.rate_key(64));
+        assert_eq!(
+            a.rate_key(64).ip(),
+            "2001:db8:1:2::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            a.rate_key(60).ip(),
+            "2001:db8:1::".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(a.rate_key(128), a);
+        let v4 = SourceKey::from(IpAddr::from([192, 0, 2, 7]));
+        assert!(v4.is_ipv4_mapped() && !a.is_ipv4_mapped());
+        assert_eq!(v4.rate_key(64), v4);
+    }
+
+    #[test]
+    fn token_bucket_allows_burst_then_rate() {
+        let mut bucket = TokenBucket::full(3, 0);
+        // Burst of 3, then empty.
+        assert!((0..3).all(|_| bucket.take(0, 10, 3)));
+        assert!(!bucket.take(0, 10, 3));
+        // 10 per second: one token per 100 ms.
+        assert!(!bucket.take(99_999_999, 10, 3));
+        assert!(bucket.take(100_000_000, 10, 3));
+        assert!(!bucket.take(100_000_001, 10, 3));
+        // A long pause refills to the burst, not beyond.
+        let later = 3_600 * 1_000_000_000;
+        assert!((0..3).all(|_| bucket.take(later, 10, 3)));
+        assert!(!bucket.take(later, 10, 3));
+        // Rate 0 means unlimited.
+        assert!((0..100).all(|_| bucket.take(later, 0, 0)));
+    }
+
+    #[test]
+    fn ports_filter_only_when_configured() {
+        let mut config = XdpConfig::default();
+        assert!(config.is_protected_port(22));
+        config.ports[0] = 8080;
+        config.ports[1] = 8443;
+        config.port_count = 2;
+        assert!(config.is_protected_port(8080) && config.is_protected_port(8443));
+        assert!(!config.is_protected_port(22));
+    }
+
+    #[test]
+    fn verdicts_roundtrip() {
+        for verdict in Verdict::ALL {
+            assert_eq!(Verdict::from_u32(verdict as u32), Some(verdict));
+        }
+        assert_eq!(Verdict::from_u32(Verdict::COUNT), None);
     }
 
     #[test]

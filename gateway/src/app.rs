@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
-use aya::{Ebpf, programs::XdpMode};
+use aya::programs::XdpMode;
 use tokio::{
     net::TcpListener,
     signal::unix::{SignalKind, signal},
@@ -13,7 +13,8 @@ use crate::{
     audit::AuditLog,
     config::{Settings, XdpModeConfig},
     proxy::{self, Gateway},
-    server, xdp,
+    server,
+    xdp::Kernel,
 };
 
 /// Runs the gateway until SIGINT or SIGTERM.
@@ -53,7 +54,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// Loads and attaches the XDP program when configured. Failure is loud but not fatal: the
 /// proxy still authenticates, limits and audits, only without early drops in the kernel.
-fn attach_xdp(settings: &Settings) -> Option<Ebpf> {
+fn attach_xdp(settings: &Settings) -> Option<Kernel> {
     let config = &settings.xdp;
     let Some(interface) = config.interface.as_deref().filter(|_| config.enabled) else {
         tracing::warn!(
@@ -61,11 +62,11 @@ fn attach_xdp(settings: &Settings) -> Option<Ebpf> {
         );
         return None;
     };
-    let result = xdp::load().and_then(|mut ebpf| {
+    let result = Kernel::load(None).and_then(|mut ebpf| {
         let mode = match config.mode {
             XdpModeConfig::Driver => XdpMode::Driver,
             XdpModeConfig::Skb => XdpMode::Skb,
-            XdpModeConfig::Auto => match xdp::attach(&mut ebpf, interface, XdpMode::Driver) {
+            XdpModeConfig::Auto => match ebpf.attach(interface, XdpMode::Driver) {
                 Ok(()) => return Ok((ebpf, "driver")),
                 Err(err) => {
                     tracing::info!(interface, error = %err, "driver-mode XDP unavailable; trying generic (skb) mode");
@@ -73,7 +74,7 @@ fn attach_xdp(settings: &Settings) -> Option<Ebpf> {
                 }
             },
         };
-        xdp::attach(&mut ebpf, interface, mode)?;
+        ebpf.attach(interface, mode)?;
         Ok((ebpf, if mode == XdpMode::Driver { "driver" } else { "skb" }))
     });
     match result {

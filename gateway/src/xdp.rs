@@ -1,11 +1,21 @@
-//! Loading the embedded XDP program and attaching it to interfaces.
+//! The XDP program from userspace: loading the embedded object (optionally with its maps pinned
+//! under bpffs so they outlive the process), attaching it, and reading and writing its maps.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    Ebpf,
-    maps::{HashMap, MapData, MapError, PerCpuArray},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, Xdp, XdpMode},
 };
-use gateway_ebpf::{BLOCKLIST_MAP, BlockEntry, PROGRAM_NAME, STATS_MAP, SourceKey, Verdict};
+use gateway_ebpf::{
+    ALL_MAPS, ALLOWLIST_MAP, BLOCKLIST_MAP, BlockEntry, BlockReason, CONFIG_MAP, EVENTS_MAP,
+    PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, PrefixKey, STATS_MAP, SourceKey, Verdict, XdpConfig,
+};
+use ipnet::IpNet;
 
 /// The XDP object compiled from gateway-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
@@ -32,38 +42,293 @@ pub enum XdpError {
     Map(#[source] MapError),
     #[error("the eBPF object has no program or map named {0:?}")]
     Missing(&'static str),
+    #[error("cannot prepare the bpffs pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// Loads the embedded object into the kernel and verifies the XDP program (not attached yet).
-pub fn load() -> Result<Ebpf, XdpError> {
-    let mut ebpf = Ebpf::load(EBPF_OBJECT).map_err(|err| {
-        if is_permission_error(&err) {
-            XdpError::Permission(err)
-        } else {
-            XdpError::Load(err)
+/// Per-verdict packet counts, summed over CPUs.
+pub type Stats = [(Verdict, u64); Verdict::COUNT as usize];
+
+/// The loaded program and its maps.
+pub struct Kernel {
+    ebpf: Ebpf,
+    /// Where the maps are pinned, if they are.
+    pin_dir: Option<PathBuf>,
+}
+
+impl Kernel {
+    /// Loads the embedded object into the kernel (verified, not attached yet). With `pin_dir`, each
+    /// map is pinned there, and maps already pinned there (by an earlier gateway) are reused, so
+    /// blocks and counters survive restarts and upgrades.
+    pub fn load(pin_dir: Option<&Path>) -> Result<Self, XdpError> {
+        let mut loader = EbpfLoader::new();
+        // aya-log statements in the program stay off: per-packet logging costs too much.
+        loader.override_global(aya_log::LEVEL, &0u8, false);
+        let pins: Vec<(&'static str, PathBuf)> = match pin_dir {
+            Some(dir) => {
+                ensure_pin_dir(dir)?;
+                ALL_MAPS
+                    .iter()
+                    .map(|name| (*name, dir.join(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
         }
-    })?;
-    program(&mut ebpf)?.load().map_err(XdpError::Program)?;
-    Ok(ebpf)
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|err| {
+            if is_permission_error(&err) {
+                XdpError::Permission(err)
+            } else {
+                XdpError::Load(err)
+            }
+        })?;
+        program(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        Ok(Self {
+            ebpf,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+        })
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp, XdpError> {
+        program(&mut self.ebpf)
+    }
+
+    /// Attaches to `interface`; detached when the `Kernel` is dropped.
+    pub fn attach(&mut self, interface: &str, mode: XdpMode) -> Result<(), XdpError> {
+        self.program()?
+            .attach(interface, mode)
+            .map(drop)
+            .map_err(|source| XdpError::Attach {
+                interface: interface.to_owned(),
+                source,
+            })
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
+    pub fn config(&self) -> Result<XdpConfig, XdpError> {
+        let map = self
+            .ebpf
+            .map(CONFIG_MAP)
+            .ok_or(XdpError::Missing(CONFIG_MAP))?;
+        let config = Array::<_, XdpConfig>::try_from(map).map_err(XdpError::Map)?;
+        config.get(&0, 0).map_err(XdpError::Map)
+    }
+
+    /// Replaces the program's settings; takes effect with the next packet.
+    pub fn set_config(&mut self, config: &XdpConfig) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(CONFIG_MAP)
+            .ok_or(XdpError::Missing(CONFIG_MAP))?;
+        let mut array = Array::<_, XdpConfig>::try_from(map).map_err(XdpError::Map)?;
+        array.set(0, config, 0).map_err(XdpError::Map)
+    }
+
+    pub fn stats(&self) -> Result<Stats, XdpError> {
+        let map = self
+            .ebpf
+            .map(STATS_MAP)
+            .ok_or(XdpError::Missing(STATS_MAP))?;
+        let stats = PerCpuArray::<_, u64>::try_from(map).map_err(XdpError::Map)?;
+        let mut totals = Verdict::ALL.map(|verdict| (verdict, 0));
+        for (verdict, total) in &mut totals {
+            let per_cpu = stats.get(&(*verdict as u32), 0).map_err(XdpError::Map)?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(totals)
+    }
+
+    /// Blocks `source` until monotonic time `expires_at_ns` (0 = until unblocked).
+    pub fn block(
+        &mut self,
+        source: IpAddr,
+        expires_at_ns: u64,
+        reason: BlockReason,
+    ) -> Result<(), XdpError> {
+        let entry = BlockEntry::new(expires_at_ns, reason);
+        self.blocklist()?
+            .insert(SourceKey::from(source), entry, 0)
+            .map_err(XdpError::Map)
+    }
+
+    /// Removes a block; `false` if there was none.
+    pub fn unblock(&mut self, source: IpAddr) -> Result<bool, XdpError> {
+        match self.blocklist()?.remove(&SourceKey::from(source)) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(err) => Err(XdpError::Map(err)),
+        }
+    }
+
+    /// Every blocklist entry.
+    pub fn blocks(&mut self) -> Result<Vec<(IpAddr, BlockEntry)>, XdpError> {
+        let blocklist = self.blocklist()?;
+        let mut entries = Vec::new();
+        for item in blocklist.iter() {
+            let (key, entry) = item.map_err(XdpError::Map)?;
+            entries.push((key.ip(), entry));
+        }
+        Ok(entries)
+    }
+
+    /// Removes entries that expired before `now_ns` and returns them (the program already ignores
+    /// them; this frees their slots).
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<Vec<(IpAddr, BlockEntry)>, XdpError> {
+        let expired: Vec<_> = self
+            .blocks()?
+            .into_iter()
+            .filter(|(_, entry)| !entry.is_active(now_ns))
+            .collect();
+        let mut blocklist = self.blocklist()?;
+        for (ip, _) in &expired {
+            match blocklist.remove(&SourceKey::from(*ip)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(XdpError::Map(err)),
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Never drops sources in `prefix`.
+    pub fn allow(&mut self, prefix: IpNet) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(ALLOWLIST_MAP)
+            .ok_or(XdpError::Missing(ALLOWLIST_MAP))?;
+        let mut trie = LpmTrie::<_, [u8; 16], u32>::try_from(map).map_err(XdpError::Map)?;
+        let key = prefix_key(prefix);
+        trie.insert(&Key::new(key.prefix_len, key.addr), 1, 0)
+            .map_err(XdpError::Map)
+    }
+
+    /// Blocks a whole range; the program consults the prefix blocklist only once it has entries.
+    pub fn block_prefix(
+        &mut self,
+        prefix: IpNet,
+        expires_at_ns: u64,
+        reason: BlockReason,
+    ) -> Result<(), XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(PREFIX_BLOCKLIST_MAP)
+            .ok_or(XdpError::Missing(PREFIX_BLOCKLIST_MAP))?;
+        let mut trie = LpmTrie::<_, [u8; 16], BlockEntry>::try_from(map).map_err(XdpError::Map)?;
+        let key = prefix_key(prefix);
+        trie.insert(
+            &Key::new(key.prefix_len, key.addr),
+            BlockEntry::new(expires_at_ns, reason),
+            0,
+        )
+        .map_err(XdpError::Map)?;
+        let mut config = self.config()?;
+        config.flags |= XdpConfig::FLAG_PREFIX_BLOCKLIST;
+        self.set_config(&config)
+    }
+
+    /// The ring buffer of rate-limit events, for a reader task (can be taken once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, XdpError> {
+        let map = self
+            .ebpf
+            .take_map(EVENTS_MAP)
+            .ok_or(XdpError::Missing(EVENTS_MAP))?;
+        RingBuf::try_from(map).map_err(XdpError::Map)
+    }
+
+    fn blocklist(&mut self) -> Result<HashMap<&mut MapData, SourceKey, BlockEntry>, XdpError> {
+        let map = self
+            .ebpf
+            .map_mut(BLOCKLIST_MAP)
+            .ok_or(XdpError::Missing(BLOCKLIST_MAP))?;
+        HashMap::try_from(map).map_err(XdpError::Map)
+    }
 }
 
-/// The gateway's XDP program in a loaded object.
-pub fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
+/// The LPM key of a prefix: IPv4 prefixes become v4-mapped IPv6 prefixes (/n -> /96+n).
+pub fn prefix_key(prefix: IpNet) -> PrefixKey {
+    match prefix.trunc() {
+        IpNet::V4(net) => PrefixKey {
+            prefix_len: 96 + u32::from(net.prefix_len()),
+            addr: SourceKey::from(net.network()).addr,
+        },
+        IpNet::V6(net) => PrefixKey {
+            prefix_len: u32::from(net.prefix_len()),
+            addr: net.network().octets(),
+        },
+    }
+}
+
+/// Removes pinned maps (`gateway xdp unload`): the next start begins with empty maps.
+pub fn unpin_all(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for name in ALL_MAPS {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed.push(path),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(removed)
+}
+
+fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
     ebpf.program_mut(PROGRAM_NAME)
         .ok_or(XdpError::Missing(PROGRAM_NAME))?
         .try_into()
         .map_err(XdpError::Program)
 }
 
-/// Attaches the loaded program to `interface`; detached when `ebpf` is dropped.
-pub fn attach(ebpf: &mut Ebpf, interface: &str, mode: XdpMode) -> Result<(), XdpError> {
-    program(ebpf)?
-        .attach(interface, mode)
-        .map(drop)
-        .map_err(|source| XdpError::Attach {
-            interface: interface.to_owned(),
-            source,
-        })
+/// Creates the pin directory, mounting bpffs on /sys/fs/bpf first if nothing is mounted there.
+fn ensure_pin_dir(dir: &Path) -> Result<(), XdpError> {
+    let pin_error = |source| XdpError::PinDir {
+        path: dir.to_owned(),
+        source,
+    };
+    let bpffs = Path::new("/sys/fs/bpf");
+    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
+        mount_bpffs(bpffs).map_err(pin_error)?;
+    }
+    std::fs::create_dir_all(dir).map_err(pin_error)
+}
+
+fn is_bpffs(path: &Path) -> bool {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs into a zeroed struct with a valid C string.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
+    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
+}
+
+fn mount_bpffs(path: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(path)?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: mount(2) with valid C strings and no data.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Whether loading failed for lack of privileges (EPERM/EACCES anywhere in the error chain).
@@ -80,28 +345,6 @@ fn is_permission_error(err: &aya::EbpfError) -> bool {
     false
 }
 
-/// Sum over CPUs of each verdict counter, in [`Verdict::ALL`] order.
-pub fn read_stats(ebpf: &Ebpf) -> Result<[(Verdict, u64); Verdict::COUNT as usize], XdpError> {
-    let map = ebpf.map(STATS_MAP).ok_or(XdpError::Missing(STATS_MAP))?;
-    let stats = PerCpuArray::<_, u64>::try_from(map).map_err(XdpError::Map)?;
-    let mut totals = Verdict::ALL.map(|verdict| (verdict, 0));
-    for (verdict, total) in &mut totals {
-        let per_cpu = stats.get(&(*verdict as u32), 0).map_err(XdpError::Map)?;
-        *total = per_cpu.iter().sum();
-    }
-    Ok(totals)
-}
-
-/// The blocklist map of a loaded object, for reading and writing from userspace.
-pub fn blocklist(
-    ebpf: &mut Ebpf,
-) -> Result<HashMap<&mut MapData, SourceKey, BlockEntry>, XdpError> {
-    let map = ebpf
-        .map_mut(BLOCKLIST_MAP)
-        .ok_or(XdpError::Missing(BLOCKLIST_MAP))?;
-    HashMap::try_from(map).map_err(XdpError::Map)
-}
-
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, so block expiry times agree.
 pub fn monotonic_now_ns() -> u64 {
     let mut now = libc::timespec {
@@ -111,4 +354,23 @@ pub fn monotonic_now_ns() -> u64 {
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_prefixes_become_v4_mapped() {
+        let key = prefix_key("198.51.100.77/24".parse().unwrap());
+        assert_eq!(key.prefix_len, 120);
+        assert_eq!(
+            key.addr,
+            SourceKey::from("198.51.100.0".parse::<IpAddr>().unwrap()).addr
+        );
+        let key = prefix_key("2001:db8::1/48".parse().unwrap());
+        assert_eq!(key.prefix_len, 48);
+        assert_eq!(key.addr[..6], [0x20, 0x01, 0x0d, 0xb8, 0, 0]);
+        assert!(key.addr[6..].iter().all(|b| *b == 0));
+    }
 }

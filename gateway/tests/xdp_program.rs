@@ -1,53 +1,119 @@
-//! The real XDP program, loaded into the kernel and run on crafted frames with BPF_PROG_TEST_RUN.
-//! Needs root (or CAP_BPF + CAP_NET_ADMIN): `cargo xtask test` runs these when root.
+//! The real XDP program, loaded into the kernel and run on crafted frames with BPF_PROG_TEST_RUN:
+//! every verdict, every header shape it must parse. Needs root (or CAP_BPF + CAP_NET_ADMIN):
+//! `cargo xtask test` runs these when root and reports them as ignored otherwise.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
-use aya::{
-    Ebpf,
-    programs::{TestRun, TestRunOptions},
-};
-use gateway::xdp;
-use gateway_ebpf::{BlockEntry, BlockReason, SourceKey, Verdict};
+use aya::programs::{TestRun, TestRunOptions};
+use gateway::xdp::{Kernel, monotonic_now_ns};
+use gateway_ebpf::{BlockReason, RateEvent, Verdict, XdpConfig};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-
+const PORT: u16 = 8080;
+const OTHER_PORT: u16 = 22;
 const BLOCKED_V4: [u8; 4] = [198, 51, 100, 7];
 const OTHER_V4: [u8; 4] = [198, 51, 100, 8];
 const BLOCKED_V6: &str = "2001:db8::bad";
 const OTHER_V6: &str = "2001:db8::900d";
+const SECOND: u64 = 1_000_000_000;
 
-fn ethernet(ether_type: u16, payload: &[u8]) -> Vec<u8> {
+// ---- frame building -------------------------------------------------------------------------
+
+fn ethernet(ether_type: u16, vlans: &[u16], payload: &[u8]) -> Vec<u8> {
     let mut frame = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    // Outer tag first: 802.1ad for the outer of two, 802.1Q for the inner (or only) one.
+    for (i, vid) in vlans.iter().enumerate() {
+        let tpid: u16 = if i + 1 < vlans.len() { 0x88A8 } else { 0x8100 };
+        frame.extend_from_slice(&tpid.to_be_bytes());
+        frame.extend_from_slice(&vid.to_be_bytes());
+    }
     frame.extend_from_slice(&ether_type.to_be_bytes());
     frame.extend_from_slice(payload);
     frame
 }
 
-/// IPv4 header (IHL 5) + 8 bytes of UDP-ish payload.
-fn ipv4_packet(source: [u8; 4]) -> Vec<u8> {
-    let mut ip = vec![0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    ip.extend_from_slice(&source);
-    ip.extend_from_slice(&[10, 0, 0, 1]);
-    ip.extend_from_slice(&[0x30, 0x39, 0x1f, 0x90, 0, 8, 0, 0]);
-    ethernet(0x0800, &ip)
+fn tcp(port: u16, flags: u8) -> Vec<u8> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&40000u16.to_be_bytes());
+    tcp[2..4].copy_from_slice(&port.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = flags;
+    tcp
 }
 
-fn ipv6_packet(source: &str) -> Vec<u8> {
-    let IpAddr::V6(source) = source.parse().expect("test address") else {
-        unreachable!("test addresses are IPv6")
-    };
-    let mut ip = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn udp(port: u16) -> Vec<u8> {
+    let mut udp = vec![0u8; 8];
+    udp[2..4].copy_from_slice(&port.to_be_bytes());
+    udp
+}
+
+struct V4 {
+    source: [u8; 4],
+    protocol: u8,
+    options: Vec<u8>,
+    fragment_offset: u16,
+    vlans: Vec<u16>,
+}
+
+impl V4 {
+    fn new(source: [u8; 4]) -> Self {
+        Self {
+            source,
+            protocol: 6,
+            options: Vec::new(),
+            fragment_offset: 0,
+            vlans: Vec::new(),
+        }
+    }
+
+    fn frame(&self, l4: &[u8]) -> Vec<u8> {
+        let ihl = 5 + self.options.len() / 4;
+        let mut ip = vec![0x40 | ihl as u8, 0];
+        ip.extend_from_slice(&((ihl * 4 + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(&self.fragment_offset.to_be_bytes());
+        ip.extend_from_slice(&[64, self.protocol, 0, 0]);
+        ip.extend_from_slice(&self.source);
+        ip.extend_from_slice(&[10, 0, 0, 1]);
+        ip.extend_from_slice(&self.options);
+        ip.extend_from_slice(l4);
+        ethernet(0x0800, &self.vlans, &ip)
+    }
+}
+
+fn v4_tcp(source: [u8; 4], port: u16) -> Vec<u8> {
+    V4::new(source).frame(&tcp(port, ACK))
+}
+
+/// IPv6 with the given extension headers (type, total length in bytes) before `l4`.
+fn v6_frame(source: &str, extensions: &[(u8, usize)], protocol: u8, l4: &[u8]) -> Vec<u8> {
+    let source: Ipv6Addr = source.parse().expect("test address");
+    let mut chain: Vec<u8> = Vec::new();
+    let mut types: Vec<u8> = extensions.iter().map(|(t, _)| *t).collect();
+    types.push(protocol);
+    for (i, (kind, len)) in extensions.iter().enumerate() {
+        let mut ext = vec![0u8; *len];
+        ext[0] = types[i + 1];
+        ext[1] = if *kind == 44 { 0 } else { (len / 8 - 1) as u8 };
+        chain.extend_from_slice(&ext);
+    }
+    chain.extend_from_slice(l4);
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(chain.len() as u16).to_be_bytes());
+    ip.push(types[0]);
+    ip.push(64);
     ip.extend_from_slice(&source.octets());
-    ip.extend_from_slice(
-        &"2001:db8::1"
-            .parse::<std::net::Ipv6Addr>()
-            .expect("addr")
-            .octets(),
-    );
-    ip.extend_from_slice(&[0x30, 0x39, 0x1f, 0x90, 0, 8, 0, 0]);
-    ethernet(0x86DD, &ip)
+    ip.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().expect("addr").octets());
+    ip.extend_from_slice(&chain);
+    ethernet(0x86DD, &[], &ip)
+}
+
+fn v6_tcp(source: &str, port: u16) -> Vec<u8> {
+    v6_frame(source, &[], 6, &tcp(port, ACK))
 }
 
 fn arp_request() -> Vec<u8> {
@@ -55,119 +121,456 @@ fn arp_request() -> Vec<u8> {
         0, 1, 0x08, 0, 6, 4, 0, 1, 0x02, 0, 0, 0, 0, 2, 198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 10, 0,
         0, 1,
     ];
-    ethernet(0x0806, &arp)
+    ethernet(0x0806, &[], &arp)
 }
 
-fn run(ebpf: &mut Ebpf, frame: &[u8]) -> u32 {
-    let program = xdp::program(ebpf).expect("program");
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(frame);
-    program
-        .test_run(opts)
-        .expect("BPF_PROG_TEST_RUN")
-        .return_value
+// ---- running the program --------------------------------------------------------------------
+
+struct Program {
+    kernel: Kernel,
 }
 
-fn counter(ebpf: &Ebpf, verdict: Verdict) -> u64 {
-    xdp::read_stats(ebpf)
-        .expect("stats")
-        .into_iter()
-        .find(|(v, _)| *v == verdict)
-        .map(|(_, count)| count)
-        .expect("every verdict has a counter")
+impl Program {
+    /// The program protecting PORT, with BLOCKED_V4 and BLOCKED_V6 on the blocklist.
+    fn new() -> Self {
+        let kernel = Kernel::load(None).expect("load the XDP program (needs root)");
+        let mut program = Self { kernel };
+        program.configure(|_| {});
+        program
+            .kernel
+            .block(IpAddr::from(BLOCKED_V4), 0, BlockReason::Manual)
+            .expect("block");
+        let in_an_hour = monotonic_now_ns() + 3_600 * SECOND;
+        program
+            .kernel
+            .block(
+                BLOCKED_V6.parse().expect("addr"),
+                in_an_hour,
+                BlockReason::AuthFailures,
+            )
+            .expect("block");
+        program
+    }
+
+    fn configure(&mut self, change: impl FnOnce(&mut XdpConfig)) {
+        let mut config = self.kernel.config().expect("config");
+        config.ports[0] = PORT;
+        config.port_count = 1;
+        change(&mut config);
+        self.kernel.set_config(&config).expect("set config");
+    }
+
+    fn run(&mut self, frame: &[u8]) -> u32 {
+        let program = self.kernel.program().expect("program");
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        program
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    fn count(&self, verdict: Verdict) -> u64 {
+        self.kernel
+            .stats()
+            .expect("stats")
+            .into_iter()
+            .find(|(v, _)| *v == verdict)
+            .map(|(_, n)| n)
+            .expect("counter")
+    }
+
+    /// Only these verdicts were counted, this many times each.
+    fn assert_counts(&self, expected: &[(Verdict, u64)]) {
+        for (verdict, count) in self.kernel.stats().expect("stats") {
+            let want = expected
+                .iter()
+                .find(|(v, _)| *v == verdict)
+                .map_or(0, |(_, n)| *n);
+            assert_eq!(count, want, "counter {}", verdict.as_str());
+        }
+    }
 }
 
-fn block(ebpf: &mut Ebpf, source: IpAddr, expires_at_ns: u64) {
-    xdp::blocklist(ebpf)
-        .expect("blocklist")
-        .insert(
-            SourceKey::from(source),
-            BlockEntry::new(expires_at_ns, BlockReason::Manual),
-            0,
-        )
-        .expect("insert block");
+// ---- verdicts -------------------------------------------------------------------------------
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn blocked_sources_are_dropped_on_protected_ports_only() {
+    let mut program = Program::new();
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_DROP);
+    let udp_frame = V4 {
+        protocol: 17,
+        ..V4::new(BLOCKED_V4)
+    }
+    .frame(&udp(PORT));
+    assert_eq!(program.run(&udp_frame), XDP_DROP);
+    assert_eq!(program.run(&v6_tcp(BLOCKED_V6, PORT)), XDP_DROP);
+    assert_eq!(program.run(&v4_tcp(OTHER_V4, PORT)), XDP_PASS);
+    assert_eq!(program.run(&v6_tcp(OTHER_V6, PORT)), XDP_PASS);
+    // Other ports and portless protocols pass even from blocked sources.
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, OTHER_PORT)), XDP_PASS);
+    let icmp = V4 {
+        protocol: 1,
+        ..V4::new(BLOCKED_V4)
+    }
+    .frame(&[8, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(program.run(&icmp), XDP_PASS);
+    program.assert_counts(&[(Verdict::DropBlocked, 3), (Verdict::Pass, 4)]);
 }
 
-fn loaded_with_blocks() -> Ebpf {
-    let mut ebpf = xdp::load().expect("load the XDP program (needs root)");
-    block(&mut ebpf, IpAddr::from(BLOCKED_V4), 0);
-    block(
-        &mut ebpf,
-        BLOCKED_V6.parse().expect("addr"),
-        xdp::monotonic_now_ns() + 3_600_000_000_000,
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn without_configured_ports_everything_is_protected() {
+    let mut program = Program::new();
+    program.configure(|config| config.port_count = 0);
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, OTHER_PORT)), XDP_DROP);
+    let icmp = V4 {
+        protocol: 1,
+        ..V4::new(BLOCKED_V4)
+    }
+    .frame(&[8, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(program.run(&icmp), XDP_DROP);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn ipv4_options_are_skipped_by_the_header_length() {
+    let mut program = Program::new();
+    // IHL 7: 8 bytes of options (NOPs) before TCP. If the options were ignored, the port would be
+    // read from the option bytes and the protected-port check would go wrong.
+    let with_options = V4 {
+        options: vec![1; 8],
+        ..V4::new(BLOCKED_V4)
+    };
+    assert_eq!(program.run(&with_options.frame(&tcp(PORT, ACK))), XDP_DROP);
+    assert_eq!(
+        program.run(&with_options.frame(&tcp(OTHER_PORT, ACK))),
+        XDP_PASS
     );
-    ebpf
 }
 
 #[test]
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
-fn blocked_ipv4_source_is_dropped_and_others_pass() {
-    let mut ebpf = loaded_with_blocks();
-    assert_eq!(run(&mut ebpf, &ipv4_packet(BLOCKED_V4)), XDP_DROP);
-    assert_eq!(run(&mut ebpf, &ipv4_packet(BLOCKED_V4)), XDP_DROP);
-    assert_eq!(run(&mut ebpf, &ipv4_packet(OTHER_V4)), XDP_PASS);
-    assert_eq!(counter(&ebpf, Verdict::DropBlocked), 2);
-    assert_eq!(counter(&ebpf, Verdict::Pass), 1);
-    assert_eq!(counter(&ebpf, Verdict::ParseError), 0);
+fn ipv6_extension_headers_are_walked_to_the_port() {
+    let mut program = Program::new();
+    let extensions = [(0, 8), (60, 16)];
+    assert_eq!(
+        program.run(&v6_frame(BLOCKED_V6, &extensions, 6, &tcp(PORT, ACK))),
+        XDP_DROP
+    );
+    assert_eq!(
+        program.run(&v6_frame(BLOCKED_V6, &extensions, 6, &tcp(OTHER_PORT, ACK))),
+        XDP_PASS
+    );
+    // Five extension headers: more than the program walks, so the port is unknown: protected.
+    let many = [(0, 8), (60, 8), (60, 8), (60, 8), (60, 8)];
+    assert_eq!(
+        program.run(&v6_frame(BLOCKED_V6, &many, 6, &tcp(OTHER_PORT, ACK))),
+        XDP_DROP
+    );
 }
 
 #[test]
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
-fn blocked_ipv6_source_is_dropped_and_others_pass() {
-    let mut ebpf = loaded_with_blocks();
-    assert_eq!(run(&mut ebpf, &ipv6_packet(BLOCKED_V6)), XDP_DROP);
-    assert_eq!(run(&mut ebpf, &ipv6_packet(OTHER_V6)), XDP_PASS);
-    assert_eq!(counter(&ebpf, Verdict::DropBlocked), 1);
-    assert_eq!(counter(&ebpf, Verdict::Pass), 1);
+fn fragments_cannot_slip_past_a_block() {
+    let mut program = Program::new();
+    // Non-first IPv4 fragment: no TCP header, so no port: treated as protected.
+    let later_fragment = V4 {
+        fragment_offset: 185,
+        ..V4::new(BLOCKED_V4)
+    };
+    assert_eq!(program.run(&later_fragment.frame(&[0u8; 16])), XDP_DROP);
+    // First fragment (offset 0, more-fragments bit) carries the port.
+    let first_fragment = V4 {
+        fragment_offset: 0x2000,
+        ..V4::new(BLOCKED_V4)
+    };
+    assert_eq!(
+        program.run(&first_fragment.frame(&tcp(OTHER_PORT, ACK))),
+        XDP_PASS
+    );
+    // IPv6 fragment header with a non-zero offset.
+    let mut frame = v6_frame(BLOCKED_V6, &[(44, 8)], 6, &[0u8; 16]);
+    let fragment_header = 14 + 40;
+    frame[fragment_header + 2..fragment_header + 4].copy_from_slice(&(100u16 << 3).to_be_bytes());
+    assert_eq!(program.run(&frame), XDP_DROP);
+    assert_eq!(
+        program.run(&v6_frame(BLOCKED_V6, &[(44, 8)], 6, &tcp(OTHER_PORT, ACK))),
+        XDP_PASS
+    );
 }
 
 #[test]
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
-fn expired_block_no_longer_drops() {
-    let mut ebpf = xdp::load().expect("load the XDP program (needs root)");
-    // 1 ns after boot is long past.
-    block(&mut ebpf, IpAddr::from(BLOCKED_V4), 1);
-    assert_eq!(run(&mut ebpf, &ipv4_packet(BLOCKED_V4)), XDP_PASS);
-    assert_eq!(counter(&ebpf, Verdict::DropBlocked), 0);
+fn one_and_two_vlan_tags_are_parsed() {
+    let mut program = Program::new();
+    let one = V4 {
+        vlans: vec![100],
+        ..V4::new(BLOCKED_V4)
+    };
+    let two = V4 {
+        vlans: vec![100, 10],
+        ..V4::new(BLOCKED_V4)
+    };
+    assert_eq!(program.run(&one.frame(&tcp(PORT, ACK))), XDP_DROP);
+    assert_eq!(program.run(&two.frame(&tcp(PORT, ACK))), XDP_DROP);
+    assert_eq!(program.run(&two.frame(&tcp(OTHER_PORT, ACK))), XDP_PASS);
+    let other = V4 {
+        vlans: vec![100, 10],
+        ..V4::new(OTHER_V4)
+    };
+    assert_eq!(program.run(&other.frame(&tcp(PORT, ACK))), XDP_PASS);
 }
 
 #[test]
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
-fn truncated_frames_pass_as_parse_errors() {
-    let mut ebpf = loaded_with_blocks();
-    // IPv4 header cut after 10 bytes, before the source address.
-    let ipv4 = ipv4_packet(BLOCKED_V4);
-    assert_eq!(run(&mut ebpf, &ipv4[..14 + 10]), XDP_PASS);
-    // IPv6 header cut inside the source address.
-    let ipv6 = ipv6_packet(BLOCKED_V6);
-    assert_eq!(run(&mut ebpf, &ipv6[..14 + 20]), XDP_PASS);
-    // IHL of 4 words cannot hold an IPv4 header.
-    let mut bad_ihl = ipv4_packet(BLOCKED_V4);
+fn truncated_frames_and_bad_headers_pass_as_parse_errors() {
+    let mut program = Program::new();
+    let v4 = v4_tcp(BLOCKED_V4, PORT);
+    assert_eq!(
+        program.run(&v4[..14 + 10]),
+        XDP_PASS,
+        "cut inside the IPv4 header"
+    );
+    assert_eq!(
+        program.run(&v4[..14 + 20 + 2]),
+        XDP_PASS,
+        "cut inside the TCP header"
+    );
+    let v6 = v6_tcp(BLOCKED_V6, PORT);
+    assert_eq!(
+        program.run(&v6[..14 + 20]),
+        XDP_PASS,
+        "cut inside the IPv6 source address"
+    );
+    let mut bad_ihl = v4.clone();
     bad_ihl[14] = 0x44;
-    assert_eq!(run(&mut ebpf, &bad_ihl), XDP_PASS);
-    assert_eq!(counter(&ebpf, Verdict::ParseError), 3);
-    assert_eq!(counter(&ebpf, Verdict::DropBlocked), 0);
+    assert_eq!(program.run(&bad_ihl), XDP_PASS, "IHL below 5");
+    let vlan = V4 {
+        vlans: vec![7],
+        ..V4::new(BLOCKED_V4)
+    }
+    .frame(&tcp(PORT, ACK));
+    assert_eq!(
+        program.run(&vlan[..16]),
+        XDP_PASS,
+        "cut inside the VLAN tag"
+    );
+    assert_eq!(program.run(&arp_request()), XDP_PASS, "ARP always passes");
+    program.assert_counts(&[(Verdict::ParseError, 5), (Verdict::Pass, 1)]);
 }
 
 #[test]
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
-fn arp_always_passes() {
-    let mut ebpf = loaded_with_blocks();
-    // The ARP sender is the blocked address: non-IP traffic is never dropped.
-    assert_eq!(run(&mut ebpf, &arp_request()), XDP_PASS);
-    assert_eq!(counter(&ebpf, Verdict::Pass), 1);
-    assert_eq!(counter(&ebpf, Verdict::DropBlocked), 0);
+fn allowlisted_sources_are_never_dropped() {
+    let mut program = Program::new();
+    program
+        .kernel
+        .allow("198.51.100.0/28".parse().expect("prefix"))
+        .expect("allow");
+    program
+        .kernel
+        .allow("2001:db8::/64".parse().expect("prefix"))
+        .expect("allow");
+    program
+        .kernel
+        .block_prefix(
+            "198.51.100.0/24".parse().expect("prefix"),
+            0,
+            BlockReason::Manual,
+        )
+        .expect("block prefix");
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_PASS);
+    assert_eq!(program.run(&v6_tcp(BLOCKED_V6, PORT)), XDP_PASS);
+    // Outside the allowed /28 but inside the blocked /24.
+    assert_eq!(program.run(&v4_tcp([198, 51, 100, 77], PORT)), XDP_DROP);
+    program.assert_counts(&[(Verdict::Allowlisted, 2), (Verdict::DropPrefix, 1)]);
 }
 
 #[test]
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
-fn vlan_tagged_blocked_source_is_dropped() {
-    let mut ebpf = loaded_with_blocks();
-    let untagged = ipv4_packet(BLOCKED_V4);
-    // Outer 802.1ad tag, inner 802.1Q tag, then IPv4.
-    let mut frame = untagged[..12].to_vec();
-    frame.extend_from_slice(&[0x88, 0xA8, 0x00, 0x64, 0x81, 0x00, 0x00, 0x0A]);
-    frame.extend_from_slice(&untagged[12..]);
-    assert_eq!(run(&mut ebpf, &frame), XDP_DROP);
-    assert_eq!(counter(&ebpf, Verdict::DropBlocked), 1);
+fn expired_blocks_no_longer_drop_and_are_swept() {
+    let mut program = Program::new();
+    let source = IpAddr::from([192, 0, 2, 50]);
+    // 1 ns after boot is long past.
+    program
+        .kernel
+        .block(source, 1, BlockReason::RateLimited)
+        .expect("block");
+    assert_eq!(program.run(&v4_tcp([192, 0, 2, 50], PORT)), XDP_PASS);
+    let swept = program
+        .kernel
+        .sweep_expired(monotonic_now_ns())
+        .expect("sweep");
+    assert_eq!(swept.len(), 1);
+    assert_eq!(swept[0].0, source);
+    // Active blocks stay.
+    let left: Vec<IpAddr> = program
+        .kernel
+        .blocks()
+        .expect("blocks")
+        .into_iter()
+        .map(|(ip, _)| ip)
+        .collect();
+    assert!(
+        left.contains(&IpAddr::from(BLOCKED_V4)) && left.len() == 2,
+        "{left:?}"
+    );
+    assert!(
+        program
+            .kernel
+            .unblock(IpAddr::from(BLOCKED_V4))
+            .expect("unblock")
+    );
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_PASS);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn prefix_blocks_drop_whole_ranges() {
+    let mut program = Program::new();
+    assert_eq!(
+        program.run(&v4_tcp([203, 0, 113, 9], PORT)),
+        XDP_PASS,
+        "prefix list empty"
+    );
+    program
+        .kernel
+        .block_prefix(
+            "203.0.113.0/24".parse().expect("prefix"),
+            0,
+            BlockReason::Manual,
+        )
+        .expect("block");
+    program
+        .kernel
+        .block_prefix(
+            "2001:db8:bad::/48".parse().expect("prefix"),
+            0,
+            BlockReason::Manual,
+        )
+        .expect("block");
+    assert_eq!(program.run(&v4_tcp([203, 0, 113, 9], PORT)), XDP_DROP);
+    assert_eq!(program.run(&v4_tcp([203, 0, 114, 9], PORT)), XDP_PASS);
+    assert_eq!(program.run(&v6_tcp("2001:db8:bad:1::5", PORT)), XDP_DROP);
+    assert_eq!(program.run(&v6_tcp("2001:db8:bae::5", PORT)), XDP_PASS);
+    assert_eq!(program.count(Verdict::DropPrefix), 2);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn packets_over_the_rate_are_dropped_and_reported_once() {
+    let mut program = Program::new();
+    let mut events = program.kernel.take_events().expect("events");
+    let t0 = 1_000 * SECOND;
+    program.configure(|config| {
+        config.packets_per_sec = 10;
+        config.burst = 3;
+        config.clock_override_ns = t0;
+    });
+    let frame = v4_tcp(OTHER_V4, PORT);
+    let verdicts: Vec<u32> = (0..5).map(|_| program.run(&frame)).collect();
+    assert_eq!(verdicts, [XDP_PASS, XDP_PASS, XDP_PASS, XDP_DROP, XDP_DROP]);
+    // One event for the first drop, not one per packet.
+    let event = next_event(&mut events).expect("an event for the first drop");
+    assert_eq!(event.source.ip(), IpAddr::from(OTHER_V4));
+    assert_eq!(event.verdict, Verdict::DropRate as u32);
+    assert!(
+        next_event(&mut events).is_none(),
+        "a single event per interval"
+    );
+
+    // 10 per second: one token per 100 ms.
+    program.configure(|config| {
+        config.packets_per_sec = 10;
+        config.burst = 3;
+        config.clock_override_ns = t0 + SECOND / 10;
+    });
+    assert_eq!(program.run(&frame), XDP_PASS);
+    assert_eq!(program.run(&frame), XDP_DROP);
+    // Another source has its own bucket.
+    assert_eq!(program.run(&v4_tcp([198, 51, 100, 9], PORT)), XDP_PASS);
+    program.assert_counts(&[(Verdict::Pass, 5), (Verdict::DropRate, 3)]);
+
+    // A second later, the still-dropping source is reported again.
+    program.configure(|config| {
+        config.packets_per_sec = 10;
+        config.burst = 0;
+        config.clock_override_ns = t0 + 2 * SECOND;
+    });
+    assert_eq!(program.run(&frame), XDP_DROP);
+    assert!(next_event(&mut events).is_some());
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn new_connections_have_their_own_rate() {
+    let mut program = Program::new();
+    program.configure(|config| {
+        config.syn_per_sec = 1;
+        config.syn_burst = 2;
+        config.clock_override_ns = 5 * SECOND;
+    });
+    let syn = V4::new(OTHER_V4).frame(&tcp(PORT, SYN));
+    let syn_ack = V4::new(OTHER_V4).frame(&tcp(PORT, SYN | ACK));
+    assert_eq!(program.run(&syn), XDP_PASS);
+    assert_eq!(program.run(&syn), XDP_PASS);
+    assert_eq!(program.run(&syn), XDP_DROP);
+    // Packets of established connections are not SYNs.
+    assert_eq!(program.run(&v4_tcp(OTHER_V4, PORT)), XDP_PASS);
+    assert_eq!(program.run(&syn_ack), XDP_PASS);
+    program.assert_counts(&[(Verdict::Pass, 4), (Verdict::DropSynRate, 1)]);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn ipv6_sources_share_a_bucket_per_prefix() {
+    let mut program = Program::new();
+    program.configure(|config| {
+        config.packets_per_sec = 1;
+        config.burst = 1;
+        config.ipv6_prefix_len = 64;
+        config.clock_override_ns = 7 * SECOND;
+    });
+    assert_eq!(program.run(&v6_tcp("2001:db8:0:1::1", PORT)), XDP_PASS);
+    // Same /64, different address: same bucket, now empty.
+    assert_eq!(program.run(&v6_tcp("2001:db8:0:1::2", PORT)), XDP_DROP);
+    // Another /64.
+    assert_eq!(program.run(&v6_tcp("2001:db8:0:2::1", PORT)), XDP_PASS);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn new_sources_beyond_the_insert_cap_are_not_tracked() {
+    let mut program = Program::new();
+    program.configure(|config| {
+        config.packets_per_sec = 1;
+        config.burst = 1;
+        config.new_sources_per_sec = 2;
+        config.clock_override_ns = 9 * SECOND;
+    });
+    for last in 1..=3 {
+        assert_eq!(program.run(&v4_tcp([192, 0, 2, last], PORT)), XDP_PASS);
+    }
+    assert_eq!(program.count(Verdict::Untracked), 1);
+    // The two tracked sources are limited.
+    assert_eq!(program.run(&v4_tcp([192, 0, 2, 1], PORT)), XDP_DROP);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn dry_run_counts_but_does_not_drop() {
+    let mut program = Program::new();
+    program.configure(|config| config.flags |= XdpConfig::FLAG_DRY_RUN);
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_PASS);
+    assert_eq!(program.run(&v6_tcp(BLOCKED_V6, PORT)), XDP_PASS);
+    program.assert_counts(&[(Verdict::DryRunWouldDrop, 2)]);
+}
+
+fn next_event(events: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Option<RateEvent> {
+    let item = events.next()?;
+    assert_eq!(item.len(), std::mem::size_of::<RateEvent>());
+    // SAFETY: the program writes whole RateEvents; read_unaligned copes with any alignment.
+    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RateEvent>()) })
 }
