@@ -1,4 +1,4 @@
-//! Starting and stopping the gateway: audit log, XDP, listener, signals.
+//! Starting and stopping the gateway: audit log, XDP, feedback loop, listener, signals.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,6 +11,7 @@ use tokio::{
 
 use crate::{
     audit::AuditLog,
+    blocking,
     config::{Settings, XdpModeConfig},
     proxy::{self, Gateway},
     server,
@@ -28,8 +29,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
-    // Kept alive for as long as the gateway runs; dropping it detaches the program.
-    let xdp = attach_xdp(&settings);
+    let kernel = attach_xdp(&settings);
+    let xdp_state = match &kernel {
+        Some(_) => "attached",
+        None => "off",
+    };
+    let (protection, enforcer) = blocking::start(
+        settings.blocking.clone(),
+        kernel,
+        settings.xdp.allow.clone(),
+        audit.clone(),
+    );
 
     tracing::info!(
         listen = %settings.listen,
@@ -39,51 +49,71 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         limit = %format!("{}/{}s", settings.default_limit.requests, settings.default_limit.window.as_secs()),
         audit = %settings.audit_path.display(),
         fsync = settings.audit_fsync,
-        xdp = xdp.as_ref().map_or("off", |_| "attached"),
+        xdp = xdp_state,
+        blocking = settings.blocking.enabled,
         "mcp gateway started"
     );
 
     let sweep_every = proxy::sweep_interval(&settings);
-    let gateway = Arc::new(Gateway::new(settings, audit));
+    let gateway = Arc::new(Gateway::new(settings, audit, protection));
+    // The enforcer owns the XDP maps; ending it at shutdown detaches the program (pins stay).
+    let enforcer = tokio::spawn(enforcer.run());
     spawn_reopen_on_sighup(Arc::clone(&gateway))?;
     spawn_limiter_sweep(Arc::clone(&gateway), sweep_every);
     server::serve(listener, gateway, shutdown_signal()?).await;
-    drop(xdp);
+    enforcer.abort();
+    let _ = enforcer.await;
     Ok(())
 }
 
-/// Loads and attaches the XDP program when configured. Failure is loud but not fatal: the
-/// proxy still authenticates, limits and audits, only without early drops in the kernel.
+/// Loads, configures and attaches the XDP program when configured. Failure is loud but not
+/// fatal: blocks are then enforced at connection accept, without early drops in the kernel.
 fn attach_xdp(settings: &Settings) -> Option<Kernel> {
-    let config = &settings.xdp;
-    let Some(interface) = config.interface.as_deref().filter(|_| config.enabled) else {
+    let xdp = &settings.xdp;
+    let Some(interface) = xdp.interface.as_deref() else {
         tracing::warn!(
-            "XDP is disabled (xdp.enabled = false): abusive sources are not dropped in the kernel"
+            "XDP is disabled (xdp.enabled = false): blocked sources are refused at connection \
+             accept only; floods are not dropped in the kernel"
         );
         return None;
     };
-    let result = Kernel::load(None).and_then(|mut ebpf| {
-        let mode = match config.mode {
+    let result = Kernel::load(xdp.pin_dir.as_deref()).and_then(|mut kernel| {
+        kernel.set_config(&xdp.program)?;
+        for prefix in &xdp.allow {
+            kernel.allow(*prefix)?;
+        }
+        let mode = match xdp.mode {
             XdpModeConfig::Driver => XdpMode::Driver,
             XdpModeConfig::Skb => XdpMode::Skb,
-            XdpModeConfig::Auto => match ebpf.attach(interface, XdpMode::Driver) {
-                Ok(()) => return Ok((ebpf, "driver")),
+            XdpModeConfig::Auto => match kernel.attach(interface, XdpMode::Driver) {
+                Ok(()) => return Ok((kernel, "driver")),
                 Err(err) => {
                     tracing::info!(interface, error = %err, "driver-mode XDP unavailable; trying generic (skb) mode");
                     XdpMode::Skb
                 }
             },
         };
-        ebpf.attach(interface, mode)?;
-        Ok((ebpf, if mode == XdpMode::Driver { "driver" } else { "skb" }))
+        kernel.attach(interface, mode)?;
+        Ok((kernel, if mode == XdpMode::Driver { "driver" } else { "skb" }))
     });
     match result {
-        Ok((ebpf, mode)) => {
-            tracing::info!(interface, mode, "XDP program attached");
-            Some(ebpf)
+        Ok((kernel, mode)) => {
+            tracing::info!(
+                interface,
+                mode,
+                pinned = %xdp.pin_dir.as_deref().map_or("no".into(), |dir| dir.display().to_string()),
+                dry_run = xdp.program.flags & gateway_ebpf::XdpConfig::FLAG_DRY_RUN != 0,
+                "XDP program attached"
+            );
+            Some(kernel)
         }
         Err(err) => {
-            tracing::error!(interface, error = %err, "XDP NOT ATTACHED: the gateway runs without kernel-level dropping");
+            tracing::error!(
+                interface,
+                error = %err,
+                "XDP NOT ATTACHED: blocked sources are refused at connection accept only; floods \
+                 are not dropped in the kernel"
+            );
             None
         }
     }

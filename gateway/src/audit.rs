@@ -157,6 +157,53 @@ pub fn response_line(ctx: &RequestContext, status: u16, latency: Duration) -> Ve
     out
 }
 
+#[derive(Serialize)]
+struct BlockLine<'a> {
+    ts: String,
+    event: &'static str,
+    ip: IpAddr,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_secs: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    enforced_in: Option<&'a str>,
+}
+
+/// `event: "block"`: a source was blocked for `duration`, in `enforced_in` ("xdp" or "userspace").
+pub fn block_line(
+    ip: IpAddr,
+    reason: &str,
+    duration: Option<Duration>,
+    enforced_in: &str,
+) -> Vec<u8> {
+    block_event("block", ip, reason, duration, Some(enforced_in))
+}
+
+/// `event: "unblock"`: a block ended (`reason` is "expired" or "manual").
+pub fn unblock_line(ip: IpAddr, reason: &str) -> Vec<u8> {
+    block_event("unblock", ip, reason, None, None)
+}
+
+fn block_event(
+    event: &'static str,
+    ip: IpAddr,
+    reason: &str,
+    duration: Option<Duration>,
+    enforced_in: Option<&str>,
+) -> Vec<u8> {
+    let line = BlockLine {
+        ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        event,
+        ip,
+        reason,
+        duration_secs: duration.map(|d| d.as_secs()),
+        enforced_in,
+    };
+    let mut out = serde_json::to_vec(&line).unwrap_or_default();
+    out.push(b'\n');
+    out
+}
+
 /// Cuts a field to [`MAX_FIELD_LEN`] bytes on a character boundary, marking the cut.
 fn cap(field: &str) -> &str {
     if field.len() <= MAX_FIELD_LEN {

@@ -10,6 +10,7 @@ use std::{
 };
 
 use hyper::Uri;
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::auth::Sha256Digest;
@@ -33,7 +34,9 @@ pub struct Config {
     #[serde(default)]
     pub users: Vec<UserConfig>,
     #[serde(default)]
-    pub xdp: XdpConfig,
+    pub xdp: XdpSection,
+    #[serde(default)]
+    pub blocking: BlockingSection,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,9 +113,9 @@ pub struct UserConfig {
     pub rate_limit: Option<Limit>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct XdpConfig {
+pub struct XdpSection {
     /// Load the XDP program and attach it to `interface`.
     #[serde(default)]
     pub enabled: bool,
@@ -120,6 +123,110 @@ pub struct XdpConfig {
     pub interface: Option<String>,
     #[serde(default)]
     pub mode: XdpModeConfig,
+    /// Destination ports the program protects (default: the port of `listen`).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// bpffs directory where the maps are pinned, so blocks survive restarts ("" = no pinning).
+    #[serde(default = "defaults::pin_path")]
+    pub pin_path: PathBuf,
+    /// Count what would be dropped without dropping it.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Prefixes never dropped or blocked (operators, health checkers, NAT egress pools).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub rate: XdpRateSection,
+}
+
+impl Default for XdpSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interface: None,
+            mode: XdpModeConfig::default(),
+            ports: Vec::new(),
+            pin_path: defaults::pin_path(),
+            dry_run: false,
+            allow: Vec::new(),
+            rate: XdpRateSection::default(),
+        }
+    }
+}
+
+/// Per-source limits the XDP program enforces (0 disables a limit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpRateSection {
+    #[serde(default = "defaults::packets_per_sec")]
+    pub packets_per_sec: u64,
+    #[serde(default = "defaults::burst")]
+    pub burst: u64,
+    #[serde(default = "defaults::syn_per_sec")]
+    pub syn_per_sec: u64,
+    #[serde(default = "defaults::syn_burst")]
+    pub syn_burst: u64,
+    /// IPv6 sources share limits per prefix of this length.
+    #[serde(default = "defaults::ipv6_prefix_len")]
+    pub ipv6_prefix_len: u32,
+    /// New sources given a token bucket per second and CPU (0 = no cap).
+    #[serde(default = "defaults::new_sources_per_sec")]
+    pub new_sources_per_sec: u64,
+}
+
+impl Default for XdpRateSection {
+    fn default() -> Self {
+        Self {
+            packets_per_sec: defaults::packets_per_sec(),
+            burst: defaults::burst(),
+            syn_per_sec: defaults::syn_per_sec(),
+            syn_burst: defaults::syn_burst(),
+            ipv6_prefix_len: defaults::ipv6_prefix_len(),
+            new_sources_per_sec: defaults::new_sources_per_sec(),
+        }
+    }
+}
+
+/// The feedback loop: sources that misbehave get blocked (in XDP when attached, and at accept).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockingSection {
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// Failed authentications from one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::auth_failures")]
+    pub auth_failures: u32,
+    /// Rate-limited (429) answers to one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::rate_limited")]
+    pub rate_limited: u32,
+    /// Malformed requests from one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::malformed")]
+    pub malformed: u32,
+    /// XDP rate-drop events for one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::packet_rate_events")]
+    pub packet_rate_events: u32,
+    #[serde(default = "defaults::window_secs")]
+    pub window_secs: u64,
+    /// First block's duration; each repeat offense doubles it, up to `max_block_secs`.
+    #[serde(default = "defaults::block_secs")]
+    pub block_secs: u64,
+    #[serde(default = "defaults::max_block_secs")]
+    pub max_block_secs: u64,
+}
+
+impl Default for BlockingSection {
+    fn default() -> Self {
+        Self {
+            enabled: defaults::enabled(),
+            auth_failures: defaults::auth_failures(),
+            rate_limited: defaults::rate_limited(),
+            malformed: defaults::malformed(),
+            packet_rate_events: defaults::packet_rate_events(),
+            window_secs: defaults::window_secs(),
+            block_secs: defaults::block_secs(),
+            max_block_secs: defaults::max_block_secs(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -161,6 +268,48 @@ mod defaults {
     }
     pub fn audit_path() -> PathBuf {
         PathBuf::from("logs/mcp-audit.jsonl")
+    }
+    pub fn pin_path() -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/mcp-gateway")
+    }
+    pub fn packets_per_sec() -> u64 {
+        2_000
+    }
+    pub fn burst() -> u64 {
+        4_000
+    }
+    pub fn syn_per_sec() -> u64 {
+        100
+    }
+    pub fn syn_burst() -> u64 {
+        200
+    }
+    pub fn ipv6_prefix_len() -> u32 {
+        64
+    }
+    pub fn new_sources_per_sec() -> u64 {
+        10_000
+    }
+    pub fn enabled() -> bool {
+        true
+    }
+    pub fn auth_failures() -> u32 {
+        10
+    }
+    pub fn rate_limited() -> u32 {
+        30
+    }
+    pub fn malformed() -> u32 {
+        20
+    }
+    pub fn packet_rate_events() -> u32 {
+        3
+    }
+    pub fn block_secs() -> u64 {
+        300
+    }
+    pub fn max_block_secs() -> u64 {
+        86_400
     }
 }
 
@@ -216,7 +365,33 @@ pub struct Settings {
     pub audit_path: PathBuf,
     pub audit_fsync: bool,
     pub users: Vec<User>,
-    pub xdp: XdpConfig,
+    pub xdp: XdpSettings,
+    pub blocking: BlockingPolicy,
+}
+
+/// Validated `[xdp]` settings.
+#[derive(Debug, Clone)]
+pub struct XdpSettings {
+    /// The interface to attach to; `None` when XDP is disabled.
+    pub interface: Option<String>,
+    pub mode: XdpModeConfig,
+    pub pin_dir: Option<PathBuf>,
+    pub allow: Vec<IpNet>,
+    /// What the program's CONFIG map gets.
+    pub program: gateway_ebpf::XdpConfig,
+}
+
+/// Validated `[blocking]` settings: offenses per source within `window` that lead to a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockingPolicy {
+    pub enabled: bool,
+    pub auth_failures: u32,
+    pub rate_limited: u32,
+    pub malformed: u32,
+    pub packet_rate_events: u32,
+    pub window: Duration,
+    pub block: Duration,
+    pub max_block: Duration,
 }
 
 impl Config {
@@ -303,12 +478,8 @@ impl Config {
         if self.audit.path.as_os_str().is_empty() {
             return Err(invalid("audit.path", "must not be empty"));
         }
-        if self.xdp.enabled && self.xdp.interface.as_deref().unwrap_or("").is_empty() {
-            return Err(invalid(
-                "xdp.interface",
-                "required when xdp.enabled = true (e.g. \"eth0\")",
-            ));
-        }
+        let xdp = xdp_settings(&self.xdp, self.listen.port())?;
+        let blocking = blocking_policy(&self.blocking)?;
 
         let mut users = Vec::with_capacity(self.users.len());
         for (index, user) in self.users.iter().enumerate() {
@@ -383,9 +554,148 @@ impl Config {
             audit_path: self.audit.path,
             audit_fsync: self.audit.fsync,
             users,
-            xdp: self.xdp,
+            xdp,
+            blocking,
         })
     }
+}
+
+fn xdp_settings(section: &XdpSection, listen_port: u16) -> Result<XdpSettings, ConfigError> {
+    use gateway_ebpf::{MAX_BURST, MAX_PORTS, MAX_RATE, XdpConfig};
+
+    let interface = match (&section.interface, section.enabled) {
+        (_, false) => None,
+        (Some(interface), true) if !interface.is_empty() => Some(interface.clone()),
+        _ => {
+            return Err(invalid(
+                "xdp.interface",
+                "required when xdp.enabled = true (e.g. \"eth0\")",
+            ));
+        }
+    };
+    let ports = if section.ports.is_empty() {
+        vec![listen_port]
+    } else {
+        section.ports.clone()
+    };
+    if ports.len() > MAX_PORTS || ports.contains(&0) {
+        return Err(invalid(
+            "xdp.ports",
+            format!("1 to {MAX_PORTS} ports, none of them 0"),
+        ));
+    }
+    let allow = section
+        .allow
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            parse_prefix(text).ok_or_else(|| {
+                invalid(
+                    format!("xdp.allow[{index}]"),
+                    format!("{text:?} is not an address or CIDR prefix"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rate = &section.rate;
+    for (name, value, max) in [
+        ("packets_per_sec", rate.packets_per_sec, MAX_RATE),
+        ("syn_per_sec", rate.syn_per_sec, MAX_RATE),
+        ("burst", rate.burst, MAX_BURST),
+        ("syn_burst", rate.syn_burst, MAX_BURST),
+    ] {
+        if value > max {
+            return Err(invalid(
+                format!("xdp.rate.{name}"),
+                format!("at most {max}"),
+            ));
+        }
+    }
+    for (name, rate_value, burst) in [
+        ("burst", rate.packets_per_sec, rate.burst),
+        ("syn_burst", rate.syn_per_sec, rate.syn_burst),
+    ] {
+        if rate_value > 0 && burst == 0 {
+            return Err(invalid(
+                format!("xdp.rate.{name}"),
+                "must be at least 1 when its rate is set",
+            ));
+        }
+    }
+    if !(1..=128).contains(&rate.ipv6_prefix_len) {
+        return Err(invalid(
+            "xdp.rate.ipv6_prefix_len",
+            "must be between 1 and 128",
+        ));
+    }
+    let mut program = XdpConfig {
+        flags: if section.dry_run {
+            XdpConfig::FLAG_DRY_RUN
+        } else {
+            0
+        },
+        ipv6_prefix_len: rate.ipv6_prefix_len,
+        packets_per_sec: rate.packets_per_sec,
+        burst: rate.burst,
+        syn_per_sec: rate.syn_per_sec,
+        syn_burst: rate.syn_burst,
+        new_sources_per_sec: rate.new_sources_per_sec,
+        port_count: ports.len() as u32,
+        ..XdpConfig::default()
+    };
+    program.ports[..ports.len()].copy_from_slice(&ports);
+    let pin_dir = (!section.pin_path.as_os_str().is_empty()).then(|| section.pin_path.clone());
+    Ok(XdpSettings {
+        interface,
+        mode: section.mode,
+        pin_dir,
+        allow,
+        program,
+    })
+}
+
+/// An address or a CIDR prefix (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).
+pub fn parse_prefix(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|net| net.trunc())
+}
+
+fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolicy, ConfigError> {
+    for (name, value) in [
+        ("auth_failures", section.auth_failures),
+        ("rate_limited", section.rate_limited),
+        ("malformed", section.malformed),
+        ("packet_rate_events", section.packet_rate_events),
+    ] {
+        if value == 0 {
+            return Err(invalid(format!("blocking.{name}"), "must be at least 1"));
+        }
+    }
+    if section.window_secs == 0 {
+        return Err(invalid("blocking.window_secs", "must be at least 1"));
+    }
+    if section.block_secs == 0 {
+        return Err(invalid("blocking.block_secs", "must be at least 1"));
+    }
+    if section.max_block_secs < section.block_secs {
+        return Err(invalid(
+            "blocking.max_block_secs",
+            "must not be less than block_secs",
+        ));
+    }
+    Ok(BlockingPolicy {
+        enabled: section.enabled,
+        auth_failures: section.auth_failures,
+        rate_limited: section.rate_limited,
+        malformed: section.malformed,
+        packet_rate_events: section.packet_rate_events,
+        window: Duration::from_secs(section.window_secs),
+        block: Duration::from_secs(section.block_secs),
+        max_block: Duration::from_secs(section.max_block_secs),
+    })
 }
 
 fn rate_limit(field: &str, limit: Limit) -> Result<RateLimit, ConfigError> {
@@ -476,6 +786,35 @@ mod tests {
         assert_eq!(settings.audit_path, PathBuf::from("logs/mcp-audit.jsonl"));
         assert!(!settings.audit_fsync);
         assert_eq!(settings.users.len(), 1);
+        // XDP is opt-in; its limits protect the listen port; blocking is on.
+        assert_eq!(settings.xdp.interface, None);
+        assert_eq!(settings.xdp.program.port_count, 1);
+        assert_eq!(settings.xdp.program.ports[0], 8080);
+        assert_eq!(settings.xdp.program.ipv6_prefix_len, 64);
+        assert_eq!(
+            settings.xdp.pin_dir,
+            Some(PathBuf::from("/sys/fs/bpf/mcp-gateway"))
+        );
+        assert!(settings.blocking.enabled);
+        assert_eq!(settings.blocking.auth_failures, 10);
+        assert_eq!(settings.blocking.block, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn xdp_section_fills_the_program_config() {
+        let toml = format!(
+            "{}[xdp]\nenabled = true\ninterface = \"veth0\"\nports = [443, 8443]\ndry_run = true\nallow = [\"10.1.2.3/8\", \"2001:db8::1\"]\n[xdp.rate]\npackets_per_sec = 50\nburst = 100\n",
+            with_user("")
+        );
+        let settings = settings(&toml).expect("valid");
+        let program = settings.xdp.program;
+        assert_eq!(&program.ports[..2], &[443, 8443]);
+        assert_eq!(program.port_count, 2);
+        assert_eq!(program.flags, gateway_ebpf::XdpConfig::FLAG_DRY_RUN);
+        assert_eq!((program.packets_per_sec, program.burst), (50, 100));
+        let allow: Vec<String> = settings.xdp.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["10.0.0.0/8", "2001:db8::1/128"]);
+        assert_eq!(settings.xdp.interface.as_deref(), Some("veth0"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod blocking;
 pub mod config;
 pub mod demo_upstream;
 pub mod forward;

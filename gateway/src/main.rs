@@ -5,8 +5,9 @@ use clap::{Args, Parser, Subcommand};
 use gateway::{
     app,
     config::{Config, Settings},
-    demo_upstream, keys,
+    demo_upstream, keys, xdp,
 };
+use gateway_ebpf::BlockReason;
 
 /// XDP-accelerated edge gateway for HTTP-transport MCP servers: per-user bearer keys, per-caller
 /// rate limits, an audit log of every tool call, and kernel-level drops of abusive sources.
@@ -48,6 +49,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
     },
+    /// Inspect or remove the XDP state pinned under bpffs.
+    Xdp {
+        #[command(subcommand)]
+        command: XdpCommand,
+        /// The bpffs directory of `xdp.pin_path`.
+        #[arg(long, default_value = "/sys/fs/bpf/mcp-gateway", global = true)]
+        pin_path: PathBuf,
+    },
     /// Run the gateway in front of the built-in demo MCP server, with a fresh key.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -56,6 +65,14 @@ enum Command {
         #[arg(long, default_value = "logs/mcp-audit.jsonl")]
         audit_path: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum XdpCommand {
+    /// Print the packet counters and the blocked sources.
+    Status,
+    /// Remove the pinned maps: the next start begins with no blocks and zero counters.
+    Unload,
 }
 
 fn main() {
@@ -113,7 +130,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }),
         Some(Command::Demo { listen, audit_path }) => runtime()?.block_on(demo(listen, audit_path)),
+        Some(Command::Xdp {
+            command: XdpCommand::Status,
+            pin_path,
+        }) => xdp_status(&pin_path),
+        Some(Command::Xdp {
+            command: XdpCommand::Unload,
+            pin_path,
+        }) => {
+            let removed = xdp::unpin_all(&pin_path)
+                .with_context(|| format!("cannot remove pins in {}", pin_path.display()))?;
+            if removed.is_empty() {
+                println!("nothing pinned in {}", pin_path.display());
+            }
+            for path in removed {
+                println!("removed {}", path.display());
+            }
+            Ok(())
+        }
     }
+}
+
+fn xdp_status(pin_path: &std::path::Path) -> anyhow::Result<()> {
+    let (stats, blocks) = xdp::pinned_status(pin_path).with_context(|| {
+        format!(
+            "no readable XDP state in {} (is the gateway's XDP enabled, and are you root?)",
+            pin_path.display()
+        )
+    })?;
+    println!("packets by verdict:");
+    for (verdict, count) in stats {
+        println!("  {:<20} {count}", verdict.as_str());
+    }
+    let now = xdp::monotonic_now_ns();
+    println!("blocked sources: {}", blocks.len());
+    for (ip, entry) in blocks {
+        let reason = BlockReason::from_u32(entry.reason).map_or("unknown", BlockReason::as_str);
+        let left = match entry.expires_at_ns {
+            0 => "permanent".to_owned(),
+            at if at > now => format!("{} s left", (at - now) / 1_000_000_000),
+            _ => "expired".to_owned(),
+        };
+        println!("  {ip:<40} {reason:<14} {left}");
+    }
+    Ok(())
 }
 
 fn settings(args: &RunArgs) -> anyhow::Result<Settings> {

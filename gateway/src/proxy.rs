@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::{
     audit::{self, AuditLog, Decision, RequestContext},
     auth::{AuthError, Authenticator},
+    blocking::{Offense, Protection},
     config::Settings,
     forward::{ForwardError, REQUEST_ID, Upstream},
     jsonrpc::{self, Body, code},
@@ -41,6 +42,7 @@ pub struct Gateway {
     audit: AuditLog,
     sessions: Sessions,
     upstream: Upstream,
+    protection: Protection,
 }
 
 /// A request the gateway answers itself, with the decision the audit log records.
@@ -72,8 +74,9 @@ impl Refusal {
 }
 
 impl Gateway {
-    pub fn new(settings: Settings, audit: AuditLog) -> Self {
+    pub fn new(settings: Settings, audit: AuditLog, protection: Protection) -> Self {
         Self {
+            protection,
             auth: Authenticator::new(&settings.users),
             limiter: RateLimiter::new(settings.default_limit),
             sessions: Sessions::default(),
@@ -89,6 +92,10 @@ impl Gateway {
 
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    pub fn protection(&self) -> &Protection {
+        &self.protection
     }
 
     /// Answers one HTTP request. Never fails: every problem becomes a precise HTTP answer.
@@ -311,6 +318,15 @@ impl Gateway {
         refusal: Refusal,
         body: Option<&Body>,
     ) -> Response<ProxyBody> {
+        let offense = match refusal.decision {
+            Decision::Unauthenticated | Decision::InvalidKey => Some(Offense::AuthFailure),
+            Decision::RateLimited => Some(Offense::RateLimited),
+            Decision::BadRequest | Decision::TooLarge => Some(Offense::Malformed),
+            Decision::Forwarded | Decision::Forbidden | Decision::AuditFailed => None,
+        };
+        if let Some(offense) = offense {
+            self.protection.offense(ctx.ip, offense);
+        }
         let messages = body.map_or(&[][..], |body| &body.messages[..]);
         if let Err(err) = self
             .audit

@@ -42,7 +42,13 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Blocked sources are refused here even without XDP (and before TLS or HTTP parsing).
+        if gateway.protection().is_blocked(peer.ip()) {
+            drop(stream);
+            continue;
+        }
         let _ = stream.set_nodelay(true);
+        let registration = gateway.protection().connections().register(peer.ip());
         let gateway = Arc::clone(&gateway);
         let service = service_fn(move |request| {
             let gateway = Arc::clone(&gateway);
@@ -53,8 +59,14 @@ pub async fn serve(
             .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            tokio::select! {
+                result = connection => if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                },
+                // The source got blocked: dropping the connection closes the socket.
+                () = registration.closed().cancelled() => {
+                    tracing::debug!(%peer, "connection closed: source blocked");
+                }
             }
         });
     }

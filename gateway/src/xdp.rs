@@ -8,7 +8,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{ProgramError, Xdp, XdpMode},
 };
 use gateway_ebpf::{
@@ -264,6 +264,31 @@ pub fn prefix_key(prefix: IpNet) -> PrefixKey {
             addr: net.network().octets(),
         },
     }
+}
+
+/// Counters and blocks read from the pinned maps (`gateway xdp status`), whether or not a gateway
+/// is running.
+pub fn pinned_status(dir: &Path) -> Result<(Stats, Vec<(IpAddr, BlockEntry)>), XdpError> {
+    let open = |name: &str| MapData::from_pin(dir.join(name)).map_err(XdpError::Map);
+    let stats_map = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(open(STATS_MAP)?))
+        .map_err(XdpError::Map)?;
+    let mut stats = Verdict::ALL.map(|verdict| (verdict, 0));
+    for (verdict, total) in &mut stats {
+        *total = stats_map
+            .get(&(*verdict as u32), 0)
+            .map_err(XdpError::Map)?
+            .iter()
+            .sum();
+    }
+    let blocklist =
+        HashMap::<_, SourceKey, BlockEntry>::try_from(Map::HashMap(open(BLOCKLIST_MAP)?))
+            .map_err(XdpError::Map)?;
+    let mut blocks = Vec::new();
+    for item in blocklist.iter() {
+        let (key, entry) = item.map_err(XdpError::Map)?;
+        blocks.push((key.ip(), entry));
+    }
+    Ok((stats, blocks))
 }
 
 /// Removes pinned maps (`gateway xdp unload`): the next start begins with empty maps.

@@ -424,3 +424,81 @@ pub async fn send(
         body,
     }
 }
+
+/// Sends a raw HTTP/1.1 request from the local address `from` over a new connection and returns
+/// the raw answer; an error if the connection is refused, reset or closed without an answer.
+pub async fn raw_request(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    request: &str,
+) -> std::io::Result<String> {
+    let stream = connect_from(from, to).await?;
+    exchange(stream, request).await
+}
+
+/// A TCP connection from the local address `from` (any address of 127.0.0.0/8 works on loopback).
+pub async fn connect_from(
+    from: std::net::IpAddr,
+    to: SocketAddr,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = if from.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(from, 0))?;
+    tokio::time::timeout(Duration::from_secs(3), socket.connect(to))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Writes `request` and reads until the server closes or a whole response arrived.
+pub async fn exchange(mut stream: tokio::net::TcpStream, request: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let mut buffer = [0u8; 8192];
+    loop {
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"))??;
+        if read == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buffer[..read]);
+        if complete_response(&answer) {
+            break;
+        }
+    }
+    if answer.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "closed without an answer",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+fn complete_response(answer: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(answer);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let length = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse::<usize>().ok());
+    length.is_some_and(|length| body.len() >= length)
+}
+
+/// A keep-alive MCP POST as raw HTTP/1.1.
+pub fn raw_post(host: SocketAddr, authorization: &str, body: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
