@@ -12,8 +12,14 @@ use crate::shell::{Cmd, is_root, tools_dir};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13 has a feature for.
 const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
-/// Debian packages the tests use: `ip` for network namespaces, Node.js for the MCP SDK peers.
-const DEBIAN_PACKAGES: [(&str, &str); 3] = [("ip", "iproute2"), ("node", "nodejs"), ("npm", "npm")];
+/// Debian packages the tests use: `ip` for network namespaces, `curl` as the client inside
+/// them, Node.js for the MCP SDK peers.
+const DEBIAN_PACKAGES: [(&str, &str); 4] = [
+    ("ip", "iproute2"),
+    ("curl", "curl"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
+];
 
 pub fn all(root: &Path) -> Result<()> {
     toolchain(root)?;
