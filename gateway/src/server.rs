@@ -5,14 +5,17 @@ use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::conn::auto,
 };
 use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::proxy::Gateway;
 
 /// Longest wait for open connections to finish after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a blocked source's in-flight response before its connection is cut.
+const BLOCKED_GRACE: Duration = Duration::from_secs(1);
 
 /// Serves until `shutdown` completes, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
 pub async fn serve(
@@ -26,7 +29,8 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
+    let stopping = CancellationToken::new();
     tokio::pin!(shutdown);
 
     loop {
@@ -42,7 +46,7 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
-        // Blocked sources are refused here even without XDP (and before TLS or HTTP parsing).
+        // Blocked sources are refused here even without XDP, before any HTTP parsing.
         if gateway.protection().is_blocked(peer.ip()) {
             drop(stream);
             continue;
@@ -57,22 +61,32 @@ pub async fn serve(
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            tokio::select! {
-                result = connection => if let Err(err) = result {
-                    tracing::debug!(%peer, error = %err, "connection ended with an error");
-                },
-                // The source got blocked: dropping the connection closes the socket.
-                () = registration.closed().cancelled() => {
-                    tracing::debug!(%peer, "connection closed: source blocked");
+        let stopping = stopping.clone();
+        connections.spawn(async move {
+            tokio::pin!(connection);
+            let grace = tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(err) = result {
+                        tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    }
+                    return;
                 }
+                // The source got blocked: finish the response in flight (the one that may have
+                // triggered the block deserves its answer), then close.
+                () = registration.closed().cancelled() => BLOCKED_GRACE,
+                () = stopping.cancelled() => DRAIN_TIMEOUT,
+            };
+            connection.as_mut().graceful_shutdown();
+            if tokio::time::timeout(grace, connection).await.is_err() {
+                tracing::debug!(%peer, "connection cut after the grace period");
             }
         });
     }
 
     tracing::info!("shutting down: finishing open requests");
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    stopping.cancel();
+    connections.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
         .await
         .is_err()
     {
