@@ -239,8 +239,9 @@ fn start_gateway(net: &TestNet, config: &Path, log: &Path) -> KillOnDrop {
     gateway
 }
 
-fn blocks_offender_in_xdp(mode: &str, tag: &str) {
-    let net = TestNet::new(tag);
+/// Writes the gateway's config (XDP on the server side of the veth, `extra` appended) and starts
+/// the demo MCP server inside the server namespace.
+fn prepare(net: &TestNet, mode: &str, extra: &str) -> (PathBuf, PathBuf, KillOnDrop) {
     let dir = net.dir.path();
     let audit = dir.join("audit.jsonl");
     let config = dir.join("gateway.toml");
@@ -252,7 +253,7 @@ fn blocks_offender_in_xdp(mode: &str, tag: &str) {
              [audit]\npath = \"{}\"\n\
              [[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
              [xdp]\nenabled = true\ninterface = \"{}\"\nmode = \"{mode}\"\npin_path = \"{}\"\n\
-             [blocking]\nauth_failures = 3\nwindow_secs = 60\nblock_secs = 8\n",
+             {extra}\n",
             audit.display(),
             sha256_hex(ALICE_KEY),
             net.server_if,
@@ -260,10 +261,21 @@ fn blocks_offender_in_xdp(mode: &str, tag: &str) {
         ),
     )
     .expect("config");
-    let _upstream = KillOnDrop(net.spawn_in_server(
+    let upstream = KillOnDrop(net.spawn_in_server(
         &["demo-upstream", "--listen", "127.0.0.1:3000"],
         &dir.join("upstream.log"),
     ));
+    (config, audit, upstream)
+}
+
+fn blocks_offender_in_xdp(mode: &str, tag: &str) {
+    let net = TestNet::new(tag);
+    let dir = net.dir.path();
+    let (config, audit, _upstream) = prepare(
+        &net,
+        mode,
+        "[blocking]\nauth_failures = 3\nwindow_secs = 60\nblock_secs = 8",
+    );
     let log = dir.join("gateway.log");
     let gateway = start_gateway(&net, &config, &log);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
@@ -350,4 +362,50 @@ fn driver_mode_xdp_blocks_an_offender_across_a_veth() {
 #[ignore = "needs root: network namespaces and XDP"]
 fn skb_mode_xdp_blocks_an_offender_across_a_veth() {
     blocks_offender_in_xdp("skb", "s");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and XDP"]
+fn packet_floods_are_rate_dropped_and_escalate_to_a_block() {
+    let net = TestNet::new("r");
+    let (config, audit, _upstream) = prepare(
+        &net,
+        "driver",
+        "[xdp.rate]\npackets_per_sec = 20\nburst = 40\n\
+         [blocking]\npacket_rate_events = 2\nauth_failures = 100000\nwindow_secs = 60\nblock_secs = 30",
+    );
+    let log = net.dir.path().join("gateway.log");
+    let _gateway = start_gateway(&net, &config, &log);
+    wait_until("the good client is served", Duration::from_secs(10), || {
+        net.call(GOOD_CLIENT, ALICE_KEY) == Some(200)
+    });
+
+    // Bursts of parallel connections from one source, far over 20 packets/s: the program drops
+    // the excess and reports the source (at most once a second); the second report blocks it.
+    let flood = format!(
+        "for i in $(seq 1 40); do curl -s -o /dev/null --max-time 1 --interface {OFFENDER} \
+         http://{SERVER_ADDR}:{PORT}/mcp & done; wait"
+    );
+    wait_until(
+        "the flooding source is blocked",
+        Duration::from_secs(20),
+        || {
+            run("ip", &["netns", "exec", &net.client, "sh", "-c", &flood]);
+            read_audit(&audit).iter().any(|l| l["event"] == "block")
+        },
+    );
+    let block = read_audit(&audit)
+        .into_iter()
+        .find(|l| l["event"] == "block")
+        .expect("block line");
+    assert_eq!(block["ip"], OFFENDER);
+    assert_eq!(block["reason"], "packet_rate");
+    assert_eq!(block["enforced_in"], "xdp");
+    assert!(net.counter("drop_rate") > 0);
+    assert!(net.blocked(OFFENDER));
+    assert_eq!(
+        net.call(BYSTANDER, ALICE_KEY),
+        Some(200),
+        "other sources are unaffected"
+    );
 }
