@@ -118,7 +118,7 @@ impl TestNet {
             .args(["netns", "exec", &self.server])
             .arg(gateway_bin())
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,gateway_ebpf=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -371,7 +371,7 @@ fn packet_floods_are_rate_dropped_and_escalate_to_a_block() {
     let (config, audit, _upstream) = prepare(
         &net,
         "driver",
-        "[xdp.rate]\npackets_per_sec = 20\nburst = 40\n\
+        "log = true\n[xdp.rate]\npackets_per_sec = 20\nburst = 40\n\
          [blocking]\npacket_rate_events = 2\nauth_failures = 100000\nwindow_secs = 60\nblock_secs = 30",
     );
     let log = net.dir.path().join("gateway.log");

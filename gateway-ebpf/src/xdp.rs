@@ -10,6 +10,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
+use aya_log_ebpf::debug;
 use gateway_ebpf::{
     BLOCKLIST_CAPACITY, BlockEntry, EVENT_INTERVAL_NS, EVENTS_BYTES, InsertBudget, PREFIX_CAPACITY,
     RATE_CAPACITY, RateEvent, RateState, SourceKey, TokenBucket, Verdict, XdpConfig,
@@ -68,7 +69,7 @@ pub fn mcp_gateway(ctx: XdpContext) -> u32 {
     let verdict = match packet_of(&ctx) {
         Err(Truncated) => Verdict::ParseError,
         Ok(None) => Verdict::Pass,
-        Ok(Some(packet)) => verdict_for(&packet),
+        Ok(Some(packet)) => verdict_for(&ctx, &packet),
     };
     count(verdict);
     if verdict.is_drop() {
@@ -97,7 +98,7 @@ enum Transport {
     Portless,
 }
 
-fn verdict_for(packet: &Packet) -> Verdict {
+fn verdict_for(ctx: &XdpContext, packet: &Packet) -> Verdict {
     let config = match CONFIG.get(0) {
         Some(config) => *config,
         None => XdpConfig::default(),
@@ -114,7 +115,7 @@ fn verdict_for(packet: &Packet) -> Verdict {
     if ALLOWLIST.get(Key::new(128, source.addr)).is_some() {
         return Verdict::Allowlisted;
     }
-    let verdict = limit_verdict(packet, &config);
+    let verdict = limit_verdict(ctx, packet, &config);
     if verdict.is_drop() && config.flags & XdpConfig::FLAG_DRY_RUN != 0 {
         Verdict::DryRunWouldDrop
     } else {
@@ -122,7 +123,7 @@ fn verdict_for(packet: &Packet) -> Verdict {
     }
 }
 
-fn limit_verdict(packet: &Packet, config: &XdpConfig) -> Verdict {
+fn limit_verdict(ctx: &XdpContext, packet: &Packet, config: &XdpConfig) -> Verdict {
     let source = &packet.source;
     let now = now_ns(config, Clock::Precise);
     // SAFETY: entries are copied out at once; a concurrent update can at worst give a stale verdict.
@@ -140,11 +141,11 @@ fn limit_verdict(packet: &Packet, config: &XdpConfig) -> Verdict {
     if config.packets_per_sec == 0 && config.syn_per_sec == 0 {
         return Verdict::Pass;
     }
-    rate_verdict(packet, config)
+    rate_verdict(ctx, packet, config)
 }
 
 /// Per-source token buckets: one for packets, one for new TCP connections.
-fn rate_verdict(packet: &Packet, config: &XdpConfig) -> Verdict {
+fn rate_verdict(ctx: &XdpContext, packet: &Packet, config: &XdpConfig) -> Verdict {
     let now = now_ns(config, Clock::Coarse);
     let key = packet.source.rate_key(config.ipv6_prefix_len);
     let state = match RATE.get_ptr_mut(&key) {
@@ -189,6 +190,11 @@ fn rate_verdict(packet: &Packet, config: &XdpConfig) -> Verdict {
             at_ns: now,
         };
         let _ = EVENTS.output::<RateEvent>(&event, 0);
+        // Pruned at load time unless the gateway runs with `xdp.log = true`.
+        debug!(
+            ctx,
+            "rate drop ({}) from {:i}", verdict as u32, packet.source.addr
+        );
     }
     verdict
 }

@@ -77,7 +77,7 @@ fn attach_xdp(settings: &Settings) -> Option<Kernel> {
         );
         return None;
     };
-    let result = Kernel::load(xdp.pin_dir.as_deref()).and_then(|mut kernel| {
+    let result = Kernel::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut kernel| {
         kernel.set_config(&xdp.program)?;
         for prefix in &xdp.allow {
             kernel.allow(*prefix)?;

@@ -235,6 +235,9 @@ pub fn start(
 impl Enforcer {
     /// Runs until the gateway stops; dropping the task detaches the XDP program (pins stay).
     pub async fn run(mut self) {
+        if let Some(logger) = self.kernel.as_mut().and_then(Kernel::take_logger) {
+            tokio::spawn(forward_kernel_logs(logger));
+        }
         let mut events = self.kernel.as_mut().and_then(|kernel| match kernel.take_events() {
             // SAFETY: the RingBuf owns its map's fd, which stays open and unchanged for as long
             // as the AsyncFd owns the RingBuf.
@@ -380,6 +383,31 @@ impl Enforcer {
 
     fn is_allowed(&self, source: IpAddr) -> bool {
         self.allow.iter().any(|prefix| prefix.contains(&source))
+    }
+}
+
+/// Passes the XDP program's log records on as they arrive.
+async fn forward_kernel_logs(logger: crate::xdp::KernelLogger) {
+    // SAFETY: the logger owns its ring buffer's fd for as long as the AsyncFd owns the logger.
+    let logger = match unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) } {
+        Ok(logger) => logger,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot poll the XDP program's log");
+            return;
+        }
+    };
+    let mut logger = logger;
+    loop {
+        match logger.readable_mut().await {
+            Ok(mut guard) => {
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the XDP program's log failed");
+                return;
+            }
+        }
     }
 }
 

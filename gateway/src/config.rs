@@ -132,6 +132,9 @@ pub struct XdpSection {
     /// Count what would be dropped without dropping it.
     #[serde(default)]
     pub dry_run: bool,
+    /// Show the XDP program's debug log (rate-drop transitions) in the gateway's log.
+    #[serde(default)]
+    pub log: bool,
     /// Prefixes never dropped or blocked (operators, health checkers, NAT egress pools).
     #[serde(default)]
     pub allow: Vec<String>,
@@ -148,6 +151,7 @@ impl Default for XdpSection {
             ports: Vec::new(),
             pin_path: defaults::pin_path(),
             dry_run: false,
+            log: false,
             allow: Vec::new(),
             rate: XdpRateSection::default(),
         }
@@ -376,6 +380,7 @@ pub struct XdpSettings {
     pub interface: Option<String>,
     pub mode: XdpModeConfig,
     pub pin_dir: Option<PathBuf>,
+    pub log: bool,
     pub allow: Vec<IpNet>,
     /// What the program's CONFIG map gets.
     pub program: gateway_ebpf::XdpConfig,
@@ -649,6 +654,7 @@ fn xdp_settings(section: &XdpSection, listen_port: u16) -> Result<XdpSettings, C
         interface,
         mode: section.mode,
         pin_dir,
+        log: section.log,
         allow,
         program,
     })

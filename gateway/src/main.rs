@@ -64,6 +64,9 @@ enum Command {
         /// Audit log file.
         #[arg(long, default_value = "logs/mcp-audit.jsonl")]
         audit_path: PathBuf,
+        /// Do not attach XDP to the loopback interface (it is attached only when root).
+        #[arg(long)]
+        no_xdp: bool,
     },
 }
 
@@ -129,7 +132,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             demo_upstream::serve(listener).await;
             Ok(())
         }),
-        Some(Command::Demo { listen, audit_path }) => runtime()?.block_on(demo(listen, audit_path)),
+        Some(Command::Demo {
+            listen,
+            audit_path,
+            no_xdp,
+        }) => runtime()?.block_on(demo(listen, audit_path, !no_xdp)),
         Some(Command::Xdp {
             command: XdpCommand::Status,
             pin_path,
@@ -210,11 +217,20 @@ fn validate(mut config: Config, args: &RunArgs) -> anyhow::Result<Settings> {
     Ok(config.validate(api_key.as_deref(), user_keys.as_deref())?)
 }
 
-async fn demo(listen: SocketAddr, audit_path: PathBuf) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Result<()> {
     let upstream = demo_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let key = keys::generate()?;
+    // As root, the demo shows the kernel half too: generic XDP on loopback, limited to the
+    // demo's port, with nothing pinned.
+    // SAFETY: geteuid has no preconditions.
+    let xdp = xdp && unsafe { libc::geteuid() } == 0;
+    let xdp_section = if xdp {
+        "[xdp]\nenabled = true\ninterface = \"lo\"\nmode = \"skb\"\npin_path = \"\"\n"
+    } else {
+        ""
+    };
     let toml = format!(
-        "listen = \"{listen}\"\naudit.path = {}\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[[users]]\nname = \"demo\"\nkey_sha256 = \"{}\"\n",
+        "listen = \"{listen}\"\naudit.path = {}\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[[users]]\nname = \"demo\"\nkey_sha256 = \"{}\"\n{xdp_section}",
         toml_string(&audit_path.to_string_lossy()),
         keys::hash(&key)?
     );

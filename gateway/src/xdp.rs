@@ -40,6 +40,8 @@ pub enum XdpError {
     },
     #[error("eBPF map access failed: {0}")]
     Map(#[source] MapError),
+    #[error("cannot read the XDP program's logs: {0}")]
+    Log(String),
     #[error("the eBPF object has no program or map named {0:?}")]
     Missing(&'static str),
     #[error("cannot prepare the bpffs pin directory {path}: {source}")]
@@ -58,16 +60,25 @@ pub struct Kernel {
     ebpf: Ebpf,
     /// Where the maps are pinned, if they are.
     pin_dir: Option<PathBuf>,
+    logger: Option<KernelLogger>,
 }
+
+/// Forwards the program's aya-log records to the `log` facade (and so to `tracing`).
+pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// aya-log levels as the program's `AYA_LOG_LEVEL` global holds them.
+const LOG_OFF: u8 = 0;
+const LOG_DEBUG: u8 = 4;
 
 impl Kernel {
     /// Loads the embedded object into the kernel (verified, not attached yet). With `pin_dir`, each
     /// map is pinned there, and maps already pinned there (by an earlier gateway) are reused, so
-    /// blocks and counters survive restarts and upgrades.
-    pub fn load(pin_dir: Option<&Path>) -> Result<Self, XdpError> {
+    /// blocks and counters survive restarts and upgrades. The program's log statements are pruned
+    /// by the verifier unless `log` is set.
+    pub fn load(pin_dir: Option<&Path>, log: bool) -> Result<Self, XdpError> {
+        let level = if log { LOG_DEBUG } else { LOG_OFF };
         let mut loader = EbpfLoader::new();
-        // aya-log statements in the program stay off: per-packet logging costs too much.
-        loader.override_global(aya_log::LEVEL, &0u8, false);
+        loader.override_global(aya_log::LEVEL, &level, false);
         let pins: Vec<(&'static str, PathBuf)> = match pin_dir {
             Some(dir) => {
                 ensure_pin_dir(dir)?;
@@ -89,10 +100,24 @@ impl Kernel {
             }
         })?;
         program(&mut ebpf)?.load().map_err(XdpError::Program)?;
+        let logger = if log {
+            Some(
+                aya_log::EbpfLogger::init(&mut ebpf)
+                    .map_err(|err| XdpError::Log(err.to_string()))?,
+            )
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             pin_dir: pin_dir.map(Path::to_path_buf),
+            logger,
         })
+    }
+
+    /// The reader of the program's log statements (with `log`), for a task to poll.
+    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+        self.logger.take()
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp, XdpError> {

@@ -133,7 +133,7 @@ struct Program {
 impl Program {
     /// The program protecting PORT, with BLOCKED_V4 and BLOCKED_V6 on the blocklist.
     fn new() -> Self {
-        let kernel = Kernel::load(None).expect("load the XDP program (needs root)");
+        let kernel = Kernel::load(None, false).expect("load the XDP program (needs root)");
         let mut program = Self { kernel };
         program.configure(|_| {});
         program
