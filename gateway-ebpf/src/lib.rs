@@ -8,6 +8,8 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "mcp_gateway";
+/// A program that passes everything, for benchmarks to subtract.
+pub const BASELINE_PROGRAM_NAME: &str = "pass_all";
 /// LPM trie of prefixes never dropped: [`PrefixKey`] -> `u32` (unused).
 pub const ALLOWLIST_MAP: &str = "ALLOWLIST";
 /// Map of blocked sources: [`SourceKey`] -> [`BlockEntry`].

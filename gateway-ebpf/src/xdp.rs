@@ -79,6 +79,12 @@ pub fn mcp_gateway(ctx: XdpContext) -> u32 {
     }
 }
 
+/// Passes every packet and does nothing else: the baseline the benchmarks compare against.
+#[xdp]
+pub fn pass_all(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// The frame ends before a header it announces, or a header is invalid.
 struct Truncated;
 

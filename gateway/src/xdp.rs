@@ -12,8 +12,9 @@ use aya::{
     programs::{ProgramError, Xdp, XdpMode},
 };
 use gateway_ebpf::{
-    ALL_MAPS, ALLOWLIST_MAP, BLOCKLIST_MAP, BlockEntry, BlockReason, CONFIG_MAP, EVENTS_MAP,
-    PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, PrefixKey, STATS_MAP, SourceKey, Verdict, XdpConfig,
+    ALL_MAPS, ALLOWLIST_MAP, BASELINE_PROGRAM_NAME, BLOCKLIST_MAP, BlockEntry, BlockReason,
+    CONFIG_MAP, EVENTS_MAP, PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, PrefixKey, STATS_MAP, SourceKey,
+    Verdict, XdpConfig,
 };
 use ipnet::IpNet;
 
@@ -122,6 +123,20 @@ impl Kernel {
 
     pub fn program(&mut self) -> Result<&mut Xdp, XdpError> {
         program(&mut self.ebpf)
+    }
+
+    /// The pass-everything baseline program of the same object, loaded (for benchmarks).
+    pub fn baseline_program(&mut self) -> Result<&mut Xdp, XdpError> {
+        let baseline: &mut Xdp = self
+            .ebpf
+            .program_mut(BASELINE_PROGRAM_NAME)
+            .ok_or(XdpError::Missing(BASELINE_PROGRAM_NAME))?
+            .try_into()
+            .map_err(XdpError::Program)?;
+        if baseline.fd().is_err() {
+            baseline.load().map_err(XdpError::Program)?;
+        }
+        Ok(baseline)
     }
 
     /// Attaches to `interface`; detached when the `Kernel` is dropped.
