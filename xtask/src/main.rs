@@ -1,5 +1,6 @@
 //! `cargo xtask <command>`: the single entry point to set up, build, run and test the gateway.
 
+mod bench;
 mod setup;
 mod shell;
 
@@ -37,6 +38,21 @@ enum Command {
     },
     /// `cargo fmt --check` and `cargo clippy` on the host crates, warnings as errors.
     Lint,
+    /// Benchmarks: the gateway against nginx and direct access, many callers, SSE, XDP per-packet
+    /// cost, and a flood in network namespaces (xdp and flood need root). Writes bench/results/.
+    Bench {
+        #[arg(value_enum, default_value = "all")]
+        scenario: bench::Scenario,
+        /// Runs per figure.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Seconds per load run.
+        #[arg(long, default_value_t = 10)]
+        secs: u64,
+    },
+    /// The benchmarks' own load generator (per-key and per-source load).
+    #[command(hide = true)]
+    Load(bench::load::LoadArgs),
 }
 
 fn main() {
@@ -76,6 +92,19 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Test { filter } => test(&root, filter.as_deref()),
         Command::Lint => lint(&root),
+        Command::Bench {
+            scenario,
+            runs,
+            secs,
+        } => bench::run(
+            &root,
+            scenario,
+            bench::Plan {
+                runs: runs.max(1),
+                secs: secs.max(1),
+            },
+        ),
+        Command::Load(args) => bench::load::run(args),
     }
 }
 
@@ -87,7 +116,7 @@ fn workspace_root() -> PathBuf {
 }
 
 /// Builds the gateway (its build script compiles and embeds the eBPF object); returns the binary.
-fn build(root: &Path) -> Result<PathBuf> {
+pub(crate) fn build(root: &Path) -> Result<PathBuf> {
     Cmd::cargo(root, &["build", "--release", "--package", "gateway"]).run()?;
     Ok(root.join("target/release/gateway"))
 }

@@ -23,7 +23,7 @@ const DEBIAN_PACKAGES: [(&str, &str); 4] = [
 
 pub fn all(root: &Path) -> Result<()> {
     toolchain(root)?;
-    debian_packages()?;
+    debian_packages(&DEBIAN_PACKAGES)?;
     npm_peers(root)
 }
 
@@ -127,8 +127,9 @@ fn bpf_linker(root: &Path, llvm_major: u32) -> Result<()> {
     Ok(())
 }
 
-fn debian_packages() -> Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+/// Installs the Debian package of each (program, package) whose program is missing.
+pub fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(program, _)| {
             !Cmd::new("sh")

@@ -1,0 +1,275 @@
+//! Scenario 1: proxy overhead. One upstream (the gateway's demo MCP server) for every contender:
+//! direct, nginx doing the same job as closely as it can, the gateway, the gateway with fsync.
+
+use std::{net::SocketAddr, path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    Bench, CALL_BODY, Service, Spread, bench_keys, demo_upstream, free_addr, gateway_config,
+    report::Section, start_gateway,
+};
+
+const CONNECTIONS: u32 = 64;
+
+/// What oha measured in one run.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+}
+
+struct Contender {
+    name: &'static str,
+    url: String,
+    _service: Option<Service>,
+}
+
+pub fn run(bench: &Bench) -> Result<Section> {
+    eprintln!("== proxy: direct vs nginx vs gateway");
+    let key = bench_keys(1).remove(0);
+    let upstream_addr = free_addr()?;
+    let _upstream = demo_upstream(bench, upstream_addr)?;
+    let upstream_url = format!("http://{upstream_addr}/mcp");
+
+    let mut contenders = vec![Contender {
+        name: "direct",
+        url: upstream_url.clone(),
+        _service: None,
+    }];
+    let nginx_addr = free_addr()?;
+    contenders.push(Contender {
+        name: "nginx",
+        url: format!("http://{nginx_addr}/mcp"),
+        _service: Some(start_nginx(bench, nginx_addr, upstream_addr, &key)?),
+    });
+    for (name, fsync) in [("gateway", false), ("gateway fsync", true)] {
+        let addr = free_addr()?;
+        let dir = bench.dir(&name.replace(' ', "-"));
+        let config = gateway_config(
+            addr,
+            &upstream_url,
+            &dir.join("audit.jsonl"),
+            std::slice::from_ref(&key),
+            &format!("[blocking]\nenabled = false\n"),
+        );
+        let config = config.replace("[audit]\n", &format!("[audit]\nfsync = {fsync}\n"));
+        contenders.push(Contender {
+            name,
+            url: format!("http://{addr}/mcp"),
+            _service: Some(start_gateway(bench, &dir, &config, None)?),
+        });
+    }
+
+    // Saturation: runs interleaved across contenders so drift hits all alike.
+    let mut saturation: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
+    for _ in 0..bench.plan.runs {
+        for (i, contender) in contenders.iter().enumerate() {
+            saturation[i].push(oha(bench, &contender.url, &key, None)?);
+        }
+    }
+    let direct_rps = Spread::of(&saturation[0].iter().map(|r| r.rps).collect::<Vec<_>>()).median;
+    // Fixed rate: half of direct saturation.
+    let rate = (direct_rps / 2.0).max(100.0) as u64;
+    let mut fixed: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
+    for _ in 0..bench.plan.runs {
+        for (i, contender) in contenders.iter().enumerate() {
+            fixed[i].push(oha(bench, &contender.url, &key, Some(rate))?);
+        }
+    }
+
+    let spread =
+        |runs: &[Run], f: fn(&Run) -> f64| Spread::of(&runs.iter().map(f).collect::<Vec<_>>());
+    let rps: Vec<Spread> = saturation
+        .iter()
+        .map(|runs| spread(runs, |r| r.rps))
+        .collect();
+    let mut table = vec![
+        [
+            "contender",
+            "req/s at saturation",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            &format!("at {rate} req/s: p50 / p99 / p99.9 ms"),
+            "req/s vs nginx",
+            "req/s vs direct",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    ];
+    for (i, contender) in contenders.iter().enumerate() {
+        let at_rate = &fixed[i];
+        table.push(vec![
+            contender.name.to_owned(),
+            rps[i].show(0),
+            spread(&saturation[i], |r| r.p50_ms).show(2),
+            spread(&saturation[i], |r| r.p99_ms).show(2),
+            spread(&saturation[i], |r| r.p999_ms).show(2),
+            format!(
+                "{:.2} / {:.2} / {:.2}",
+                spread(at_rate, |r| r.p50_ms).median,
+                spread(at_rate, |r| r.p99_ms).median,
+                spread(at_rate, |r| r.p999_ms).median
+            ),
+            format!("{:.2}", rps[i].median / rps[1].median),
+            format!("{:.2}", rps[i].median / rps[0].median),
+        ]);
+    }
+    let p99 = |i: usize| spread(&saturation[i], |r| r.p99_ms).median;
+    Ok(Section {
+        title: "Proxy overhead (scenario 1)".into(),
+        intro: format!(
+            "oha, {CONNECTIONS} connections, MCP `tools/call` POSTs with a bearer key, {} s per run. \
+             nginx: `worker_processes auto`, per-caller key `map`, `limit_req` per caller, JSON \
+             access log, keepalive upstream pool. Gateway: auth + per-caller limit (set high) + \
+             audit log; `fsync` waits for fsync with group commit. The load generator, the proxy and \
+             the upstream share the machine's cores.",
+            bench.plan.secs
+        ),
+        table,
+        headline: vec![
+            (
+                "gateway / nginx, req/s".into(),
+                rps[2].median / rps[1].median,
+                1.0,
+            ),
+            (
+                "nginx p99 / gateway p99".into(),
+                p99(1) / p99(2).max(f64::MIN_POSITIVE),
+                1.0,
+            ),
+            (
+                "gateway / direct, req/s".into(),
+                rps[2].median / rps[0].median,
+                0.0,
+            ),
+            (
+                "gateway fsync / gateway, req/s".into(),
+                rps[3].median / rps[2].median,
+                0.5,
+            ),
+        ],
+        notes: vec![format!(
+            "Targets: gateway >= 1.0x nginx throughput and p99 <= nginx p99; fsync >= 0.5x non-fsync."
+        )],
+    })
+}
+
+fn oha(bench: &Bench, url: &str, key: &str, rate: Option<u64>) -> Result<Run> {
+    let mut command = Command::new(bench.oha());
+    command
+        .args(["--no-tui", "--output-format", "json", "-z"])
+        .arg(format!("{}s", bench.plan.secs))
+        .args(["-c", &CONNECTIONS.to_string(), "-m", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {key}")])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", "Accept: application/json, text/event-stream"])
+        .args(["-d", CALL_BODY]);
+    if let Some(rate) = rate {
+        command.args(["-q", &rate.to_string(), "--latency-correction"]);
+    }
+    let output = command.arg(url).output().context("cannot run oha")?;
+    if !output.status.success() {
+        bail!("oha failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("oha printed no JSON")?;
+    let codes = &value["statusCodeDistribution"];
+    let non_200: u64 = codes
+        .as_object()
+        .map(|codes| {
+            codes
+                .iter()
+                .filter(|(code, _)| *code != "200")
+                .filter_map(|(_, n)| n.as_u64())
+                .sum()
+        })
+        .unwrap_or(0);
+    if non_200 > 0 {
+        bail!("{url} answered {non_200} requests with a status other than 200: {codes}");
+    }
+    let ms = |name: &str| {
+        value["latencyPercentiles"][name]
+            .as_f64()
+            .unwrap_or(f64::NAN)
+            * 1000.0
+    };
+    Ok(Run {
+        rps: value["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        p50_ms: ms("p50"),
+        p99_ms: ms("p99"),
+        p999_ms: ms("p99.9"),
+    })
+}
+
+/// nginx configured to do the gateway's job as closely as it can.
+fn start_nginx(
+    bench: &Bench,
+    listen: SocketAddr,
+    upstream: SocketAddr,
+    key: &str,
+) -> Result<Service> {
+    let dir = bench.dir("nginx");
+    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let d = dir.display();
+    let config = format!(
+        r#"worker_processes auto;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    map $http_authorization $mcp_caller {{
+        default "";
+        "Bearer {key}" "user0";
+    }}
+    limit_req_zone $mcp_caller zone=callers:10m rate=1000000r/s;
+    log_format audit escape=json '{{"ts":"$time_iso8601","caller":"$mcp_caller","ip":"$remote_addr","user_agent":"$http_user_agent","request_id":"$request_id","status":"$status","request_time":"$request_time"}}';
+    upstream mcp {{
+        server {upstream};
+        keepalive 128;
+    }}
+    server {{
+        listen {listen} reuseport;
+        location = /mcp {{
+            if ($mcp_caller = "") {{ return 401; }}
+            limit_req zone=callers burst=1000000 nodelay;
+            access_log {d}/audit.jsonl audit;
+            client_max_body_size 4m;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Authorization "";
+            proxy_set_header X-MCP-Caller $mcp_caller;
+            proxy_set_header X-Request-Id $request_id;
+            proxy_buffering off;
+            proxy_pass http://mcp;
+        }}
+    }}
+}}
+"#
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, config)?;
+    let mut command = Command::new("nginx");
+    command
+        .arg("-p")
+        .arg(&dir)
+        .arg("-c")
+        .arg(&path)
+        .args(["-g", "daemon off;"]);
+    let mut service = Service::spawn(command, dir.join("nginx.log"))?;
+    service.wait_for_port(listen)?;
+    let _ = Path::new(&dir);
+    Ok(service)
+}
