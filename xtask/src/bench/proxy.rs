@@ -53,7 +53,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             &upstream_url,
             &dir.join("audit.jsonl"),
             std::slice::from_ref(&key),
-            &format!("[blocking]\nenabled = false\n"),
+            "[blocking]\nenabled = false\n",
         );
         let config = config.replace("[audit]\n", &format!("[audit]\nfsync = {fsync}\n"));
         contenders.push(Contender {
