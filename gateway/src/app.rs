@@ -4,10 +4,8 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use aya::programs::XdpMode;
-use tokio::{
-    net::TcpListener,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     audit::AuditLog,
@@ -26,8 +24,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.audit_path.display()
         )
     })?;
-    let listener = TcpListener::bind(settings.listen)
-        .await
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let listeners = server::bind(settings.listen, workers)
         .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
     let kernel = attach_xdp(&settings);
     let xdp_state = match &kernel {
@@ -51,6 +49,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         fsync = settings.audit_fsync,
         xdp = xdp_state,
         blocking = settings.blocking.enabled,
+        workers,
         "mcp gateway started"
     );
 
@@ -60,9 +59,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let enforcer = tokio::spawn(enforcer.run());
     spawn_reopen_on_sighup(Arc::clone(&gateway))?;
     spawn_limiter_sweep(Arc::clone(&gateway), sweep_every);
-    server::serve(listener, gateway, shutdown_signal()?).await;
+    spawn_audit_flush(Arc::clone(&gateway));
+    let shutdown = CancellationToken::new();
+    let threads =
+        server::run_workers(listeners, &gateway, &shutdown).context("cannot start workers")?;
+    shutdown_signal()?.await;
+    tracing::info!("shutting down: finishing open requests");
+    shutdown.cancel();
+    tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await?;
     enforcer.abort();
     let _ = enforcer.await;
+    gateway.audit().flush();
     Ok(())
 }
 
@@ -127,6 +139,17 @@ fn spawn_reopen_on_sighup(gateway: Arc<Gateway>) -> anyhow::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Response lines held back to share a write with the next request go out at least this often.
+fn spawn_audit_flush(gateway: Arc<Gateway>) {
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            interval.tick().await;
+            gateway.audit().flush();
+        }
+    });
 }
 
 fn spawn_limiter_sweep(gateway: Arc<Gateway>, every: Duration) {

@@ -1,10 +1,10 @@
 //! Stage 3: the audit log, JSON Lines, append-only.
 //!
-//! One writer thread owns the file. Requests hand it their lines and wait for the write (and the
-//! fsync, with `audit.fsync = true`) before they are forwarded. The writer takes everything queued
-//! at once and writes it with one `write` and one `fsync` (group commit), so throughput holds under
-//! concurrency. SIGHUP makes it reopen the path (logrotate's `postrotate`); lines queued meanwhile
-//! wait and go to the new file, none are lost.
+//! Every request's lines are written before it is forwarded, and the forward waits for the write.
+//! Without fsync a request appends its lines itself (one `write(2)` on an O_APPEND file). With
+//! `audit.fsync = true` one writer thread takes everything queued at once and commits it with one
+//! `write` and one `fsync` (group commit), so throughput holds under concurrency. SIGHUP reopens
+//! the path (logrotate's `postrotate`); no line is lost across it.
 
 use std::{
     fs::{File, OpenOptions},
@@ -12,7 +12,7 @@ use std::{
     net::IpAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -25,6 +25,8 @@ use crate::jsonrpc::Message;
 const MAX_FIELD_LEN: usize = 256;
 /// Most argument keys written for one message.
 const MAX_ARG_KEYS: usize = 64;
+/// Held-back response lines are written at once past this many bytes.
+const PENDING_LIMIT: usize = 64 * 1024;
 /// Lines waiting for the writer before requests wait for room (backpressure, bounded memory).
 const QUEUE_CAPACITY: usize = 16_384;
 
@@ -224,33 +226,51 @@ enum Command {
     Reopen,
 }
 
-/// Handle to the audit writer; cheap to clone.
+/// Handle to the audit log; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    commands: mpsc::Sender<Command>,
+    sink: Arc<Sink>,
+}
+
+enum Sink {
+    /// Without fsync a line is one `write(2)` to an O_APPEND file, done by the request itself:
+    /// cheaper than handing it to another thread and waiting to be woken.
+    Direct(Mutex<LogFile>),
+    /// With fsync, one writer thread commits everything queued with one write and one fsync.
+    GroupCommit(mpsc::Sender<Command>),
 }
 
 impl AuditLog {
-    /// Opens (creating it and its directory if needed) the log and starts the writer thread.
+    /// Opens (creating it and its directory if needed) the log; in fsync mode, starts the writer
+    /// thread.
     pub fn open(path: &Path, fsync: bool) -> io::Result<Self> {
-        let file = open_append(path)?;
-        let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let writer = Writer {
-            path: path.to_owned(),
-            file,
-            fsync,
-            ends_mid_line: false,
+        let file = LogFile::open(path, fsync)?;
+        let sink = if fsync {
+            let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
+            std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || group_commit(file, receiver))?;
+            Sink::GroupCommit(commands)
+        } else {
+            Sink::Direct(Mutex::new(file))
         };
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(receiver))?;
-        Ok(Self { commands })
+        Ok(Self {
+            sink: Arc::new(sink),
+        })
     }
 
     /// Appends `lines` and returns once they are written (and synced, in fsync mode).
     pub async fn write(&self, lines: Vec<u8>) -> Result<(), AuditError> {
+        let commands = match self.sink.as_ref() {
+            Sink::Direct(file) => {
+                return lock(file)
+                    .append_with_pending(&lines)
+                    .map_err(|err| AuditError::Write(Arc::new(err)));
+            }
+            Sink::GroupCommit(commands) => commands,
+        };
         let (done, written) = oneshot::channel();
-        self.commands
+        commands
             .send(Command::Write {
                 lines,
                 done: Some(done),
@@ -264,24 +284,149 @@ impl AuditLog {
         }
     }
 
-    /// Appends `lines` without waiting (for lines written after the fact, such as responses).
+    /// Appends `lines` without waiting (for lines written after the fact, such as responses). Without
+    /// fsync they ride along with the next request's write, or go out with [`AuditLog::flush`]
+    /// (every 100 ms), saving a write per request. A failure is logged: the request they describe
+    /// was already audited.
     pub fn write_in_background(&self, lines: Vec<u8>) {
-        let commands = self.commands.clone();
-        tokio::spawn(async move {
-            if commands
-                .send(Command::Write { lines, done: None })
-                .await
-                .is_err()
-            {
-                tracing::error!("audit log writer has stopped; a response line was not written");
+        match self.sink.as_ref() {
+            Sink::Direct(file) => {
+                let mut file = lock(file);
+                file.pending.extend_from_slice(&lines);
+                if file.pending.len() >= PENDING_LIMIT {
+                    file.flush_pending();
+                }
             }
-        });
+            Sink::GroupCommit(commands) => {
+                if let Err(mpsc::error::TrySendError::Full(command)) =
+                    commands.try_send(Command::Write { lines, done: None })
+                {
+                    let commands = commands.clone();
+                    tokio::spawn(async move {
+                        if commands.send(command).await.is_err() {
+                            tracing::error!(
+                                "audit log writer has stopped; a response line was not written"
+                            );
+                        }
+                    });
+                }
+            }
+        }
     }
 
-    /// Reopens the file at the configured path (after logrotate moved it).
+    /// Writes lines still held back by [`AuditLog::write_in_background`].
+    pub fn flush(&self) {
+        if let Sink::Direct(file) = self.sink.as_ref() {
+            lock(file).flush_pending();
+        }
+    }
+
+    /// Reopens the file at the configured path (after logrotate moved it). Lines written before
+    /// go to the old file, lines after to the new one; none is lost.
     pub async fn reopen(&self) {
-        if self.commands.send(Command::Reopen).await.is_err() {
-            tracing::error!("audit log writer has stopped; cannot reopen");
+        match self.sink.as_ref() {
+            Sink::Direct(file) => {
+                let mut file = lock(file);
+                file.flush_pending();
+                file.reopen();
+            }
+            Sink::GroupCommit(commands) => {
+                if commands.send(Command::Reopen).await.is_err() {
+                    tracing::error!("audit log writer has stopped; cannot reopen");
+                }
+            }
+        }
+    }
+}
+
+/// A poisoned lock only means another request panicked mid-write; the file is still usable.
+fn lock(file: &Mutex<LogFile>) -> std::sync::MutexGuard<'_, LogFile> {
+    file.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The open log file.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+    fsync: bool,
+    /// Response lines waiting for the next write (direct mode).
+    pending: Vec<u8>,
+    /// A failed write may have left a partial line; the next write starts on a fresh line.
+    ends_mid_line: bool,
+}
+
+impl LogFile {
+    fn open(path: &Path, fsync: bool) -> io::Result<Self> {
+        Ok(Self {
+            path: path.to_owned(),
+            file: open_append(path)?,
+            fsync,
+            pending: Vec::new(),
+            ends_mid_line: false,
+        })
+    }
+
+    /// Writes whole lines (and syncs them in fsync mode).
+    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        if self.ends_mid_line {
+            self.file.write_all(b"\n")?;
+            self.ends_mid_line = false;
+        }
+        if let Err(err) = self.file.write_all(lines) {
+            self.ends_mid_line = true;
+            tracing::error!(path = %self.path.display(), error = %err, "audit log write failed; refusing requests until it works again");
+            return Err(err);
+        }
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the held-back lines together with `lines` in one write. On failure the held-back
+    /// lines stay for the next attempt.
+    fn append_with_pending(&mut self, lines: &[u8]) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return self.append(lines);
+        }
+        let held = self.pending.len();
+        self.pending.extend_from_slice(lines);
+        let pending = std::mem::take(&mut self.pending);
+        let result = self.append(&pending);
+        self.pending = pending;
+        match result {
+            Ok(()) => self.pending.clear(),
+            Err(_) => self.pending.truncate(held),
+        }
+        result
+    }
+
+    fn flush_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        match self.append(&pending) {
+            Ok(()) => self.pending = Vec::with_capacity(pending.capacity()),
+            Err(err) => {
+                tracing::error!(error = %err, "audit response lines were not written; will retry");
+                self.pending = pending;
+            }
+        }
+    }
+
+    fn reopen(&mut self) {
+        match open_append(&self.path) {
+            Ok(file) => {
+                self.file = file;
+                self.ends_mid_line = false;
+                tracing::info!(path = %self.path.display(), "audit log reopened");
+            }
+            // Keep writing to the old file: lines land in the rotated file rather than nowhere.
+            Err(err) => {
+                tracing::error!(path = %self.path.display(), error = %err, "cannot reopen the audit log; still writing to the previous file")
+            }
         }
     }
 }
@@ -298,87 +443,47 @@ fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-struct Writer {
-    path: PathBuf,
-    file: File,
-    fsync: bool,
-    /// A failed write may have left a partial line; the next write starts on a fresh line.
-    ends_mid_line: bool,
+/// The fsync writer: takes everything queued at once and commits it with one write and one
+/// fsync, so concurrent requests share the cost of a sync.
+fn group_commit(mut file: LogFile, mut receiver: mpsc::Receiver<Command>) {
+    let mut buffer = Vec::with_capacity(64 * 1024);
+    let mut waiting = Vec::new();
+    while let Some(first) = receiver.blocking_recv() {
+        let mut next = Some(first);
+        while let Some(command) = next.take().or_else(|| receiver.try_recv().ok()) {
+            match command {
+                Command::Write { lines, done } => {
+                    buffer.extend_from_slice(&lines);
+                    waiting.extend(done);
+                }
+                Command::Reopen => {
+                    // Everything queued before the reopen goes to the old file.
+                    commit(&mut file, &mut buffer, &mut waiting);
+                    file.reopen();
+                }
+            }
+            if buffer.len() >= 1024 * 1024 {
+                break;
+            }
+        }
+        commit(&mut file, &mut buffer, &mut waiting);
+    }
 }
 
-impl Writer {
-    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
-        let mut buffer = Vec::with_capacity(64 * 1024);
-        let mut waiting = Vec::new();
-        while let Some(first) = receiver.blocking_recv() {
-            let mut next = Some(first);
-            while let Some(command) = next.take().or_else(|| receiver.try_recv().ok()) {
-                match command {
-                    Command::Write { lines, done } => {
-                        buffer.extend_from_slice(&lines);
-                        waiting.extend(done);
-                    }
-                    Command::Reopen => {
-                        // Everything queued before the reopen goes to the old file.
-                        self.commit(&mut buffer, &mut waiting);
-                        self.reopen();
-                    }
-                }
-                if buffer.len() >= 1024 * 1024 {
-                    break;
-                }
-            }
-            self.commit(&mut buffer, &mut waiting);
-        }
+fn commit(
+    file: &mut LogFile,
+    buffer: &mut Vec<u8>,
+    waiting: &mut Vec<oneshot::Sender<Result<(), Arc<io::Error>>>>,
+) {
+    if buffer.is_empty() && waiting.is_empty() {
+        return;
     }
-
-    fn commit(
-        &mut self,
-        buffer: &mut Vec<u8>,
-        waiting: &mut Vec<oneshot::Sender<Result<(), Arc<io::Error>>>>,
-    ) {
-        if buffer.is_empty() && waiting.is_empty() {
-            return;
-        }
-        let result = self.write_all(buffer).map_err(Arc::new);
-        if let Err(err) = &result {
-            tracing::error!(path = %self.path.display(), error = %err, "audit log write failed; refusing requests until it works again");
-        }
-        for done in waiting.drain(..) {
-            // The request may have gone away meanwhile; nothing to tell then.
-            let _ = done.send(result.clone());
-        }
-        buffer.clear();
+    let result = file.append(buffer).map_err(Arc::new);
+    for done in waiting.drain(..) {
+        // The request may have gone away meanwhile; nothing to tell then.
+        let _ = done.send(result.clone());
     }
-
-    fn write_all(&mut self, buffer: &[u8]) -> io::Result<()> {
-        if self.ends_mid_line {
-            self.file.write_all(b"\n")?;
-            self.ends_mid_line = false;
-        }
-        if let Err(err) = self.file.write_all(buffer) {
-            self.ends_mid_line = true;
-            return Err(err);
-        }
-        if self.fsync {
-            self.file.sync_data()?;
-        }
-        Ok(())
-    }
-
-    fn reopen(&mut self) {
-        match open_append(&self.path) {
-            Ok(file) => {
-                self.file = file;
-                self.ends_mid_line = false;
-                tracing::info!(path = %self.path.display(), "audit log reopened");
-            }
-            // Keep writing to the old file: lines land in the rotated file rather than nowhere.
-            Err(err) => {
-                tracing::error!(path = %self.path.display(), error = %err, "cannot reopen the audit log; still writing to the previous file")
-            }
-        }
-    }
+    buffer.clear();
 }
 
 #[cfg(test)]
@@ -472,9 +577,15 @@ mod tests {
 
     #[tokio::test]
     async fn writes_survive_reopen_after_rotation() {
+        for fsync in [false, true] {
+            writes_survive_reopen(fsync).await;
+        }
+    }
+
+    async fn writes_survive_reopen(fsync: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit/log.jsonl");
-        let log = AuditLog::open(&path, true).unwrap();
+        let log = AuditLog::open(&path, fsync).unwrap();
         log.write(b"{\"n\":1}\n".to_vec()).await.unwrap();
         std::fs::rename(&path, dir.path().join("audit/log.jsonl.1")).unwrap();
         log.write(b"{\"n\":2}\n".to_vec()).await.unwrap();
@@ -486,11 +597,17 @@ mod tests {
         assert_eq!(current, "{\"n\":3}\n");
     }
 
-    #[tokio::test]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writers_all_land_whole() {
+        for fsync in [false, true] {
+            concurrent_writers(fsync).await;
+        }
+    }
+
+    async fn concurrent_writers(fsync: bool) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.jsonl");
-        let log = AuditLog::open(&path, true).unwrap();
+        let log = AuditLog::open(&path, fsync).unwrap();
         let tasks: Vec<_> = (0..200)
             .map(|i| {
                 let log = log.clone();
@@ -511,10 +628,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn response_lines_ride_along_or_are_flushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let log = AuditLog::open(&path, false).unwrap();
+        log.write_in_background(b"{\"n\":1}\n".to_vec());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "held back");
+        log.write(b"{\"n\":2}\n".to_vec()).await.unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"n\":1}\n{\"n\":2}\n"
+        );
+        log.write_in_background(b"{\"n\":3}\n".to_vec());
+        log.flush();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
+        );
+    }
+
+    #[tokio::test]
     async fn a_failing_write_is_reported() {
         // /dev/full accepts the open and fails every write with ENOSPC: a full disk.
-        let log = AuditLog::open(Path::new("/dev/full"), false).unwrap();
-        let err = log.write(b"{}\n".to_vec()).await.unwrap_err();
-        assert!(matches!(err, AuditError::Write(_)), "{err}");
+        for fsync in [false, true] {
+            let log = AuditLog::open(Path::new("/dev/full"), fsync).unwrap();
+            let err = log.write(b"{}\n".to_vec()).await.unwrap_err();
+            assert!(matches!(err, AuditError::Write(_)), "{err}");
+        }
     }
 }

@@ -78,6 +78,10 @@ enum XdpCommand {
     Unload,
 }
 
+// glibc malloc showed up in profiles of the request path; mimalloc is faster with many threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     init_logging();
     if let Err(err) = run(Cli::parse()) {

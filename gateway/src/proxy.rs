@@ -41,7 +41,6 @@ pub struct Gateway {
     limiter: RateLimiter,
     audit: AuditLog,
     sessions: Sessions,
-    upstream: Upstream,
     protection: Protection,
 }
 
@@ -80,10 +79,13 @@ impl Gateway {
             auth: Authenticator::new(&settings.users),
             limiter: RateLimiter::new(settings.default_limit),
             sessions: Sessions::default(),
-            upstream: Upstream::new(&settings),
             audit,
             settings,
         }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     pub fn limiter(&self) -> &RateLimiter {
@@ -101,6 +103,7 @@ impl Gateway {
     /// Answers one HTTP request. Never fails: every problem becomes a precise HTTP answer.
     pub async fn handle(
         &self,
+        upstream: &Upstream,
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
@@ -117,7 +120,10 @@ impl Gateway {
                 session: header_str(request.headers(), &MCP_SESSION_ID).map(str::to_owned),
                 http_method: request.method().as_str().to_owned(),
             };
-            match self.mcp(request, &mut ctx, &request_id_header).await {
+            match self
+                .mcp(upstream, request, &mut ctx, &request_id_header)
+                .await
+            {
                 Ok(response) => response,
                 Err((refusal, body)) => self.refuse(&ctx, refusal, body.as_ref()).await,
             }
@@ -140,6 +146,7 @@ impl Gateway {
     /// The MCP endpoint: the gateway's chain of stages.
     async fn mcp(
         &self,
+        upstream: &Upstream,
         request: Request<Incoming>,
         ctx: &mut RequestContext,
         request_id: &HeaderValue,
@@ -225,8 +232,7 @@ impl Gateway {
         // 4. Forward, streaming the answer back as it arrives.
         let started = Instant::now();
         let is_delete = parts.method == Method::DELETE;
-        let result = self
-            .upstream
+        let result = upstream
             .send(parts, body_bytes, &caller.name, ctx.ip, request_id)
             .await;
         let response = match result {

@@ -1,6 +1,12 @@
 //! Accepting connections (HTTP/1.1 and h2c) and handing requests to the gateway's chain.
+//!
+//! The gateway runs one worker per CPU, like nginx's worker processes: each worker is a thread with
+//! its own single-threaded runtime, its own listening socket on the same port (SO_REUSEPORT: the
+//! kernel spreads connections) and its own pool of upstream connections, so a request never waits
+//! for a wake-up on another thread. State that must be shared (keys, limits, sessions, audit log,
+//! blocks) is shared through the [`Gateway`].
 
-use std::{convert::Infallible, future::Future, sync::Arc, time::Duration};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -10,18 +16,79 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::proxy::Gateway;
+use crate::{forward::Upstream, proxy::Gateway};
 
 /// Longest wait for open connections to finish after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a blocked source's in-flight response before its connection is cut.
 const BLOCKED_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves until `shutdown` completes, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
-pub async fn serve(
+/// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT.
+pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    (0..workers)
+        .map(|_| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(4096)?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// Runs one worker thread per listener until `shutdown` is cancelled; returns when all have
+/// drained.
+pub fn run_workers(
+    listeners: Vec<std::net::TcpListener>,
+    gateway: &Arc<Gateway>,
+    shutdown: &CancellationToken,
+) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| {
+            let (gateway, shutdown) = (Arc::clone(gateway), shutdown.clone());
+            std::thread::Builder::new()
+                .name(format!("gateway-worker-{index}"))
+                .spawn(move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            tracing::error!(error = %err, "cannot start a worker");
+                            return;
+                        }
+                    };
+                    runtime.block_on(async move {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(listener) => listener,
+                            Err(err) => {
+                                tracing::error!(error = %err, "cannot use the listening socket");
+                                return;
+                            }
+                        };
+                        let upstream = Arc::new(Upstream::new(gateway.settings()));
+                        serve(listener, gateway, upstream, shutdown).await;
+                    });
+                })
+        })
+        .collect()
+}
+
+/// Serves until `shutdown` is cancelled, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
+async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
+    upstream: Arc<Upstream>,
+    shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -30,8 +97,6 @@ pub async fn serve(
         .header_read_timeout(Duration::from_secs(30));
     builder.http2().timer(TokioTimer::new());
     let connections = TaskTracker::new();
-    let stopping = CancellationToken::new();
-    tokio::pin!(shutdown);
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -44,7 +109,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = shutdown.cancelled() => break,
         };
         // Blocked sources are refused here even without XDP, before any HTTP parsing.
         if gateway.protection().is_blocked(peer.ip()) {
@@ -53,15 +118,15 @@ pub async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let registration = gateway.protection().connections().register(peer.ip());
-        let gateway = Arc::clone(&gateway);
+        let (gateway, upstream) = (Arc::clone(&gateway), Arc::clone(&upstream));
         let service = service_fn(move |request| {
-            let gateway = Arc::clone(&gateway);
-            async move { Ok::<_, Infallible>(gateway.handle(request, peer).await) }
+            let (gateway, upstream) = (Arc::clone(&gateway), Arc::clone(&upstream));
+            async move { Ok::<_, Infallible>(gateway.handle(&upstream, request, peer).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
-        let stopping = stopping.clone();
+        let stopping = shutdown.clone();
         connections.spawn(async move {
             tokio::pin!(connection);
             let grace = tokio::select! {
@@ -83,8 +148,6 @@ pub async fn serve(
         });
     }
 
-    tracing::info!("shutting down: finishing open requests");
-    stopping.cancel();
     connections.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
         .await
