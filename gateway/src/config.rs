@@ -520,19 +520,18 @@ impl Config {
                 users.push(env_user(&format!("MCP_USER_KEYS.{name}"), name, key)?);
             }
         }
-        for (index, user) in users.iter().enumerate() {
-            if let Some(other) = users[..index].iter().find(|u| u.name == user.name) {
+        // Sets, not pairwise scans: configs with 100,000 users must load in moments.
+        let mut names = std::collections::HashSet::with_capacity(users.len());
+        let mut digests = std::collections::HashSet::with_capacity(users.len());
+        for user in &users {
+            if !names.insert(user.name.as_str()) {
                 return Err(invalid(
-                    format!("users ({})", other.name),
+                    format!("users ({})", user.name),
                     "user name defined twice",
                 ));
             }
-            if users[..index].iter().any(|u| {
-                bool::from(subtle::ConstantTimeEq::ct_eq(
-                    &u.key_digest,
-                    &user.key_digest,
-                ))
-            }) {
+            // Sha256Digest compares in constant time.
+            if !digests.insert(user.key_digest) {
                 return Err(invalid(
                     format!("users ({})", user.name),
                     "same key as another user: every user needs their own key",
