@@ -12,7 +12,10 @@ use std::{
     net::IpAddr,
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -233,9 +236,10 @@ pub struct AuditLog {
 }
 
 enum Sink {
-    /// Without fsync a line is one `write(2)` to an O_APPEND file, done by the request itself:
-    /// cheaper than handing it to another thread and waiting to be woken.
-    Direct(Mutex<LogFile>),
+    /// Without fsync a request's lines are one `write(2)` to the O_APPEND file, done by the
+    /// request itself and without a lock (appends do not interleave): cheaper than handing them
+    /// to another thread and waiting to be woken.
+    Direct(LogFile),
     /// With fsync, one writer thread commits everything queued with one write and one fsync.
     GroupCommit(mpsc::Sender<Command>),
 }
@@ -252,7 +256,7 @@ impl AuditLog {
                 .spawn(move || group_commit(file, receiver))?;
             Sink::GroupCommit(commands)
         } else {
-            Sink::Direct(Mutex::new(file))
+            Sink::Direct(file)
         };
         Ok(Self {
             sink: Arc::new(sink),
@@ -263,7 +267,7 @@ impl AuditLog {
     pub async fn write(&self, lines: Vec<u8>) -> Result<(), AuditError> {
         let commands = match self.sink.as_ref() {
             Sink::Direct(file) => {
-                return lock(file)
+                return file
                     .append_with_pending(&lines)
                     .map_err(|err| AuditError::Write(Arc::new(err)));
             }
@@ -290,13 +294,7 @@ impl AuditLog {
     /// was already audited.
     pub fn write_in_background(&self, lines: Vec<u8>) {
         match self.sink.as_ref() {
-            Sink::Direct(file) => {
-                let mut file = lock(file);
-                file.pending.extend_from_slice(&lines);
-                if file.pending.len() >= PENDING_LIMIT {
-                    file.flush_pending();
-                }
-            }
+            Sink::Direct(file) => file.hold(&lines),
             Sink::GroupCommit(commands) => {
                 if let Err(mpsc::error::TrySendError::Full(command)) =
                     commands.try_send(Command::Write { lines, done: None })
@@ -317,7 +315,7 @@ impl AuditLog {
     /// Writes lines still held back by [`AuditLog::write_in_background`].
     pub fn flush(&self) {
         if let Sink::Direct(file) = self.sink.as_ref() {
-            lock(file).flush_pending();
+            file.flush_pending();
         }
     }
 
@@ -326,7 +324,6 @@ impl AuditLog {
     pub async fn reopen(&self) {
         match self.sink.as_ref() {
             Sink::Direct(file) => {
-                let mut file = lock(file);
                 file.flush_pending();
                 file.reopen();
             }
@@ -339,88 +336,116 @@ impl AuditLog {
     }
 }
 
-/// A poisoned lock only means another request panicked mid-write; the file is still usable.
-fn lock(file: &Mutex<LogFile>) -> std::sync::MutexGuard<'_, LogFile> {
-    file.lock()
+/// A poisoned lock only means another request panicked while holding it; the data is intact.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The open log file.
+/// The open log file, shared by the requests that append to it.
 struct LogFile {
     path: PathBuf,
-    file: File,
+    /// Swapped on reopen; writers take a reference and write without holding the lock.
+    file: RwLock<Arc<File>>,
     fsync: bool,
     /// Response lines waiting for the next write (direct mode).
-    pending: Vec<u8>,
+    pending: Mutex<Vec<u8>>,
     /// A failed write may have left a partial line; the next write starts on a fresh line.
-    ends_mid_line: bool,
+    ends_mid_line: AtomicBool,
 }
 
 impl LogFile {
     fn open(path: &Path, fsync: bool) -> io::Result<Self> {
         Ok(Self {
             path: path.to_owned(),
-            file: open_append(path)?,
+            file: RwLock::new(Arc::new(open_append(path)?)),
             fsync,
-            pending: Vec::new(),
-            ends_mid_line: false,
+            pending: Mutex::new(Vec::new()),
+            ends_mid_line: AtomicBool::new(false),
         })
     }
 
+    fn current(&self) -> Arc<File> {
+        Arc::clone(
+            &self
+                .file
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     /// Writes whole lines (and syncs them in fsync mode).
-    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
-        if self.ends_mid_line {
-            self.file.write_all(b"\n")?;
-            self.ends_mid_line = false;
+    fn append(&self, lines: &[u8]) -> io::Result<()> {
+        let file = self.current();
+        let mut writer: &File = &file;
+        if self.ends_mid_line.swap(false, Ordering::Relaxed) {
+            writer
+                .write_all(b"\n")
+                .inspect_err(|_| self.ends_mid_line.store(true, Ordering::Relaxed))?;
         }
-        if let Err(err) = self.file.write_all(lines) {
-            self.ends_mid_line = true;
+        if let Err(err) = writer.write_all(lines) {
+            self.ends_mid_line.store(true, Ordering::Relaxed);
             tracing::error!(path = %self.path.display(), error = %err, "audit log write failed; refusing requests until it works again");
             return Err(err);
         }
         if self.fsync {
-            self.file.sync_data()?;
+            file.sync_data()?;
         }
         Ok(())
     }
 
     /// Writes the held-back lines together with `lines` in one write. On failure the held-back
-    /// lines stay for the next attempt.
-    fn append_with_pending(&mut self, lines: &[u8]) -> io::Result<()> {
-        if self.pending.is_empty() {
+    /// lines are kept for the next attempt.
+    fn append_with_pending(&self, lines: &[u8]) -> io::Result<()> {
+        let held = std::mem::take(&mut *lock(&self.pending));
+        if held.is_empty() {
             return self.append(lines);
         }
-        let held = self.pending.len();
-        self.pending.extend_from_slice(lines);
-        let pending = std::mem::take(&mut self.pending);
-        let result = self.append(&pending);
-        self.pending = pending;
-        match result {
-            Ok(()) => self.pending.clear(),
-            Err(_) => self.pending.truncate(held),
+        let held_len = held.len();
+        let mut batch = held;
+        batch.extend_from_slice(lines);
+        let result = self.append(&batch);
+        if result.is_err() {
+            batch.truncate(held_len);
+            self.hold(&batch);
         }
         result
     }
 
-    fn flush_pending(&mut self) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let pending = std::mem::take(&mut self.pending);
-        match self.append(&pending) {
-            Ok(()) => self.pending = Vec::with_capacity(pending.capacity()),
-            Err(err) => {
-                tracing::error!(error = %err, "audit response lines were not written; will retry");
-                self.pending = pending;
-            }
+    /// Keeps lines for the next write; writes them now past [`PENDING_LIMIT`].
+    fn hold(&self, lines: &[u8]) {
+        let full = {
+            let mut pending = lock(&self.pending);
+            pending.extend_from_slice(lines);
+            pending.len() >= PENDING_LIMIT
+        };
+        if full {
+            self.flush_pending();
         }
     }
 
-    fn reopen(&mut self) {
+    fn flush_pending(&self) {
+        let held = std::mem::take(&mut *lock(&self.pending));
+        if held.is_empty() {
+            return;
+        }
+        if let Err(err) = self.append(&held) {
+            tracing::error!(error = %err, "audit response lines were not written; will retry");
+            let mut pending = lock(&self.pending);
+            let newer = std::mem::replace(&mut *pending, held);
+            pending.extend_from_slice(&newer);
+        }
+    }
+
+    fn reopen(&self) {
         match open_append(&self.path) {
             Ok(file) => {
-                self.file = file;
-                self.ends_mid_line = false;
+                *self
+                    .file
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(file);
+                self.ends_mid_line.store(false, Ordering::Relaxed);
                 tracing::info!(path = %self.path.display(), "audit log reopened");
             }
             // Keep writing to the old file: lines land in the rotated file rather than nowhere.
@@ -445,7 +470,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 /// The fsync writer: takes everything queued at once and commits it with one write and one
 /// fsync, so concurrent requests share the cost of a sync.
-fn group_commit(mut file: LogFile, mut receiver: mpsc::Receiver<Command>) {
+fn group_commit(file: LogFile, mut receiver: mpsc::Receiver<Command>) {
     let mut buffer = Vec::with_capacity(64 * 1024);
     let mut waiting = Vec::new();
     while let Some(first) = receiver.blocking_recv() {
@@ -458,7 +483,7 @@ fn group_commit(mut file: LogFile, mut receiver: mpsc::Receiver<Command>) {
                 }
                 Command::Reopen => {
                     // Everything queued before the reopen goes to the old file.
-                    commit(&mut file, &mut buffer, &mut waiting);
+                    commit(&file, &mut buffer, &mut waiting);
                     file.reopen();
                 }
             }
@@ -466,12 +491,12 @@ fn group_commit(mut file: LogFile, mut receiver: mpsc::Receiver<Command>) {
                 break;
             }
         }
-        commit(&mut file, &mut buffer, &mut waiting);
+        commit(&file, &mut buffer, &mut waiting);
     }
 }
 
 fn commit(
-    file: &mut LogFile,
+    file: &LogFile,
     buffer: &mut Vec<u8>,
     waiting: &mut Vec<oneshot::Sender<Result<(), Arc<io::Error>>>>,
 ) {

@@ -2,6 +2,7 @@
 //! under bpffs so they outlive the process), attaching it, and reading and writing its maps.
 
 use std::{
+    borrow::Borrow,
     net::IpAddr,
     path::{Path, PathBuf},
 };
@@ -155,36 +156,20 @@ impl Kernel {
     }
 
     pub fn config(&self) -> Result<XdpConfig, XdpError> {
-        let map = self
-            .ebpf
-            .map(CONFIG_MAP)
-            .ok_or(XdpError::Missing(CONFIG_MAP))?;
-        let config = Array::<_, XdpConfig>::try_from(map).map_err(XdpError::Map)?;
+        let config =
+            Array::<_, XdpConfig>::try_from(self.map(CONFIG_MAP)?).map_err(XdpError::Map)?;
         config.get(&0, 0).map_err(XdpError::Map)
     }
 
     /// Replaces the program's settings; takes effect with the next packet.
     pub fn set_config(&mut self, config: &XdpConfig) -> Result<(), XdpError> {
-        let map = self
-            .ebpf
-            .map_mut(CONFIG_MAP)
-            .ok_or(XdpError::Missing(CONFIG_MAP))?;
-        let mut array = Array::<_, XdpConfig>::try_from(map).map_err(XdpError::Map)?;
+        let mut array =
+            Array::<_, XdpConfig>::try_from(self.map_mut(CONFIG_MAP)?).map_err(XdpError::Map)?;
         array.set(0, config, 0).map_err(XdpError::Map)
     }
 
     pub fn stats(&self) -> Result<Stats, XdpError> {
-        let map = self
-            .ebpf
-            .map(STATS_MAP)
-            .ok_or(XdpError::Missing(STATS_MAP))?;
-        let stats = PerCpuArray::<_, u64>::try_from(map).map_err(XdpError::Map)?;
-        let mut totals = Verdict::ALL.map(|verdict| (verdict, 0));
-        for (verdict, total) in &mut totals {
-            let per_cpu = stats.get(&(*verdict as u32), 0).map_err(XdpError::Map)?;
-            *total = per_cpu.iter().sum();
-        }
-        Ok(totals)
+        sum_stats(&PerCpuArray::try_from(self.map(STATS_MAP)?).map_err(XdpError::Map)?)
     }
 
     /// Blocks `source` until monotonic time `expires_at_ns` (0 = until unblocked).
@@ -211,13 +196,7 @@ impl Kernel {
 
     /// Every blocklist entry.
     pub fn blocks(&mut self) -> Result<Vec<(IpAddr, BlockEntry)>, XdpError> {
-        let blocklist = self.blocklist()?;
-        let mut entries = Vec::new();
-        for item in blocklist.iter() {
-            let (key, entry) = item.map_err(XdpError::Map)?;
-            entries.push((key.ip(), entry));
-        }
-        Ok(entries)
+        list_blocks(&self.blocklist()?)
     }
 
     /// Removes entries that expired before `now_ns` and returns them (the program already ignores
@@ -240,11 +219,8 @@ impl Kernel {
 
     /// Never drops sources in `prefix`.
     pub fn allow(&mut self, prefix: IpNet) -> Result<(), XdpError> {
-        let map = self
-            .ebpf
-            .map_mut(ALLOWLIST_MAP)
-            .ok_or(XdpError::Missing(ALLOWLIST_MAP))?;
-        let mut trie = LpmTrie::<_, [u8; 16], u32>::try_from(map).map_err(XdpError::Map)?;
+        let mut trie = LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(ALLOWLIST_MAP)?)
+            .map_err(XdpError::Map)?;
         let key = prefix_key(prefix);
         trie.insert(&Key::new(key.prefix_len, key.addr), 1, 0)
             .map_err(XdpError::Map)
@@ -257,11 +233,9 @@ impl Kernel {
         expires_at_ns: u64,
         reason: BlockReason,
     ) -> Result<(), XdpError> {
-        let map = self
-            .ebpf
-            .map_mut(PREFIX_BLOCKLIST_MAP)
-            .ok_or(XdpError::Missing(PREFIX_BLOCKLIST_MAP))?;
-        let mut trie = LpmTrie::<_, [u8; 16], BlockEntry>::try_from(map).map_err(XdpError::Map)?;
+        let mut trie =
+            LpmTrie::<_, [u8; 16], BlockEntry>::try_from(self.map_mut(PREFIX_BLOCKLIST_MAP)?)
+                .map_err(XdpError::Map)?;
         let key = prefix_key(prefix);
         trie.insert(
             &Key::new(key.prefix_len, key.addr),
@@ -284,11 +258,15 @@ impl Kernel {
     }
 
     fn blocklist(&mut self) -> Result<HashMap<&mut MapData, SourceKey, BlockEntry>, XdpError> {
-        let map = self
-            .ebpf
-            .map_mut(BLOCKLIST_MAP)
-            .ok_or(XdpError::Missing(BLOCKLIST_MAP))?;
-        HashMap::try_from(map).map_err(XdpError::Map)
+        HashMap::try_from(self.map_mut(BLOCKLIST_MAP)?).map_err(XdpError::Map)
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, XdpError> {
+        self.ebpf.map(name).ok_or(XdpError::Missing(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, XdpError> {
+        self.ebpf.map_mut(name).ok_or(XdpError::Missing(name))
     }
 }
 
@@ -310,25 +288,34 @@ pub fn prefix_key(prefix: IpNet) -> PrefixKey {
 /// is running.
 pub fn pinned_status(dir: &Path) -> Result<(Stats, Vec<(IpAddr, BlockEntry)>), XdpError> {
     let open = |name: &str| MapData::from_pin(dir.join(name)).map_err(XdpError::Map);
-    let stats_map = PerCpuArray::<_, u64>::try_from(Map::PerCpuArray(open(STATS_MAP)?))
-        .map_err(XdpError::Map)?;
-    let mut stats = Verdict::ALL.map(|verdict| (verdict, 0));
-    for (verdict, total) in &mut stats {
-        *total = stats_map
+    let stats = PerCpuArray::try_from(Map::PerCpuArray(open(STATS_MAP)?)).map_err(XdpError::Map)?;
+    let blocklist = HashMap::try_from(Map::HashMap(open(BLOCKLIST_MAP)?)).map_err(XdpError::Map)?;
+    Ok((sum_stats(&stats)?, list_blocks(&blocklist)?))
+}
+
+/// Each verdict's counter, summed over CPUs.
+fn sum_stats<T: Borrow<MapData>>(stats: &PerCpuArray<T, u64>) -> Result<Stats, XdpError> {
+    let mut totals = Verdict::ALL.map(|verdict| (verdict, 0));
+    for (verdict, total) in &mut totals {
+        *total = stats
             .get(&(*verdict as u32), 0)
             .map_err(XdpError::Map)?
             .iter()
             .sum();
     }
-    let blocklist =
-        HashMap::<_, SourceKey, BlockEntry>::try_from(Map::HashMap(open(BLOCKLIST_MAP)?))
-            .map_err(XdpError::Map)?;
-    let mut blocks = Vec::new();
-    for item in blocklist.iter() {
-        let (key, entry) = item.map_err(XdpError::Map)?;
-        blocks.push((key.ip(), entry));
-    }
-    Ok((stats, blocks))
+    Ok(totals)
+}
+
+fn list_blocks<T: Borrow<MapData>>(
+    blocklist: &HashMap<T, SourceKey, BlockEntry>,
+) -> Result<Vec<(IpAddr, BlockEntry)>, XdpError> {
+    blocklist
+        .iter()
+        .map(|item| {
+            item.map(|(key, entry)| (key.ip(), entry))
+                .map_err(XdpError::Map)
+        })
+        .collect()
 }
 
 /// Removes pinned maps (`gateway xdp unload`): the next start begins with empty maps.
