@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_tests::{ALICE_KEY, gateway_bin, read_audit, sha256_hex};
+use e2e_tests::{ALICE_KEY, gateway_bin, netns::VethPair, read_audit, sha256_hex};
 
 const SERVER_ADDR: &str = "198.18.0.1";
 const GOOD_CLIENT: &str = "198.18.0.2";
@@ -32,91 +32,35 @@ fn run(program: &str, args: &[&str]) {
     );
 }
 
-/// Two namespaces and a veth pair, a bpffs for the pins; all removed on drop.
+/// The test's hosts: a veth pair between two namespaces, and a temporary directory.
 struct TestNet {
-    server: String,
-    client: String,
-    server_if: String,
-    bpffs: PathBuf,
+    veth: VethPair,
     dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestNet {
+    type Target = VethPair;
+    fn deref(&self) -> &VethPair {
+        &self.veth
+    }
 }
 
 impl TestNet {
     fn new(tag: &str) -> Self {
-        let id = std::process::id() % 100_000;
         let dir = tempfile::tempdir().expect("tempdir");
-        let net = TestNet {
-            server: format!("mcpgw-srv-{id}-{tag}"),
-            client: format!("mcpgw-cli-{id}-{tag}"),
-            server_if: format!("mgs{id}{tag}"),
-            bpffs: dir.path().join("bpffs"),
-            dir,
-        };
-        let client_if = format!("mgc{id}{tag}");
-        run("ip", &["netns", "add", &net.server]);
-        run("ip", &["netns", "add", &net.client]);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &net.server_if,
-                "netns",
-                &net.server,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &client_if,
-                "netns",
-                &net.client,
-            ],
-        );
-        run(
-            "ip",
-            &[
-                "-n",
-                &net.server,
-                "addr",
-                "add",
-                &format!("{SERVER_ADDR}/24"),
-                "dev",
-                &net.server_if,
-            ],
-        );
-        for address in [GOOD_CLIENT, OFFENDER, BYSTANDER] {
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &net.client,
-                    "addr",
-                    "add",
-                    &format!("{address}/24"),
-                    "dev",
-                    &client_if,
-                ],
-            );
-        }
-        for (ns, interface) in [(&net.server, &net.server_if), (&net.client, &client_if)] {
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-            run("ip", &["-n", ns, "link", "set", interface, "up"]);
-        }
-        // `ip netns exec` gives the process its own /sys, hiding /sys/fs/bpf: pins go to a bpffs
-        // mounted outside /sys, which stays shared.
-        std::fs::create_dir_all(&net.bpffs).expect("bpffs dir");
-        run(
-            "mount",
-            &["-t", "bpf", "bpf", net.bpffs.to_str().expect("utf-8 path")],
-        );
-        net
+        let veth = VethPair::create(
+            tag,
+            SERVER_ADDR,
+            &[GOOD_CLIENT, OFFENDER, BYSTANDER],
+            &dir.path().join("bpffs"),
+        )
+        .expect("network namespaces (needs root and iproute2)");
+        TestNet { veth, dir }
     }
 
     fn spawn_in_server(&self, args: &[&str], log: &Path) -> Child {
         let log = std::fs::File::create(log).expect("log");
-        Command::new("ip")
-            .args(["netns", "exec", &self.server])
-            .arg(gateway_bin())
+        VethPair::exec_in(&self.server, &gateway_bin())
             .args(args)
             .env("RUST_LOG", "info,gateway_ebpf=debug")
             .stdin(Stdio::null())
@@ -196,18 +140,6 @@ impl TestNet {
     }
 }
 
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.server])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.client])
-            .status();
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-    }
-}
-
 struct KillOnDrop(Child);
 
 impl Drop for KillOnDrop {
@@ -215,6 +147,13 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The first `event: "block"` line of the audit log.
+fn block_line(audit: &Path) -> Option<serde_json::Value> {
+    read_audit(audit)
+        .into_iter()
+        .find(|line| line["event"] == "block")
 }
 
 fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
@@ -299,12 +238,9 @@ fn blocks_offender_in_xdp(mode: &str, tag: &str) {
         assert_eq!(net.call(OFFENDER, "wrong-key-0123456789"), Some(401));
     }
     wait_until("the block is audited", Duration::from_secs(5), || {
-        read_audit(&audit).iter().any(|l| l["event"] == "block")
+        block_line(&audit).is_some()
     });
-    let block = read_audit(&audit)
-        .into_iter()
-        .find(|l| l["event"] == "block")
-        .expect("block line");
+    let block = block_line(&audit).expect("block line");
     assert_eq!(block["ip"], OFFENDER);
     assert_eq!(block["enforced_in"], "xdp");
 
@@ -391,13 +327,10 @@ fn packet_floods_are_rate_dropped_and_escalate_to_a_block() {
         Duration::from_secs(20),
         || {
             run("ip", &["netns", "exec", &net.client, "sh", "-c", &flood]);
-            read_audit(&audit).iter().any(|l| l["event"] == "block")
+            block_line(&audit).is_some()
         },
     );
-    let block = read_audit(&audit)
-        .into_iter()
-        .find(|l| l["event"] == "block")
-        .expect("block line");
+    let block = block_line(&audit).expect("block line");
     assert_eq!(block["ip"], OFFENDER);
     assert_eq!(block["reason"], "packet_rate");
     assert_eq!(block["enforced_in"], "xdp");

@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: the real gateway binary as a child process, the official MCP
 //! SDK peers (Node.js), and small in-process HTTP upstreams that record what reaches them.
-//! Everything listens and connects on 127.0.0.1 only.
+//! Everything listens and connects on 127.0.0.1 only, or inside [`netns::VethPair`]s.
+
+pub mod netns;
 
 use std::{
     convert::Infallible,

@@ -5,9 +5,10 @@
 //! the same block enforced only in userspace; no block. Traffic goes only to the namespaces' own
 //! addresses, and everything is removed at the end.
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{process::Command, time::Duration};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
+use e2e_tests::netns::VethPair;
 
 use super::{
     Bench, CALL_BODY, Service, Spread, bench_keys, gateway_config, report::Section, start_gateway,
@@ -18,72 +19,23 @@ const FLOODER: &str = "198.18.0.3";
 const LEGIT: &str = "198.18.0.2";
 const PORT: u16 = 8080;
 
+/// The hosts: a veth pair between two namespaces (removed on drop).
 struct Net {
-    server: String,
-    client: String,
-    interface: String,
-    bpffs: PathBuf,
+    veth: VethPair,
+}
+
+impl std::ops::Deref for Net {
+    type Target = VethPair;
+    fn deref(&self) -> &VethPair {
+        &self.veth
+    }
 }
 
 impl Net {
     fn create(bench: &Bench) -> Result<Self> {
-        let id = std::process::id() % 100_000;
-        let net = Net {
-            server: format!("mcpgw-bench-srv-{id}"),
-            client: format!("mcpgw-bench-cli-{id}"),
-            interface: format!("mgbs{id}"),
-            bpffs: bench.dir("bpffs"),
-        };
-        let peer = format!("mgbc{id}");
-        ip(&["netns", "add", &net.server])?;
-        ip(&["netns", "add", &net.client])?;
-        ip(&[
-            "link",
-            "add",
-            &net.interface,
-            "netns",
-            &net.server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &peer,
-            "netns",
-            &net.client,
-        ])?;
-        ip(&[
-            "-n",
-            &net.server,
-            "addr",
-            "add",
-            &format!("{SERVER}/24"),
-            "dev",
-            &net.interface,
-        ])?;
         // The flooder's address first: it is the default source in the client namespace.
-        for address in [FLOODER, LEGIT] {
-            ip(&[
-                "-n",
-                &net.client,
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                &peer,
-            ])?;
-        }
-        for (ns, interface) in [(&net.server, &net.interface), (&net.client, &peer)] {
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "link", "set", interface, "up"])?;
-        }
-        let status = Command::new("mount")
-            .args(["-t", "bpf", "bpf"])
-            .arg(&net.bpffs)
-            .status()?;
-        if !status.success() {
-            bail!("cannot mount a bpffs at {}", net.bpffs.display());
-        }
-        Ok(net)
+        let veth = VethPair::create("b", SERVER, &[FLOODER, LEGIT], &bench.dir("bpffs"))?;
+        Ok(Net { veth })
     }
 
     /// Packets dropped by XDP so far (all drop verdicts), from the pinned counters.
@@ -106,29 +58,6 @@ impl Net {
     }
 }
 
-impl Drop for Net {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.server])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.client])
-            .status();
-        let _ = Command::new("umount").arg(&self.bpffs).status();
-    }
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .context("cannot run ip")?;
-    if !status.success() {
-        bail!("ip {} failed", args.join(" "));
-    }
-    Ok(())
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Xdp,
@@ -149,7 +78,7 @@ impl Mode {
         let xdp = format!(
             "[xdp]\nenabled = true\ninterface = \"{}\"\nmode = \"driver\"\npin_path = \"{}\"\n\
              [xdp.rate]\npackets_per_sec = 0\nsyn_per_sec = 0\n",
-            net.interface,
+            net.server_if,
             net.bpffs.join("gateway").display()
         );
         match self {
@@ -171,11 +100,8 @@ pub fn run(bench: &Bench) -> Result<Section> {
     eprintln!("== flood: legitimate load under a flood, XDP vs userspace vs no block");
     let net = Net::create(bench)?;
     let key = bench_keys(1).remove(0);
-    let mut upstream_cmd = Command::new("ip");
-    upstream_cmd
-        .args(["netns", "exec", &net.server])
-        .arg(&bench.gateway)
-        .args(["demo-upstream", "--listen", "127.0.0.1:3000"]);
+    let mut upstream_cmd = VethPair::exec_in(&net.server, &bench.gateway);
+    upstream_cmd.args(["demo-upstream", "--listen", "127.0.0.1:3000"]);
     let mut upstream = Service::spawn(upstream_cmd, bench.dir("flood").join("upstream.log"))?;
     upstream.wait_for_log("demo MCP server")?;
 

@@ -19,6 +19,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::ValueEnum;
+use e2e_tests::netns::VethPair;
 
 use crate::{
     setup,
@@ -365,11 +366,7 @@ pub fn start_gateway(
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config)?;
     let mut command = match netns {
-        Some(ns) => {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", ns]).arg(&bench.gateway);
-            command
-        }
+        Some(ns) => VethPair::exec_in(ns, &bench.gateway),
         None => Command::new(&bench.gateway),
     };
     command
