@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_tests::{ALICE_KEY, gateway_bin, netns::VethPair, read_audit, sha256_hex};
+use e2e_tests::{ALICE_KEY, KillOnDrop, gateway_bin, netns::VethPair, read_audit, sha256_hex};
 
 const SERVER_ADDR: &str = "198.18.0.1";
 const GOOD_CLIENT: &str = "198.18.0.2";
@@ -137,15 +137,6 @@ impl TestNet {
 
     fn pin_dir(&self) -> PathBuf {
         self.bpffs.join("gateway")
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

@@ -79,7 +79,7 @@ fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str, logs: &dyn Fn(
 }
 
 /// A child process killed when the test ends, passed or failed.
-struct KillOnDrop(Child);
+pub struct KillOnDrop(pub Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -84,6 +84,12 @@ fn run(command: Command) -> Result<()> {
                      kernel half"
                 );
             }
+            // Without arguments: the demo, in front of the built-in MCP server.
+            let args = if args.is_empty() {
+                vec!["demo".to_owned()]
+            } else {
+                args
+            };
             let status = std::process::Command::new(&binary)
                 .args(&args)
                 .current_dir(&root)

@@ -130,7 +130,7 @@ impl Report {
     fn chart(&self) -> String {
         let bars: Vec<&(String, f64, f64)> =
             self.sections.iter().flat_map(|s| &s.headline).collect();
-        let (width, row, left, top) = (760.0, 28.0, 300.0, 40.0);
+        let (width, row, left, top) = (900.0, 28.0, 420.0, 40.0);
         let scale_max = bars
             .iter()
             .map(|(_, v, t)| v.max(*t))
