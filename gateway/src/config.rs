@@ -513,7 +513,12 @@ impl Config {
             let keys: BTreeMap<String, String> = serde_json::from_str(json).map_err(|err| {
                 invalid(
                     "MCP_USER_KEYS",
-                    format!("must be a JSON object of user name -> key: {err}"),
+                    // Only the position: serde's message may quote a value, and values are keys.
+                    format!(
+                        "must be a JSON object of user name -> key (error at line {}, column {})",
+                        err.line(),
+                        err.column()
+                    ),
                 )
             })?;
             for (name, key) in &keys {
