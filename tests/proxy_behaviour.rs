@@ -528,3 +528,43 @@ async fn h2c_clients_are_served() {
     assert_eq!(response.version(), hyper::Version::HTTP_2);
     assert_eq!(upstream.last().headers["x-mcp-caller"], "alice");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_can_have_its_own_limit_per_caller() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start(
+        &upstream.url(),
+        "[rate_limit.tools]\necho = { requests = 2, window_secs = 30 }\n",
+    );
+    let other_tool = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}"#;
+    for _ in 0..2 {
+        assert_eq!(
+            post(&gateway, &[("authorization", ALICE)], CALL)
+                .await
+                .status,
+            StatusCode::OK
+        );
+    }
+    let refused = post(&gateway, &[("authorization", ALICE)], CALL).await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let message = refused.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(message.contains("\"echo\""), "{message}");
+    // Other tools, and other callers' calls of the same tool, are not affected.
+    assert_eq!(
+        post(&gateway, &[("authorization", ALICE)], other_tool)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let bob = format!("Bearer {BOB_KEY}");
+    assert_eq!(
+        post(&gateway, &[("authorization", &bob)], CALL)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(upstream.count(), 4);
+}

@@ -157,7 +157,7 @@ fn spawn_limiter_sweep(gateway: Arc<Gateway>, every: Duration) {
         let mut interval = tokio::time::interval(every);
         loop {
             interval.tick().await;
-            gateway.limiter().sweep(every);
+            gateway.sweep_limiters(every);
         }
     });
 }

@@ -72,6 +72,10 @@ pub struct RateLimitConfig {
     /// HTTP status of a rate-limited answer: 429, or 200 for clients that break on any non-2xx.
     #[serde(default = "defaults::rate_limit_status")]
     pub status: u16,
+    /// Per caller and tool: `tools/call` of a named tool, e.g. `tools.search = { requests = 5,
+    /// window_secs = 60 }`.
+    #[serde(default)]
+    pub tools: BTreeMap<String, Limit>,
 }
 
 impl Default for RateLimitConfig {
@@ -80,6 +84,7 @@ impl Default for RateLimitConfig {
             requests: defaults::requests(),
             window_secs: defaults::window_secs(),
             status: defaults::rate_limit_status(),
+            tools: BTreeMap::new(),
         }
     }
 }
@@ -365,6 +370,8 @@ pub struct Settings {
     pub upstream_timeout: Duration,
     pub upstream_authorization: Option<hyper::header::HeaderValue>,
     pub default_limit: RateLimit,
+    /// Limits per caller for `tools/call` of these tools.
+    pub tool_limits: std::collections::HashMap<String, RateLimit>,
     pub rate_limit_status: hyper::StatusCode,
     pub audit_path: PathBuf,
     pub audit_fsync: bool,
@@ -470,6 +477,17 @@ impl Config {
                 window_secs: self.rate_limit.window_secs,
             },
         )?;
+        let tool_limits = self
+            .rate_limit
+            .tools
+            .iter()
+            .map(|(tool, limit)| {
+                Ok((
+                    tool.clone(),
+                    rate_limit(&format!("rate_limit.tools.{tool}"), *limit)?,
+                ))
+            })
+            .collect::<Result<_, ConfigError>>()?;
         let rate_limit_status = match self.rate_limit.status {
             429 => hyper::StatusCode::TOO_MANY_REQUESTS,
             200 => hyper::StatusCode::OK,
@@ -559,6 +577,7 @@ impl Config {
             upstream_timeout: Duration::from_secs(self.upstream.timeout_secs),
             upstream_authorization,
             default_limit,
+            tool_limits,
             rate_limit_status,
             audit_path: self.audit.path,
             audit_fsync: self.audit.fsync,
@@ -852,6 +871,21 @@ mod tests {
         assert!(
             error(&format!("{}[xdp]\nenabled = true\n", with_user(""))).contains("xdp.interface")
         );
+    }
+
+    #[test]
+    fn tool_limits_are_read_and_checked() {
+        let toml = format!(
+            "{}[rate_limit.tools]\nsearch = {{ requests = 5, window_secs = 10 }}\n",
+            with_user("")
+        );
+        let settings = settings(&toml).expect("valid");
+        assert_eq!(settings.tool_limits["search"].requests.get(), 5);
+        let bad = format!(
+            "{}[rate_limit.tools]\nsearch = {{ requests = 0, window_secs = 10 }}\n",
+            with_user("")
+        );
+        assert!(error(&bad).contains("rate_limit.tools.search.requests"));
     }
 
     #[test]

@@ -39,6 +39,8 @@ pub struct Gateway {
     settings: Settings,
     auth: Authenticator,
     limiter: RateLimiter,
+    /// Per caller and tool, for the tools with a limit of their own.
+    tool_limiter: RateLimiter,
     audit: AuditLog,
     sessions: Sessions,
     protection: Protection,
@@ -78,6 +80,7 @@ impl Gateway {
             protection,
             auth: Authenticator::new(&settings.users),
             limiter: RateLimiter::new(settings.default_limit),
+            tool_limiter: RateLimiter::new(settings.default_limit),
             sessions: Sessions::default(),
             audit,
             settings,
@@ -88,8 +91,10 @@ impl Gateway {
         &self.settings
     }
 
-    pub fn limiter(&self) -> &RateLimiter {
-        &self.limiter
+    /// Drops the limiter state of callers idle for `idle_after`.
+    pub fn sweep_limiters(&self, idle_after: Duration) {
+        self.limiter.sweep(idle_after);
+        self.tool_limiter.sweep(idle_after);
     }
 
     pub fn audit(&self) -> &AuditLog {
@@ -207,10 +212,14 @@ impl Gateway {
         }
         let calls = messages.as_ref().map_or(&[][..], |body| &body.messages[..]);
 
-        // 2. Rate-limit per caller: a batch costs one per message.
+        // 2. Rate-limit per caller and tool, then per caller: a batch costs one per message. Tool
+        // limits go first, so a call they refuse takes no slot of the caller's own limit.
+        if let Err((tool, denied)) = self.check_tool_limits(&caller.name, calls) {
+            return Err((self.rate_limited(&denied, Some(&tool)), messages));
+        }
         let cost = calls.len().max(1) as u32;
         if let Err(denied) = self.limiter.check(&caller.name, caller.limit, cost) {
-            return Err((self.rate_limited(&denied), messages));
+            return Err((self.rate_limited(&denied, None), messages));
         }
 
         // 3. Audit, and wait for the write: nothing reaches the upstream unaudited.
@@ -292,13 +301,53 @@ impl Gateway {
         }
     }
 
-    fn rate_limited(&self, denied: &Denied) -> Refusal {
+    /// `tools/call`s of tools with their own limit, counted per tool, against that limit.
+    fn check_tool_limits(
+        &self,
+        caller: &str,
+        calls: &[jsonrpc::Message],
+    ) -> Result<(), (String, Denied)> {
+        if self.settings.tool_limits.is_empty() {
+            return Ok(());
+        }
+        let mut per_tool: Vec<(&str, u32)> = Vec::new();
+        for tool in calls
+            .iter()
+            .filter(|m| m.method.as_deref() == Some("tools/call"))
+            .filter_map(|m| m.target.as_deref())
+        {
+            match per_tool.iter_mut().find(|(name, _)| *name == tool) {
+                Some((_, count)) => *count += 1,
+                None => per_tool.push((tool, 1)),
+            }
+        }
+        for (tool, count) in per_tool {
+            if let Some(limit) = self.settings.tool_limits.get(tool) {
+                let key: Arc<str> = format!("{caller}\u{1f}{tool}").into();
+                self.tool_limiter
+                    .check(&key, Some(*limit), count)
+                    .map_err(|denied| (tool.to_owned(), denied))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn rate_limited(&self, denied: &Denied, tool: Option<&str>) -> Refusal {
         let retry_after = denied.retry_after_secs();
         let limit = format!(
-            "{} requests per {} s",
+            "{} {} per {} s",
             denied.limit.requests,
+            if tool.is_some() {
+                "calls of this tool"
+            } else {
+                "requests"
+            },
             denied.limit.window.as_secs()
         );
+        let limit = match tool {
+            Some(tool) => format!("{limit} for tool {tool:?}"),
+            None => limit,
+        };
         let message = if denied.exceeds_limit {
             format!(
                 "rate limit exceeded: this batch alone has more messages than the limit of {limit}; send smaller batches"
@@ -448,6 +497,7 @@ pub fn sweep_interval(settings: &Settings) -> Duration {
         .users
         .iter()
         .filter_map(|user| user.limit)
+        .chain(settings.tool_limits.values().copied())
         .map(|limit| limit.window)
         .chain([settings.default_limit.window])
         .max()
