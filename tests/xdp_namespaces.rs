@@ -173,6 +173,12 @@ fn start_gateway(net: &TestNet, config: &Path, log: &Path) -> KillOnDrop {
 /// the demo MCP server inside the server namespace.
 fn prepare(net: &TestNet, mode: &str, extra: &str) -> (PathBuf, PathBuf, KillOnDrop) {
     let dir = net.dir.path();
+    // In skb mode the program also goes on the namespace's loopback: several interfaces at once.
+    let interfaces = if mode == "skb" {
+        format!("[\"{}\", \"lo\"]", net.server_if)
+    } else {
+        format!("\"{}\"", net.server_if)
+    };
     let audit = dir.join("audit.jsonl");
     let config = dir.join("gateway.toml");
     std::fs::write(
@@ -182,11 +188,10 @@ fn prepare(net: &TestNet, mode: &str, extra: &str) -> (PathBuf, PathBuf, KillOnD
              [upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n\
              [audit]\npath = \"{}\"\n\
              [[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
-             [xdp]\nenabled = true\ninterface = \"{}\"\nmode = \"{mode}\"\npin_path = \"{}\"\n\
+             [xdp]\nenabled = true\ninterface = {interfaces}\nmode = \"{mode}\"\npin_path = \"{}\"\n\
              {extra}\n",
             audit.display(),
             sha256_hex(ALICE_KEY),
-            net.server_if,
             net.pin_dir().display(),
         ),
     )
@@ -214,6 +219,8 @@ fn blocks_offender_in_xdp(mode: &str, tag: &str) {
         "attached in {mode} mode:\n{}",
         logs()
     );
+    let attached = logs().matches("XDP program attached").count();
+    assert_eq!(attached, if mode == "skb" { 2 } else { 1 }, "{}", logs());
 
     wait_until("the good client is served", Duration::from_secs(10), || {
         net.call(GOOD_CLIENT, ALICE_KEY) == Some(200)

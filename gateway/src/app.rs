@@ -13,7 +13,7 @@ use crate::{
     config::{Settings, XdpModeConfig},
     proxy::{self, Gateway},
     server,
-    xdp::Kernel,
+    xdp::{self, Kernel},
 };
 
 /// Runs the gateway until SIGINT or SIGTERM.
@@ -82,52 +82,67 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 /// fatal: blocks are then enforced at connection accept, without early drops in the kernel.
 fn attach_xdp(settings: &Settings) -> Option<Kernel> {
     let xdp = &settings.xdp;
-    let Some(interface) = xdp.interface.as_deref() else {
+    if xdp.interfaces.is_empty() {
         tracing::warn!(
             "XDP is disabled (xdp.enabled = false): blocked sources are refused at connection \
              accept only; floods are not dropped in the kernel"
         );
         return None;
-    };
-    let result = Kernel::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut kernel| {
+    }
+    let loaded = Kernel::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut kernel| {
         kernel.set_config(&xdp.program)?;
         for prefix in &xdp.allow {
             kernel.allow(*prefix)?;
         }
-        let mode = match xdp.mode {
-            XdpModeConfig::Driver => XdpMode::Driver,
-            XdpModeConfig::Skb => XdpMode::Skb,
-            XdpModeConfig::Auto => match kernel.attach(interface, XdpMode::Driver) {
-                Ok(()) => return Ok((kernel, "driver")),
-                Err(err) => {
-                    tracing::info!(interface, error = %err, "driver-mode XDP unavailable; trying generic (skb) mode");
-                    XdpMode::Skb
-                }
-            },
-        };
-        kernel.attach(interface, mode)?;
-        Ok((kernel, if mode == XdpMode::Driver { "driver" } else { "skb" }))
+        Ok(kernel)
     });
-    match result {
-        Ok((kernel, mode)) => {
-            tracing::info!(
-                interface,
-                mode,
-                pinned = %xdp.pin_dir.as_deref().map_or("no".into(), |dir| dir.display().to_string()),
-                dry_run = xdp.program.flags & gateway_ebpf::XdpConfig::FLAG_DRY_RUN != 0,
-                "XDP program attached"
-            );
-            Some(kernel)
-        }
+    let mut kernel = match loaded {
+        Ok(kernel) => kernel,
         Err(err) => {
             tracing::error!(
-                interface,
                 error = %err,
                 "XDP NOT ATTACHED: blocked sources are refused at connection accept only; floods \
                  are not dropped in the kernel"
             );
-            None
+            return None;
         }
+    };
+    let mut attached = 0;
+    for interface in &xdp.interfaces {
+        match attach(&mut kernel, interface, xdp.mode) {
+            Ok(mode) => {
+                attached += 1;
+                tracing::info!(
+                    interface = interface.as_str(),
+                    mode,
+                    pinned = %xdp.pin_dir.as_deref().map_or("no".into(), |dir| dir.display().to_string()),
+                    dry_run = xdp.program.flags & gateway_ebpf::XdpConfig::FLAG_DRY_RUN != 0,
+                    "XDP program attached"
+                );
+            }
+            Err(err) => tracing::error!(
+                interface = interface.as_str(),
+                error = %err,
+                "XDP NOT ATTACHED to this interface: its traffic is not dropped in the kernel"
+            ),
+        }
+    }
+    (attached > 0).then_some(kernel)
+}
+
+/// Attaches in the configured mode; `auto` tries driver mode first. Returns the mode it got.
+fn attach(
+    kernel: &mut Kernel,
+    interface: &str,
+    mode: XdpModeConfig,
+) -> Result<&'static str, xdp::XdpError> {
+    match mode {
+        XdpModeConfig::Driver => kernel.attach(interface, XdpMode::Driver).map(|()| "driver"),
+        XdpModeConfig::Skb => kernel.attach(interface, XdpMode::Skb).map(|()| "skb"),
+        XdpModeConfig::Auto => kernel.attach(interface, XdpMode::Driver).map(|()| "driver").or_else(|err| {
+            tracing::info!(interface, error = %err, "driver-mode XDP unavailable; trying generic (skb) mode");
+            kernel.attach(interface, XdpMode::Skb).map(|()| "skb")
+        }),
     }
 }
 

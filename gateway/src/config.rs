@@ -124,8 +124,9 @@ pub struct XdpSection {
     /// Load the XDP program and attach it to `interface`.
     #[serde(default)]
     pub enabled: bool,
+    /// One interface (`"eth0"`) or several (`["eth0", "eth1"]`).
     #[serde(default)]
-    pub interface: Option<String>,
+    pub interface: Option<Interfaces>,
     #[serde(default)]
     pub mode: XdpModeConfig,
     /// Destination ports the program protects (default: the port of `listen`).
@@ -236,6 +237,13 @@ impl Default for BlockingSection {
             max_block_secs: defaults::max_block_secs(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Interfaces {
+    One(String),
+    Many(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -383,8 +391,8 @@ pub struct Settings {
 /// Validated `[xdp]` settings.
 #[derive(Debug, Clone)]
 pub struct XdpSettings {
-    /// The interface to attach to; `None` when XDP is disabled.
-    pub interface: Option<String>,
+    /// The interfaces to attach to; empty when XDP is disabled.
+    pub interfaces: Vec<String>,
     pub mode: XdpModeConfig,
     pub pin_dir: Option<PathBuf>,
     pub log: bool,
@@ -591,16 +599,18 @@ impl Config {
 fn xdp_settings(section: &XdpSection, listen_port: u16) -> Result<XdpSettings, ConfigError> {
     use gateway_ebpf::{MAX_BURST, MAX_PORTS, MAX_RATE, XdpConfig};
 
-    let interface = match (&section.interface, section.enabled) {
-        (_, false) => None,
-        (Some(interface), true) if !interface.is_empty() => Some(interface.clone()),
-        _ => {
-            return Err(invalid(
-                "xdp.interface",
-                "required when xdp.enabled = true (e.g. \"eth0\")",
-            ));
-        }
+    let interfaces = match (&section.interface, section.enabled) {
+        (_, false) => Vec::new(),
+        (Some(Interfaces::One(interface)), true) => vec![interface.clone()],
+        (Some(Interfaces::Many(interfaces)), true) => interfaces.clone(),
+        (None, true) => Vec::new(),
     };
+    if section.enabled && (interfaces.is_empty() || interfaces.iter().any(String::is_empty)) {
+        return Err(invalid(
+            "xdp.interface",
+            "required when xdp.enabled = true: a name (\"eth0\") or a list of names",
+        ));
+    }
     let ports = if section.ports.is_empty() {
         vec![listen_port]
     } else {
@@ -674,7 +684,7 @@ fn xdp_settings(section: &XdpSection, listen_port: u16) -> Result<XdpSettings, C
     program.ports[..ports.len()].copy_from_slice(&ports);
     let pin_dir = (!section.pin_path.as_os_str().is_empty()).then(|| section.pin_path.clone());
     Ok(XdpSettings {
-        interface,
+        interfaces,
         mode: section.mode,
         pin_dir,
         log: section.log,
@@ -816,7 +826,7 @@ mod tests {
         assert!(!settings.audit_fsync);
         assert_eq!(settings.users.len(), 1);
         // XDP is opt-in; its limits protect the listen port; blocking is on.
-        assert_eq!(settings.xdp.interface, None);
+        assert!(settings.xdp.interfaces.is_empty());
         assert_eq!(settings.xdp.program.port_count, 1);
         assert_eq!(settings.xdp.program.ports[0], 8080);
         assert_eq!(settings.xdp.program.ipv6_prefix_len, 64);
@@ -843,7 +853,17 @@ mod tests {
         assert_eq!((program.packets_per_sec, program.burst), (50, 100));
         let allow: Vec<String> = settings.xdp.allow.iter().map(ToString::to_string).collect();
         assert_eq!(allow, ["10.0.0.0/8", "2001:db8::1/128"]);
-        assert_eq!(settings.xdp.interface.as_deref(), Some("veth0"));
+        assert_eq!(settings.xdp.interfaces, ["veth0"]);
+        let two = format!(
+            "{}[xdp]\nenabled = true\ninterface = [\"veth0\", \"veth1\"]\n",
+            with_user("")
+        );
+        assert_eq!(
+            self::settings(&two).expect("valid").xdp.interfaces,
+            ["veth0", "veth1"]
+        );
+        let empty = format!("{}[xdp]\nenabled = true\ninterface = []\n", with_user(""));
+        assert!(error(&empty).contains("xdp.interface"));
     }
 
     #[test]
