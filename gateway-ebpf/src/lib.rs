@@ -10,11 +10,12 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const PROGRAM_NAME: &str = "mcp_gateway";
 /// A program that passes everything, for benchmarks to subtract.
 pub const BASELINE_PROGRAM_NAME: &str = "pass_all";
-/// LPM trie of prefixes never dropped: [`PrefixKey`] -> `u32` (unused).
+/// LPM trie of prefixes never dropped: (prefix length, 16-byte address) -> `u32` (unused). IPv4
+/// prefixes are v4-mapped, so an IPv4 /24 is a /120.
 pub const ALLOWLIST_MAP: &str = "ALLOWLIST";
 /// Map of blocked sources: [`SourceKey`] -> [`BlockEntry`].
 pub const BLOCKLIST_MAP: &str = "BLOCKLIST";
-/// LPM trie of blocked ranges: [`PrefixKey`] -> [`BlockEntry`]; consulted only when
+/// LPM trie of blocked ranges, keyed like [`ALLOWLIST_MAP`] -> [`BlockEntry`]; consulted only when
 /// [`XdpConfig::FLAG_PREFIX_BLOCKLIST`] is set.
 pub const PREFIX_BLOCKLIST_MAP: &str = "PREFIX_BLOCKLIST";
 /// LRU hash of per-source token buckets: [`SourceKey`] (rate key) -> [`RateState`].
@@ -90,36 +91,7 @@ impl SourceKey {
             None => IpAddr::V6(v6),
         }
     }
-}
 
-impl From<IpAddr> for SourceKey {
-    fn from(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => Self::from(v4),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Self::from(v4),
-                None => Self::from_ipv6(v6.octets()),
-            },
-        }
-    }
-}
-
-impl From<Ipv4Addr> for SourceKey {
-    fn from(ip: Ipv4Addr) -> Self {
-        Self::from_ipv4(ip.octets())
-    }
-}
-
-/// Key of the LPM tries: a prefix length in bits over a 16-byte address (IPv4 as v4-mapped, so an
-/// IPv4 /24 is a /120). Same layout as the kernel's `bpf_lpm_trie_key`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PrefixKey {
-    pub prefix_len: u32,
-    pub addr: [u8; 16],
-}
-
-impl SourceKey {
     /// The key rate limiting uses: IPv6 sources cut to their first `ipv6_prefix_len` bits, so one
     /// host cannot dodge its limit by rotating addresses inside its prefix. IPv4 stays whole.
     #[inline(always)]
@@ -148,14 +120,23 @@ impl SourceKey {
             && a[10] == 0xff
             && a[11] == 0xff
     }
+}
 
-    /// The LPM key that looks this address up (full length).
-    #[inline(always)]
-    pub fn lpm_key(&self) -> PrefixKey {
-        PrefixKey {
-            prefix_len: 128,
-            addr: self.addr,
+impl From<IpAddr> for SourceKey {
+    fn from(ip: IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(v4) => Self::from(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Self::from(v4),
+                None => Self::from_ipv6(v6.octets()),
+            },
         }
+    }
+}
+
+impl From<Ipv4Addr> for SourceKey {
+    fn from(ip: Ipv4Addr) -> Self {
+        Self::from_ipv4(ip.octets())
     }
 }
 
@@ -434,7 +415,6 @@ mod pod {
     // SAFETY: plain `#[repr(C)]` data without padding holes or invalid bit patterns.
     unsafe impl aya::Pod for super::SourceKey {}
     unsafe impl aya::Pod for super::BlockEntry {}
-    unsafe impl aya::Pod for super::PrefixKey {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::RateState {}
     unsafe impl aya::Pod for super::InsertBudget {}

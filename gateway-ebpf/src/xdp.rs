@@ -105,9 +105,9 @@ enum Transport {
 }
 
 fn verdict_for(ctx: &XdpContext, packet: &Packet) -> Verdict {
-    let config = match CONFIG.get(0) {
-        Some(config) => *config,
-        None => XdpConfig::default(),
+    // An array map always has its entry 0 (all zeroes until userspace writes it).
+    let Some(config) = CONFIG.get(0) else {
+        return Verdict::Pass;
     };
     let protected = match packet.transport {
         Transport::Port { port, .. } => config.is_protected_port(port),
@@ -121,7 +121,7 @@ fn verdict_for(ctx: &XdpContext, packet: &Packet) -> Verdict {
     if ALLOWLIST.get(Key::new(128, source.addr)).is_some() {
         return Verdict::Allowlisted;
     }
-    let verdict = limit_verdict(ctx, packet, &config);
+    let verdict = limit_verdict(ctx, packet, config);
     if verdict.is_drop() && config.flags & XdpConfig::FLAG_DRY_RUN != 0 {
         Verdict::DryRunWouldDrop
     } else {
@@ -131,16 +131,16 @@ fn verdict_for(ctx: &XdpContext, packet: &Packet) -> Verdict {
 
 fn limit_verdict(ctx: &XdpContext, packet: &Packet, config: &XdpConfig) -> Verdict {
     let source = &packet.source;
-    let now = now_ns(config, Clock::Precise);
+    // The clock is read only when an entry is found: most packets have none.
     // SAFETY: entries are copied out at once; a concurrent update can at worst give a stale verdict.
     if let Some(entry) = unsafe { BLOCKLIST.get(source) }
-        && entry.is_active(now)
+        && entry.is_active(now_ns(config, Clock::Precise))
     {
         return Verdict::DropBlocked;
     }
     if config.flags & XdpConfig::FLAG_PREFIX_BLOCKLIST != 0
         && let Some(entry) = PREFIX_BLOCKLIST.get(Key::new(128, source.addr))
-        && entry.is_active(now)
+        && entry.is_active(now_ns(config, Clock::Precise))
     {
         return Verdict::DropPrefix;
     }

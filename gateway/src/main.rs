@@ -20,7 +20,7 @@ struct Cli {
     run: RunArgs,
 }
 
-#[derive(Args)]
+#[derive(Args, Default)]
 struct RunArgs {
     /// TOML configuration file.
     #[arg(long, short)]
@@ -111,15 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::CheckConfig { file }) => {
-            let settings = load(
-                &file,
-                &RunArgs {
-                    config: None,
-                    listen: None,
-                    upstream_url: None,
-                    audit_path: None,
-                },
-            )?;
+            let settings = load(&file, &RunArgs::default())?;
             println!(
                 "{}: ok ({} users, upstream {})",
                 file.display(),

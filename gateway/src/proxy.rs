@@ -270,7 +270,10 @@ impl Gateway {
             response.status().as_u16(),
             started.elapsed(),
         ));
-        if let Some(session) = header_str(response.headers(), &MCP_SESSION_ID) {
+        // A new session (the request's own was claimed above) belongs to this caller.
+        if let Some(session) = header_str(response.headers(), &MCP_SESSION_ID)
+            && ctx.session.as_deref() != Some(session)
+        {
             self.sessions.bind(session, &caller.name);
         }
         if is_delete

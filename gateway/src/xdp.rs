@@ -14,8 +14,8 @@ use aya::{
 };
 use gateway_ebpf::{
     ALL_MAPS, ALLOWLIST_MAP, BASELINE_PROGRAM_NAME, BLOCKLIST_MAP, BlockEntry, BlockReason,
-    CONFIG_MAP, EVENTS_MAP, PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, PrefixKey, STATS_MAP, SourceKey,
-    Verdict, XdpConfig,
+    CONFIG_MAP, EVENTS_MAP, PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, STATS_MAP, SourceKey, Verdict,
+    XdpConfig,
 };
 use ipnet::IpNet;
 
@@ -60,8 +60,6 @@ pub type Stats = [(Verdict, u64); Verdict::COUNT as usize];
 /// The loaded program and its maps.
 pub struct Kernel {
     ebpf: Ebpf,
-    /// Where the maps are pinned, if they are.
-    pin_dir: Option<PathBuf>,
     logger: Option<KernelLogger>,
 }
 
@@ -110,11 +108,7 @@ impl Kernel {
         } else {
             None
         };
-        Ok(Self {
-            ebpf,
-            pin_dir: pin_dir.map(Path::to_path_buf),
-            logger,
-        })
+        Ok(Self { ebpf, logger })
     }
 
     /// The reader of the program's log statements (with `log`), for a task to poll.
@@ -149,10 +143,6 @@ impl Kernel {
                 interface: interface.to_owned(),
                 source,
             })
-    }
-
-    pub fn pin_dir(&self) -> Option<&Path> {
-        self.pin_dir.as_deref()
     }
 
     pub fn config(&self) -> Result<XdpConfig, XdpError> {
@@ -221,8 +211,7 @@ impl Kernel {
     pub fn allow(&mut self, prefix: IpNet) -> Result<(), XdpError> {
         let mut trie = LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(ALLOWLIST_MAP)?)
             .map_err(XdpError::Map)?;
-        let key = prefix_key(prefix);
-        trie.insert(&Key::new(key.prefix_len, key.addr), 1, 0)
+        trie.insert(&prefix_key(prefix), 1, 0)
             .map_err(XdpError::Map)
     }
 
@@ -236,9 +225,8 @@ impl Kernel {
         let mut trie =
             LpmTrie::<_, [u8; 16], BlockEntry>::try_from(self.map_mut(PREFIX_BLOCKLIST_MAP)?)
                 .map_err(XdpError::Map)?;
-        let key = prefix_key(prefix);
         trie.insert(
-            &Key::new(key.prefix_len, key.addr),
+            &prefix_key(prefix),
             BlockEntry::new(expires_at_ns, reason),
             0,
         )
@@ -270,17 +258,15 @@ impl Kernel {
     }
 }
 
-/// The LPM key of a prefix: IPv4 prefixes become v4-mapped IPv6 prefixes (/n -> /96+n).
-pub fn prefix_key(prefix: IpNet) -> PrefixKey {
+/// The LPM key of a prefix: IPv4 prefixes become v4-mapped IPv6 prefixes (/n -> /96+n), as the
+/// program looks sources up.
+pub fn prefix_key(prefix: IpNet) -> Key<[u8; 16]> {
     match prefix.trunc() {
-        IpNet::V4(net) => PrefixKey {
-            prefix_len: 96 + u32::from(net.prefix_len()),
-            addr: SourceKey::from(net.network()).addr,
-        },
-        IpNet::V6(net) => PrefixKey {
-            prefix_len: u32::from(net.prefix_len()),
-            addr: net.network().octets(),
-        },
+        IpNet::V4(net) => Key::new(
+            96 + u32::from(net.prefix_len()),
+            SourceKey::from(net.network()).addr,
+        ),
+        IpNet::V6(net) => Key::new(u32::from(net.prefix_len()), net.network().octets()),
     }
 }
 
@@ -415,14 +401,14 @@ mod tests {
     #[test]
     fn ipv4_prefixes_become_v4_mapped() {
         let key = prefix_key("198.51.100.77/24".parse().unwrap());
-        assert_eq!(key.prefix_len, 120);
+        assert_eq!(key.prefix_len(), 120);
         assert_eq!(
-            key.addr,
+            key.data(),
             SourceKey::from("198.51.100.0".parse::<IpAddr>().unwrap()).addr
         );
         let key = prefix_key("2001:db8::1/48".parse().unwrap());
-        assert_eq!(key.prefix_len, 48);
-        assert_eq!(key.addr[..6], [0x20, 0x01, 0x0d, 0xb8, 0, 0]);
-        assert!(key.addr[6..].iter().all(|b| *b == 0));
+        assert_eq!(key.prefix_len(), 48);
+        assert_eq!(key.data()[..6], [0x20, 0x01, 0x0d, 0xb8, 0, 0]);
+        assert!(key.data()[6..].iter().all(|b| *b == 0));
     }
 }

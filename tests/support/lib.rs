@@ -61,6 +61,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Starts `command` with its output in `log` and waits until it listens on `addr`.
+fn spawn_listening(mut command: Command, what: &str, log: &Path, addr: SocketAddr) -> KillOnDrop {
+    let file = std::fs::File::create(log).expect("log file");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file"))
+        .stderr(file)
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {what}: {err}"));
+    let mut process = KillOnDrop(child);
+    wait_for_port(addr, &mut process.0, what, &|| {
+        std::fs::read_to_string(log).unwrap_or_default()
+    });
+    process
+}
+
 fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str, logs: &dyn Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -147,23 +163,14 @@ impl Gateway {
         );
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let log_path = dir.path().join("gateway.log");
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(gateway_bin())
+        let mut command = Command::new(gateway_bin());
+        command
             .arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
             .env_remove("MCP_API_KEY")
-            .env_remove("MCP_USER_KEYS")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start the gateway");
-        let mut process = KillOnDrop(child);
-        wait_for_port(addr, &mut process.0, "gateway", &|| {
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        });
+            .env_remove("MCP_USER_KEYS");
+        let process = spawn_listening(command, "gateway", &dir.path().join("gateway.log"), addr);
         Gateway {
             process,
             addr,
@@ -237,22 +244,14 @@ impl EverythingServer {
         let peers = peers_dir();
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let log_path = std::env::temp_dir().join(format!("server-everything-{port}.log"));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(peers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"))
             .arg("streamableHttp")
             .env("PORT", port.to_string())
-            .current_dir(&peers)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start server-everything (is Node.js installed? `cargo xtask setup`)");
-        let mut process = KillOnDrop(child);
-        wait_for_port(addr, &mut process.0, "server-everything", &|| {
-            std::fs::read_to_string(&log_path).unwrap_or_default()
-        });
+            .current_dir(&peers);
+        let log = std::env::temp_dir().join(format!("server-everything-{port}.log"));
+        let process = spawn_listening(command, "server-everything (needs Node.js)", &log, addr);
         EverythingServer {
             _process: process,
             addr,

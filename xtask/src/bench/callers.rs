@@ -1,10 +1,12 @@
 //! Scenario 2: many callers. Throughput with requests spread over 10,000 keys against one key,
 //! and the gateway's memory with 100,000 distinct callers' limiter state.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 
 use super::{
-    Bench, CALL_BODY, Spread, bench_keys, demo_upstream, free_addr, gateway_config,
+    Bench, Spread, bench_keys, demo_upstream, free_addr, gateway_config, load::LoadArgs,
     report::Section, start_gateway,
 };
 
@@ -31,33 +33,22 @@ pub fn run(bench: &Bench) -> Result<Section> {
         "[blocking]\nenabled = false\n",
     );
     let _gateway = start_gateway(bench, &dir, &config, None)?;
-    let common = |extra: [String; 2]| -> Vec<String> {
-        let mut args = vec![
-            "--url".into(),
-            format!("http://{addr}/mcp"),
-            "--connections".into(),
-            "64".into(),
-            "--duration-secs".into(),
-            bench.plan.secs.to_string(),
-            "--body".into(),
-            CALL_BODY.into(),
-        ];
-        args.extend(extra);
-        args
+    let spread_over = |key: Option<String>, keys_file: Option<PathBuf>| LoadArgs {
+        key,
+        keys_file,
+        duration_secs: bench.plan.secs,
+        ..LoadArgs::new(format!("http://{addr}/mcp"), 64)
     };
     let (mut one, mut many) = (Vec::new(), Vec::new());
     for _ in 0..bench.plan.runs {
         one.push(
             bench
-                .load(None, &common(["--key".into(), keys[0].clone()]))?
+                .load(None, &spread_over(Some(keys[0].clone()), None))?
                 .rps,
         );
         many.push(
             bench
-                .load(
-                    None,
-                    &common(["--keys-file".into(), keys_file.display().to_string()]),
-                )?
+                .load(None, &spread_over(None, Some(keys_file.clone())))?
                 .rps,
         );
     }
@@ -81,22 +72,12 @@ pub fn run(bench: &Bench) -> Result<Section> {
     // Parsing 100,000 users' config is transient; let the allocator hand it back first.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let (idle_kib, _) = gateway.memory_kib();
-    let pass = || {
-        bench.load(
-            None,
-            &[
-                "--url".into(),
-                format!("http://{mem_addr}/mcp"),
-                "--connections".into(),
-                "64".into(),
-                "--each-key-once".into(),
-                "--keys-file".into(),
-                mem_keys_file.display().to_string(),
-                "--body".into(),
-                CALL_BODY.into(),
-            ],
-        )
+    let each_caller_once = LoadArgs {
+        keys_file: Some(mem_keys_file),
+        each_key_once: true,
+        ..LoadArgs::new(format!("http://{mem_addr}/mcp"), 64)
     };
+    let pass = || bench.load(None, &each_caller_once);
     let first = pass()?;
     let (after_first_kib, _) = gateway.memory_kib();
     let second = pass()?;

@@ -11,7 +11,8 @@ use anyhow::Result;
 use e2e_tests::netns::VethPair;
 
 use super::{
-    Bench, CALL_BODY, Service, Spread, bench_keys, gateway_config, report::Section, start_gateway,
+    Bench, Service, Spread, bench_keys, gateway_config, load::LoadArgs, report::Section,
+    start_gateway,
 };
 
 const SERVER: &str = "198.18.0.1";
@@ -105,21 +106,11 @@ pub fn run(bench: &Bench) -> Result<Section> {
     let mut upstream = Service::spawn(upstream_cmd, bench.dir("flood").join("upstream.log"))?;
     upstream.wait_for_log("demo MCP server")?;
 
-    let legit_args = |secs: u64| -> Vec<String> {
-        vec![
-            "--url".into(),
-            format!("http://{SERVER}:{PORT}/mcp"),
-            "--key".into(),
-            key.clone(),
-            "--from".into(),
-            LEGIT.into(),
-            "--connections".into(),
-            "32".into(),
-            "--duration-secs".into(),
-            secs.to_string(),
-            "--body".into(),
-            CALL_BODY.into(),
-        ]
+    let legit = LoadArgs {
+        key: Some(key.clone()),
+        from: Some(LEGIT.parse()?),
+        duration_secs: bench.plan.secs,
+        ..LoadArgs::new(format!("http://{SERVER}:{PORT}/mcp"), 32)
     };
     let start = |mode: Mode, name: &str| -> Result<Service> {
         let dir = bench.dir(name);
@@ -138,7 +129,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
     {
         let _gateway = start(Mode::NoBlock, "flood-baseline")?;
         for _ in 0..bench.plan.runs {
-            let run = bench.load(Some(&net.client), &legit_args(bench.plan.secs))?;
+            let run = bench.load(Some(&net.client), &legit)?;
             baseline.0.push(run.rps);
             baseline.1.push(run.p99_us / 1000.0);
         }
@@ -163,7 +154,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             // Let the feedback loop see the wrong keys and block the flooder.
             std::thread::sleep(Duration::from_secs(2));
             let (cpu_before, drops_before) = (gateway.cpu_time(), net.xdp_drops(bench));
-            let legit = bench.load(Some(&net.client), &legit_args(bench.plan.secs))?;
+            let legit = bench.load(Some(&net.client), &legit)?;
             let (cpu_after, drops_after) = (gateway.cpu_time(), net.xdp_drops(bench));
             drop(floods);
             measured.rps.push(legit.rps);
@@ -245,26 +236,14 @@ pub fn run(bench: &Bench) -> Result<Section> {
 
 /// HTTP flood with a wrong key plus a SYN flood, from the flooder's address, for `secs`.
 fn start_flood(bench: &Bench, net: &Net, secs: u64) -> Result<(Service, Service)> {
-    let mut http = Command::new("ip");
-    http.args(["netns", "exec", &net.client])
-        .arg(&bench.load_generator)
-        .args([
-            "load",
-            "--url",
-            &format!("http://{SERVER}:{PORT}/mcp"),
-            "--key",
-            "wrong-key-for-the-flood-000000",
-        ])
-        .args([
-            "--from",
-            FLOODER,
-            "--connections",
-            "64",
-            "--duration-secs",
-            &secs.to_string(),
-            "--body",
-            CALL_BODY,
-        ]);
+    let flood = LoadArgs {
+        key: Some("wrong-key-for-the-flood-000000".into()),
+        from: Some(FLOODER.parse()?),
+        duration_secs: secs,
+        ..LoadArgs::new(format!("http://{SERVER}:{PORT}/mcp"), 64)
+    };
+    let mut http = VethPair::exec_in(&net.client, &bench.load_generator);
+    http.arg("load").args(flood.to_args());
     let http = Service::spawn(http, bench.dir("flood").join("http-flood.log"))?;
     let mut syn = Command::new("timeout");
     syn.arg(secs.to_string()).args([

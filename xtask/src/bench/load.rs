@@ -46,6 +46,50 @@ pub struct LoadArgs {
     pub body: String,
 }
 
+impl LoadArgs {
+    /// `connections` connections to `url` for 10 s with the benchmarks' `tools/call` body; set a
+    /// key source before use.
+    pub fn new(url: String, connections: usize) -> Self {
+        Self {
+            url,
+            key: None,
+            keys_file: None,
+            connections,
+            duration_secs: 10,
+            each_key_once: false,
+            from: None,
+            body: super::CALL_BODY.into(),
+        }
+    }
+
+    /// The command line that parses back into these arguments (for `xtask load` in a namespace).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--url".into(),
+            self.url.clone(),
+            "--connections".into(),
+            self.connections.to_string(),
+            "--duration-secs".into(),
+            self.duration_secs.to_string(),
+            "--body".into(),
+            self.body.clone(),
+        ];
+        if let Some(key) = &self.key {
+            args.extend(["--key".into(), key.clone()]);
+        }
+        if let Some(file) = &self.keys_file {
+            args.extend(["--keys-file".into(), file.display().to_string()]);
+        }
+        if self.each_key_once {
+            args.push("--each-key-once".into());
+        }
+        if let Some(from) = self.from {
+            args.extend(["--from".into(), from.to_string()]);
+        }
+        args
+    }
+}
+
 /// What a load run measured.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LoadResult {
@@ -190,4 +234,34 @@ async fn connect(
     let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::LoadArgs;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        load: LoadArgs,
+    }
+
+    #[test]
+    fn to_args_parses_back_to_the_same_arguments() {
+        let args = LoadArgs {
+            key: Some("k".into()),
+            keys_file: Some("keys.txt".into()),
+            each_key_once: true,
+            from: Some("198.18.0.2".parse().unwrap()),
+            duration_secs: 7,
+            ..LoadArgs::new("http://198.18.0.1:8080/mcp".into(), 32)
+        };
+        let parsed =
+            Command::parse_from(std::iter::once("load".to_owned()).chain(args.to_args())).load;
+        assert_eq!(parsed.to_args(), args.to_args());
+        assert_eq!(parsed.connections, 32);
+        assert_eq!(parsed.from, args.from);
+    }
 }

@@ -129,7 +129,7 @@ impl Bench {
     }
 
     /// Runs our own load generator (`xtask load`), optionally inside a network namespace.
-    pub fn load(&self, netns: Option<&str>, args: &[String]) -> Result<load::LoadResult> {
+    pub fn load(&self, netns: Option<&str>, args: &load::LoadArgs) -> Result<load::LoadResult> {
         let mut command = match netns {
             Some(ns) => {
                 let mut command = Command::new("ip");
@@ -140,7 +140,7 @@ impl Bench {
             }
             None => Command::new(&self.load_generator),
         };
-        let output = command.arg("load").args(args).output()?;
+        let output = command.arg("load").args(args.to_args()).output()?;
         if !output.status.success() {
             bail!(
                 "load generator failed: {}",
