@@ -53,6 +53,9 @@ enum Command {
     /// The benchmarks' own load generator (per-key and per-source load).
     #[command(hide = true)]
     Load(bench::load::LoadArgs),
+    /// The benchmarks' SYN flooder (raw socket, needs root).
+    #[command(hide = true)]
+    SynFlood(bench::syn_flood::SynFloodArgs),
 }
 
 fn main() {
@@ -111,6 +114,7 @@ fn run(command: Command) -> Result<()> {
             },
         ),
         Command::Load(args) => bench::load::run(args),
+        Command::SynFlood(args) => bench::syn_flood::run(args),
     }
 }
 

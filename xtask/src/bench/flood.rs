@@ -5,20 +5,22 @@
 //! the same block enforced only in userspace; no block. Traffic goes only to the namespaces' own
 //! addresses, and everything is removed at the end.
 
-use std::{process::Command, time::Duration};
+use std::{net::SocketAddrV4, process::Command, time::Duration};
 
 use anyhow::Result;
 use e2e_tests::netns::VethPair;
 
 use super::{
     Bench, Service, Spread, bench_keys, gateway_config, load::LoadArgs, report::Section,
-    start_gateway,
+    start_gateway, syn_flood::SynFloodArgs,
 };
 
 const SERVER: &str = "198.18.0.1";
 const FLOODER: &str = "198.18.0.3";
 const LEGIT: &str = "198.18.0.2";
 const PORT: u16 = 8080;
+/// SYNs per second from the flooder.
+const SYN_RATE: u64 = 20_000;
 
 /// The hosts: a veth pair between two namespaces (removed on drop).
 struct Net {
@@ -95,6 +97,7 @@ struct Measured {
     p99_ms: Vec<f64>,
     drops_per_sec: Vec<f64>,
     cpu_secs: Vec<f64>,
+    flooder_cpu_secs: Vec<f64>,
 }
 
 pub fn run(bench: &Bench) -> Result<Section> {
@@ -144,6 +147,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             p99_ms: Vec::new(),
             drops_per_sec: Vec::new(),
             cpu_secs: Vec::new(),
+            flooder_cpu_secs: Vec::new(),
         };
         for run in 0..bench.plan.runs {
             let gateway = start(
@@ -153,9 +157,12 @@ pub fn run(bench: &Bench) -> Result<Section> {
             let floods = start_flood(bench, &net, bench.plan.secs + 4)?;
             // Let the feedback loop see the wrong keys and block the flooder.
             std::thread::sleep(Duration::from_secs(2));
-            let (cpu_before, drops_before) = (gateway.cpu_time(), net.xdp_drops(bench));
+            let flooder_cpu = || floods.0.cpu_time() + floods.1.cpu_time();
+            let (cpu_before, flooder_before, drops_before) =
+                (gateway.cpu_time(), flooder_cpu(), net.xdp_drops(bench));
             let legit = bench.load(Some(&net.client), &legit)?;
-            let (cpu_after, drops_after) = (gateway.cpu_time(), net.xdp_drops(bench));
+            let (cpu_after, flooder_after, drops_after) =
+                (gateway.cpu_time(), flooder_cpu(), net.xdp_drops(bench));
             drop(floods);
             measured.rps.push(legit.rps);
             measured.p99_ms.push(legit.p99_us / 1000.0);
@@ -165,6 +172,9 @@ pub fn run(bench: &Bench) -> Result<Section> {
             measured
                 .cpu_secs
                 .push((cpu_after - cpu_before).as_secs_f64());
+            measured
+                .flooder_cpu_secs
+                .push((flooder_after - flooder_before).as_secs_f64());
             drop(gateway);
             // Unpin between runs so each starts without the previous block.
             let _ = Command::new(&bench.gateway)
@@ -184,6 +194,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             "p99 vs baseline",
             "XDP drops/s",
             "gateway CPU s",
+            "flooders' CPU s",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -194,6 +205,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         "1.00".into(),
         base_p99.show(2),
         "1.00".into(),
+        "—".into(),
         "—".into(),
         "—".into(),
     ]);
@@ -210,6 +222,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             format!("{:.2}", p99.median / base_p99.median),
             Spread::of(&m.drops_per_sec).show(0),
             Spread::of(&m.cpu_secs).show(2),
+            Spread::of(&m.flooder_cpu_secs).show(2),
         ]);
         let target = if *mode == Mode::Xdp { 0.8 } else { 0.0 };
         headline.push((
@@ -223,9 +236,11 @@ pub fn run(bench: &Bench) -> Result<Section> {
         intro: format!(
             "veth pair between two namespaces; the gateway attached in driver mode. Legitimate \
              client: `cargo xtask load`, 32 connections from {LEGIT}, {} s per run. Flooder from \
-             {FLOODER}: `cargo xtask load` with a wrong key over 64 connections, plus hping3 SYNs \
-             to the gateway's port (about 20,000/s). The feedback loop blocks the flooder after 10 \
-             failed authentications.",
+             {FLOODER}: `cargo xtask load` with a wrong key over 64 connections, plus \
+             {SYN_RATE} SYNs/s to the gateway's port from a raw socket (`cargo xtask syn-flood`, \
+             sent in 1 ms bursts). The feedback loop blocks the flooder after 10 failed \
+             authentications. Everything shares the machine's cores; the flooders' own CPU is in \
+             the last column.",
             bench.plan.secs
         ),
         table,
@@ -245,23 +260,14 @@ fn start_flood(bench: &Bench, net: &Net, secs: u64) -> Result<(Service, Service)
     let mut http = VethPair::exec_in(&net.client, &bench.load_generator);
     http.arg("load").args(flood.to_args());
     let http = Service::spawn(http, bench.dir("flood").join("http-flood.log"))?;
-    let mut syn = Command::new("timeout");
-    syn.arg(secs.to_string()).args([
-        "ip",
-        "netns",
-        "exec",
-        &net.client,
-        "hping3",
-        "-q",
-        "-S",
-        "-p",
-        &PORT.to_string(),
-        "-i",
-        "u50",
-        "-a",
-        FLOODER,
-        SERVER,
-    ]);
+    let syn_flood = SynFloodArgs {
+        from: FLOODER.parse()?,
+        to: SocketAddrV4::new(SERVER.parse()?, PORT),
+        rate: SYN_RATE,
+        duration_secs: secs,
+    };
+    let mut syn = VethPair::exec_in(&net.client, &bench.load_generator);
+    syn.arg("syn-flood").args(syn_flood.to_args());
     let syn = Service::spawn(syn, bench.dir("flood").join("syn-flood.log"))?;
     Ok((http, syn))
 }

@@ -8,6 +8,7 @@ pub mod load;
 mod proxy;
 mod report;
 mod sse;
+pub mod syn_flood;
 mod xdp_cost;
 
 use std::{
@@ -86,7 +87,7 @@ pub fn run(root: &Path, scenario: Scenario, plan: Plan) -> Result<()> {
     Ok(())
 }
 
-/// nginx and hping3 from Debian, oha from crates.io (into target/tools), when missing.
+/// nginx from Debian, oha from crates.io (into target/tools), when missing.
 fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
     let needs_root = matches!(scenario, Scenario::All | Scenario::Xdp | Scenario::Flood);
     if needs_root && !is_root() {
@@ -94,7 +95,7 @@ fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
             "the xdp and flood scenarios load XDP programs and make network namespaces: run as root"
         );
     }
-    setup::debian_packages(&[("nginx", "nginx"), ("hping3", "hping3"), ("ip", "iproute2")])?;
+    setup::debian_packages(&[("nginx", "nginx"), ("ip", "iproute2")])?;
     if !tools_dir(root).join("bin/oha").is_file() {
         eprintln!("installing the oha load generator {OHA_VERSION} into target/tools");
         Cmd::new("cargo")
