@@ -59,7 +59,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let enforcer = tokio::spawn(enforcer.run());
     spawn_reopen_on_sighup(Arc::clone(&gateway))?;
     spawn_limiter_sweep(Arc::clone(&gateway), sweep_every);
-    spawn_audit_flush(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
     let threads =
         server::run_workers(listeners, &gateway, &shutdown).context("cannot start workers")?;
@@ -74,7 +73,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .await?;
     enforcer.abort();
     let _ = enforcer.await;
-    gateway.audit().flush();
     Ok(())
 }
 
@@ -154,17 +152,6 @@ fn spawn_reopen_on_sighup(gateway: Arc<Gateway>) -> anyhow::Result<()> {
         }
     });
     Ok(())
-}
-
-/// Response lines held back to share a write with the next request go out at least this often.
-fn spawn_audit_flush(gateway: Arc<Gateway>) {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(Duration::from_millis(100));
-        loop {
-            interval.tick().await;
-            gateway.audit().flush();
-        }
-    });
 }
 
 fn spawn_limiter_sweep(gateway: Arc<Gateway>, every: Duration) {

@@ -1,9 +1,10 @@
 //! Stage 3: the audit log, JSON Lines, append-only.
 //!
 //! Every request's lines are written before it is forwarded, and the forward waits for the write.
-//! Without fsync a request appends its lines itself (one `write(2)` on an O_APPEND file). With
-//! `audit.fsync = true` one writer thread takes everything queued at once and commits it with one
-//! `write` and one `fsync` (group commit), so throughput holds under concurrency. SIGHUP reopens
+//! Without fsync each worker thread writes the lines of the requests that became ready together
+//! with one `write(2)` on the O_APPEND file ([`WorkerAudit`]). With `audit.fsync = true` one
+//! writer thread takes everything queued at once and commits it with one `write` and one `fsync`
+//! (group commit), so throughput holds under concurrency. SIGHUP reopens
 //! the path (logrotate's `postrotate`); no line is lost across it.
 
 use std::{
@@ -13,14 +14,14 @@ use std::{
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, SystemTime},
 };
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::jsonrpc::Message;
 
@@ -30,6 +31,8 @@ const MAX_FIELD_LEN: usize = 256;
 const MAX_ARG_KEYS: usize = 64;
 /// Held-back response lines are written at once past this many bytes.
 const PENDING_LIMIT: usize = 64 * 1024;
+/// Held-back response lines are written at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Lines waiting for the writer before requests wait for room (backpressure, bounded memory).
 const QUEUE_CAPACITY: usize = 16_384;
 
@@ -229,16 +232,15 @@ enum Command {
     Reopen,
 }
 
-/// Handle to the audit log; cheap to clone.
+/// Handle to the audit log; cheap to clone. Request paths go through a [`WorkerAudit`].
 #[derive(Clone)]
 pub struct AuditLog {
     sink: Arc<Sink>,
 }
 
 enum Sink {
-    /// Without fsync a request's lines are one `write(2)` to the O_APPEND file, done by the
-    /// request itself and without a lock (appends do not interleave): cheaper than handing them
-    /// to another thread and waiting to be woken.
+    /// Without fsync, lines are appended with `write(2)` on the O_APPEND file by whoever has them,
+    /// without a lock (appends do not interleave).
     Direct(LogFile),
     /// With fsync, one writer thread commits everything queued with one write and one fsync.
     GroupCommit(mpsc::Sender<Command>),
@@ -268,7 +270,7 @@ impl AuditLog {
         let commands = match self.sink.as_ref() {
             Sink::Direct(file) => {
                 return file
-                    .append_with_pending(&lines)
+                    .append(&lines)
                     .map_err(|err| AuditError::Write(Arc::new(err)));
             }
             Sink::GroupCommit(commands) => commands,
@@ -288,51 +290,145 @@ impl AuditLog {
         }
     }
 
-    /// Appends `lines` without waiting (for lines written after the fact, such as responses). Without
-    /// fsync they ride along with the next request's write, or go out with [`AuditLog::flush`]
-    /// (every 100 ms), saving a write per request. A failure is logged: the request they describe
-    /// was already audited.
-    pub fn write_in_background(&self, lines: Vec<u8>) {
-        match self.sink.as_ref() {
-            Sink::Direct(file) => file.hold(&lines),
-            Sink::GroupCommit(commands) => {
-                if let Err(mpsc::error::TrySendError::Full(command)) =
-                    commands.try_send(Command::Write { lines, done: None })
-                {
-                    let commands = commands.clone();
-                    tokio::spawn(async move {
-                        if commands.send(command).await.is_err() {
-                            tracing::error!(
-                                "audit log writer has stopped; a response line was not written"
-                            );
-                        }
-                    });
-                }
-            }
-        }
-    }
-
-    /// Writes lines still held back by [`AuditLog::write_in_background`].
-    pub fn flush(&self) {
-        if let Sink::Direct(file) = self.sink.as_ref() {
-            file.flush_pending();
-        }
-    }
-
     /// Reopens the file at the configured path (after logrotate moved it). Lines written before
     /// go to the old file, lines after to the new one; none is lost.
     pub async fn reopen(&self) {
         match self.sink.as_ref() {
-            Sink::Direct(file) => {
-                file.flush_pending();
-                file.reopen();
-            }
+            Sink::Direct(file) => file.reopen(),
             Sink::GroupCommit(commands) => {
                 if commands.send(Command::Reopen).await.is_err() {
                     tracing::error!("audit log writer has stopped; cannot reopen");
                 }
             }
         }
+    }
+}
+
+/// One worker thread's way into the audit log.
+///
+/// Without fsync, the request lines of every request that becomes ready in the same turn of the
+/// worker's event loop are written together with one `write(2)` by the worker's flush task
+/// ([`WorkerAudit::run`], woken by the first of them and so run after the others); each request
+/// still waits for the write of its own lines before it is forwarded. Response lines join the
+/// next batch without waiting, or go out with the periodic flush. With fsync, everything goes to
+/// the group-commit writer.
+pub struct WorkerAudit {
+    log: AuditLog,
+    batch: Mutex<Batch>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct Batch {
+    lines: Vec<u8>,
+    /// Whether the flush task was woken for this batch.
+    woken: bool,
+    written: Arc<Written>,
+}
+
+/// The outcome of one batch's write, for the requests waiting on it.
+#[derive(Default)]
+struct Written {
+    result: OnceLock<Result<(), Arc<io::Error>>>,
+    notify: Notify,
+}
+
+impl Written {
+    async fn wait(&self) -> Result<(), Arc<io::Error>> {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a result set in between still wakes us.
+            notified.as_mut().enable();
+            if let Some(result) = self.result.get() {
+                return result.clone();
+            }
+            notified.await;
+        }
+    }
+}
+
+impl WorkerAudit {
+    pub fn new(log: AuditLog) -> Self {
+        Self {
+            log,
+            batch: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Appends `lines` and returns once they are written (and synced, in fsync mode).
+    pub async fn write(&self, lines: Vec<u8>) -> Result<(), AuditError> {
+        if matches!(self.log.sink.as_ref(), Sink::GroupCommit(_)) {
+            return self.log.write(lines).await;
+        }
+        let written = {
+            let mut batch = lock(&self.batch);
+            batch.lines.extend_from_slice(&lines);
+            if !batch.woken {
+                batch.woken = true;
+                self.wake.notify_one();
+            }
+            Arc::clone(&batch.written)
+        };
+        written.wait().await.map_err(AuditError::Write)
+    }
+
+    /// Appends `lines` without waiting (for lines written after the fact, such as responses): they
+    /// ride along with the next batch or go out within [`FLUSH_EVERY`]. A failure is logged: the
+    /// request they describe was already audited.
+    pub fn write_in_background(&self, lines: Vec<u8>) {
+        let commands = match self.log.sink.as_ref() {
+            Sink::Direct(_) => {
+                let mut batch = lock(&self.batch);
+                batch.lines.extend_from_slice(&lines);
+                if batch.lines.len() >= PENDING_LIMIT && !batch.woken {
+                    batch.woken = true;
+                    self.wake.notify_one();
+                }
+                return;
+            }
+            Sink::GroupCommit(commands) => commands,
+        };
+        if let Err(mpsc::error::TrySendError::Full(command)) =
+            commands.try_send(Command::Write { lines, done: None })
+        {
+            let commands = commands.clone();
+            tokio::spawn(async move {
+                if commands.send(command).await.is_err() {
+                    tracing::error!("audit log writer has stopped; a response line was not written");
+                }
+            });
+        }
+    }
+
+    /// The worker's flush task: writes each batch when woken, and whatever is held at least every
+    /// [`FLUSH_EVERY`]. Runs until the worker's runtime stops; call [`WorkerAudit::flush`] then.
+    pub async fn run(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(FLUSH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                _ = tick.tick() => {}
+            }
+            self.flush();
+        }
+    }
+
+    /// Writes the current batch now and tells its waiting requests how it went.
+    pub fn flush(&self) {
+        let Sink::Direct(file) = self.log.sink.as_ref() else {
+            return;
+        };
+        let batch = std::mem::take(&mut *lock(&self.batch));
+        let result = if batch.lines.is_empty() {
+            Ok(())
+        } else {
+            file.append(&batch.lines).map_err(Arc::new)
+        };
+        let _ = batch.written.result.set(result);
+        batch.written.notify.notify_waiters();
     }
 }
 
@@ -343,14 +439,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The open log file, shared by the requests that append to it.
+/// The open log file, shared by everything that appends to it.
 struct LogFile {
     path: PathBuf,
     /// Swapped on reopen; writers take a reference and write without holding the lock.
     file: RwLock<Arc<File>>,
     fsync: bool,
-    /// Response lines waiting for the next write (direct mode).
-    pending: Mutex<Vec<u8>>,
     /// A failed write may have left a partial line; the next write starts on a fresh line.
     ends_mid_line: AtomicBool,
 }
@@ -361,7 +455,6 @@ impl LogFile {
             path: path.to_owned(),
             file: RwLock::new(Arc::new(open_append(path)?)),
             fsync,
-            pending: Mutex::new(Vec::new()),
             ends_mid_line: AtomicBool::new(false),
         })
     }
@@ -393,49 +486,6 @@ impl LogFile {
             file.sync_data()?;
         }
         Ok(())
-    }
-
-    /// Writes the held-back lines together with `lines` in one write. On failure the held-back
-    /// lines are kept for the next attempt.
-    fn append_with_pending(&self, lines: &[u8]) -> io::Result<()> {
-        let held = std::mem::take(&mut *lock(&self.pending));
-        if held.is_empty() {
-            return self.append(lines);
-        }
-        let held_len = held.len();
-        let mut batch = held;
-        batch.extend_from_slice(lines);
-        let result = self.append(&batch);
-        if result.is_err() {
-            batch.truncate(held_len);
-            self.hold(&batch);
-        }
-        result
-    }
-
-    /// Keeps lines for the next write; writes them now past [`PENDING_LIMIT`].
-    fn hold(&self, lines: &[u8]) {
-        let full = {
-            let mut pending = lock(&self.pending);
-            pending.extend_from_slice(lines);
-            pending.len() >= PENDING_LIMIT
-        };
-        if full {
-            self.flush_pending();
-        }
-    }
-
-    fn flush_pending(&self) {
-        let held = std::mem::take(&mut *lock(&self.pending));
-        if held.is_empty() {
-            return;
-        }
-        if let Err(err) = self.append(&held) {
-            tracing::error!(error = %err, "audit response lines were not written; will retry");
-            let mut pending = lock(&self.pending);
-            let newer = std::mem::replace(&mut *pending, held);
-            pending.extend_from_slice(&newer);
-        }
     }
 
     fn reopen(&self) {
@@ -653,23 +703,38 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn response_lines_ride_along_or_are_flushed() {
+    async fn a_worker_writes_what_became_ready_together_and_holds_response_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log.jsonl");
-        let log = AuditLog::open(&path, false).unwrap();
-        log.write_in_background(b"{\"n\":1}\n".to_vec());
+        let worker = Arc::new(WorkerAudit::new(AuditLog::open(&path, false).unwrap()));
+        let flusher = tokio::spawn(Arc::clone(&worker).run());
+        worker.write_in_background(b"{\"n\":0}\n".to_vec());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "", "held back");
-        log.write(b"{\"n\":2}\n".to_vec()).await.unwrap();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"n\":1}\n{\"n\":2}\n"
-        );
-        log.write_in_background(b"{\"n\":3}\n".to_vec());
-        log.flush();
-        assert_eq!(
-            std::fs::read_to_string(&path).unwrap(),
-            "{\"n\":1}\n{\"n\":2}\n{\"n\":3}\n"
-        );
+        let writes: Vec<_> = (1..=50)
+            .map(|i| {
+                let worker = Arc::clone(&worker);
+                tokio::spawn(async move {
+                    worker
+                        .write(format!("{{\"n\":{i}}}\n").into_bytes())
+                        .await
+                })
+            })
+            .collect();
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        let mut seen: Vec<u64> = parse_lines(&std::fs::read(&path).unwrap())
+            .iter()
+            .map(|v| v["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(seen[0], 0, "the held line rode along with the first batch");
+        seen.sort();
+        assert_eq!(seen, (0..=50).collect::<Vec<_>>());
+        // A held line goes out with the periodic flush even when no request follows.
+        worker.write_in_background(b"{\"n\":51}\n".to_vec());
+        tokio::time::sleep(FLUSH_EVERY * 3).await;
+        assert!(std::fs::read_to_string(&path).unwrap().ends_with("{\"n\":51}\n"));
+        flusher.abort();
     }
 
     #[tokio::test]
@@ -679,6 +744,11 @@ mod tests {
             let log = AuditLog::open(Path::new("/dev/full"), fsync).unwrap();
             let err = log.write(b"{}\n".to_vec()).await.unwrap_err();
             assert!(matches!(err, AuditError::Write(_)), "{err}");
+            let worker = Arc::new(WorkerAudit::new(log));
+            let flusher = tokio::spawn(Arc::clone(&worker).run());
+            let err = worker.write(b"{}\n".to_vec()).await.unwrap_err();
+            assert!(matches!(err, AuditError::Write(_)), "{err}");
+            flusher.abort();
         }
     }
 }

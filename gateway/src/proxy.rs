@@ -17,7 +17,7 @@ use hyper::{
 use serde_json::{Value, json};
 
 use crate::{
-    audit::{self, AuditLog, Decision, RequestContext},
+    audit::{self, AuditLog, Decision, RequestContext, WorkerAudit},
     auth::{AuthError, Authenticator},
     blocking::{Offense, Protection},
     config::Settings,
@@ -44,6 +44,23 @@ pub struct Gateway {
     audit: AuditLog,
     sessions: Sessions,
     protection: Protection,
+}
+
+/// What each worker thread has of its own: its upstream connections and its way into the audit
+/// log.
+pub struct Worker {
+    pub upstream: Upstream,
+    pub audit: Arc<WorkerAudit>,
+}
+
+impl Worker {
+    /// The worker's state; [`WorkerAudit::run`] must then run on the worker's runtime.
+    pub fn new(gateway: &Gateway) -> Self {
+        Self {
+            upstream: Upstream::new(&gateway.settings),
+            audit: Arc::new(WorkerAudit::new(gateway.audit.clone())),
+        }
+    }
 }
 
 /// A request the gateway answers itself, with the decision the audit log records.
@@ -108,7 +125,7 @@ impl Gateway {
     /// Answers one HTTP request. Never fails: every problem becomes a precise HTTP answer.
     pub async fn handle(
         &self,
-        upstream: &Upstream,
+        worker: &Worker,
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
@@ -126,11 +143,14 @@ impl Gateway {
                 http_method: request.method().as_str().to_owned(),
             };
             match self
-                .mcp(upstream, request, &mut ctx, &request_id_header)
+                .mcp(worker, request, &mut ctx, &request_id_header)
                 .await
             {
                 Ok(response) => response,
-                Err((refusal, body)) => self.refuse(&ctx, refusal, body.as_ref()).await,
+                Err((refusal, body)) => {
+                    self.refuse(&worker.audit, &ctx, refusal, body.as_ref())
+                        .await
+                }
             }
         } else if path.starts_with("/.well-known/oauth-") {
             // Static keys only: advertising OAuth makes some clients ignore configured headers.
@@ -151,7 +171,7 @@ impl Gateway {
     /// The MCP endpoint: the gateway's chain of stages.
     async fn mcp(
         &self,
-        upstream: &Upstream,
+        worker: &Worker,
         request: Request<Incoming>,
         ctx: &mut RequestContext,
         request_id: &HeaderValue,
@@ -223,7 +243,7 @@ impl Gateway {
         }
 
         // 3. Audit, and wait for the write: nothing reaches the upstream unaudited.
-        if let Err(err) = self
+        if let Err(err) = worker
             .audit
             .write(audit::request_lines(ctx, calls, Decision::Forwarded))
             .await
@@ -241,7 +261,8 @@ impl Gateway {
         // 4. Forward, streaming the answer back as it arrives.
         let started = Instant::now();
         let is_delete = parts.method == Method::DELETE;
-        let result = upstream
+        let result = worker
+            .upstream
             .send(parts, body_bytes, &caller.name, ctx.ip, request_id)
             .await;
         let response = match result {
@@ -256,7 +277,7 @@ impl Gateway {
                     }
                 };
                 tracing::warn!(request_id = %ctx.request_id, error = %err, "upstream request failed");
-                self.audit.write_in_background(audit::response_line(
+                worker.audit.write_in_background(audit::response_line(
                     ctx,
                     status.as_u16(),
                     started.elapsed(),
@@ -265,7 +286,7 @@ impl Gateway {
                 return Ok(refusal_response(&refusal, messages.as_ref()));
             }
         };
-        self.audit.write_in_background(audit::response_line(
+        worker.audit.write_in_background(audit::response_line(
             ctx,
             response.status().as_u16(),
             started.elapsed(),
@@ -372,6 +393,7 @@ impl Gateway {
     /// Audits a refused request, then answers it. A refusal is answered even if the audit fails.
     async fn refuse(
         &self,
+        audit: &WorkerAudit,
         ctx: &RequestContext,
         refusal: Refusal,
         body: Option<&Body>,
@@ -386,8 +408,7 @@ impl Gateway {
             self.protection.offense(ctx.ip, offense);
         }
         let messages = body.map_or(&[][..], |body| &body.messages[..]);
-        if let Err(err) = self
-            .audit
+        if let Err(err) = audit
             .write(audit::request_lines(ctx, messages, refusal.decision))
             .await
         {

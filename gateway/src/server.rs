@@ -2,7 +2,7 @@
 //!
 //! The gateway runs one worker per CPU, like nginx's worker processes: each worker is a thread with
 //! its own single-threaded runtime, its own listening socket on the same port (SO_REUSEPORT: the
-//! kernel spreads connections) and its own pool of upstream connections, so a request never waits
+//! kernel spreads connections), its own pool of upstream connections and its own audit batches, so a request never waits
 //! for a wake-up on another thread. State that must be shared (keys, limits, sessions, audit log,
 //! blocks) is shared through the [`Gateway`].
 
@@ -16,7 +16,7 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::{forward::Upstream, proxy::Gateway};
+use crate::proxy::{Gateway, Worker};
 
 /// Longest wait for open connections to finish after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,8 +75,11 @@ pub fn run_workers(
                                 return;
                             }
                         };
-                        let upstream = Arc::new(Upstream::new(gateway.settings()));
-                        serve(listener, gateway, upstream, shutdown).await;
+                        let worker = Arc::new(Worker::new(&gateway));
+                        tokio::spawn(Arc::clone(&worker.audit).run());
+                        serve(listener, gateway, Arc::clone(&worker), shutdown).await;
+                        // Response lines still held by this worker.
+                        worker.audit.flush();
                     });
                 })
         })
@@ -87,7 +90,7 @@ pub fn run_workers(
 async fn serve(
     listener: TcpListener,
     gateway: Arc<Gateway>,
-    upstream: Arc<Upstream>,
+    worker: Arc<Worker>,
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -118,10 +121,10 @@ async fn serve(
         }
         let _ = stream.set_nodelay(true);
         let registration = gateway.protection().connections().register(peer.ip());
-        let (gateway, upstream) = (Arc::clone(&gateway), Arc::clone(&upstream));
+        let (gateway, worker) = (Arc::clone(&gateway), Arc::clone(&worker));
         let service = service_fn(move |request| {
-            let (gateway, upstream) = (Arc::clone(&gateway), Arc::clone(&upstream));
-            async move { Ok::<_, Infallible>(gateway.handle(&upstream, request, peer).await) }
+            let (gateway, worker) = (Arc::clone(&gateway), Arc::clone(&worker));
+            async move { Ok::<_, Infallible>(gateway.handle(&worker, request, peer).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
