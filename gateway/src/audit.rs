@@ -72,9 +72,15 @@ pub struct RequestContext {
     pub http_method: String,
 }
 
+/// Writes `ts` as RFC 3339 with milliseconds, straight into the line (no string of its own).
+fn rfc3339<S: serde::Serializer>(ts: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_rfc3339_millis(*ts))
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
-    ts: String,
+    #[serde(serialize_with = "rfc3339")]
+    ts: SystemTime,
     event: &'static str,
     request_id: &'a str,
     caller: Option<&'a str>,
@@ -99,7 +105,7 @@ struct Line<'a> {
 impl<'a> Line<'a> {
     fn new(event: &'static str, ctx: &'a RequestContext) -> Self {
         Line {
-            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            ts: SystemTime::now(),
             event,
             request_id: &ctx.request_id,
             caller: ctx.caller.as_deref(),
@@ -167,7 +173,8 @@ pub fn response_line(ctx: &RequestContext, status: u16, latency: Duration) -> Ve
 
 #[derive(Serialize)]
 struct BlockLine<'a> {
-    ts: String,
+    #[serde(serialize_with = "rfc3339")]
+    ts: SystemTime,
     event: &'static str,
     ip: IpAddr,
     reason: &'a str,
@@ -200,7 +207,7 @@ fn block_event(
     enforced_in: Option<&str>,
 ) -> Vec<u8> {
     let line = BlockLine {
-        ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        ts: SystemTime::now(),
         event,
         ip,
         reason,
@@ -396,7 +403,9 @@ impl WorkerAudit {
             let commands = commands.clone();
             tokio::spawn(async move {
                 if commands.send(command).await.is_err() {
-                    tracing::error!("audit log writer has stopped; a response line was not written");
+                    tracing::error!(
+                        "audit log writer has stopped; a response line was not written"
+                    );
                 }
             });
         }
@@ -713,11 +722,9 @@ mod tests {
         let writes: Vec<_> = (1..=50)
             .map(|i| {
                 let worker = Arc::clone(&worker);
-                tokio::spawn(async move {
-                    worker
-                        .write(format!("{{\"n\":{i}}}\n").into_bytes())
-                        .await
-                })
+                tokio::spawn(
+                    async move { worker.write(format!("{{\"n\":{i}}}\n").into_bytes()).await },
+                )
             })
             .collect();
         for write in writes {
@@ -733,7 +740,11 @@ mod tests {
         // A held line goes out with the periodic flush even when no request follows.
         worker.write_in_background(b"{\"n\":51}\n".to_vec());
         tokio::time::sleep(FLUSH_EVERY * 3).await;
-        assert!(std::fs::read_to_string(&path).unwrap().ends_with("{\"n\":51}\n"));
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("{\"n\":51}\n")
+        );
         flusher.abort();
     }
 

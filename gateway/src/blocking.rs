@@ -96,7 +96,7 @@ pub struct ConnectionGuard {
 }
 
 impl ConnectionGuard {
-    /// Completes when the connection's source gets blocked.
+    /// Cancelled when the connection's source gets blocked, or when its parent token is.
     pub fn closed(&self) -> &CancellationToken {
         &self.closed
     }
@@ -114,10 +114,16 @@ impl Drop for ConnectionGuard {
 }
 
 impl Connections {
-    pub fn register(self: &Arc<Self>, source: IpAddr) -> ConnectionGuard {
+    /// Registers a connection of `source`; its token is a child of `parent` (the server's
+    /// shutdown), so the connection waits on one token for both.
+    pub fn register(
+        self: &Arc<Self>,
+        source: IpAddr,
+        parent: &CancellationToken,
+    ) -> ConnectionGuard {
         let source = source.to_canonical();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let closed = CancellationToken::new();
+        let closed = parent.child_token();
         self.by_source
             .entry(source)
             .or_default()
@@ -475,7 +481,9 @@ mod tests {
     async fn threshold_offenses_block_and_close_connections() {
         let (protection, mut enforcer, dir) = enforcer(Vec::new());
         let source: IpAddr = "192.0.2.9".parse().unwrap();
-        let connection = protection.connections().register(source);
+        let connection = protection
+            .connections()
+            .register(source, &CancellationToken::new());
         for _ in 0..2 {
             enforcer.record(source, Offense::AuthFailure).await;
         }
@@ -552,8 +560,9 @@ mod tests {
     fn connection_guards_unregister() {
         let connections = Arc::new(Connections::default());
         let source: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
-        let first = connections.register(source);
-        let second = connections.register("192.0.2.1".parse().unwrap());
+        let parent = CancellationToken::new();
+        let first = connections.register(source, &parent);
+        let second = connections.register("192.0.2.1".parse().unwrap(), &parent);
         assert_eq!(
             connections.open_count(source),
             2,

@@ -70,7 +70,7 @@ impl Upstream {
         &self,
         parts: request::Parts,
         body: Bytes,
-        caller: &str,
+        caller: &HeaderValue,
         client_ip: IpAddr,
         request_id: &HeaderValue,
     ) -> Result<Response<Incoming>, ForwardError> {
@@ -81,9 +81,7 @@ impl Upstream {
         headers.remove(header::PROXY_AUTHORIZATION);
         headers.remove(&self.caller_header);
         headers.insert(header::HOST, self.host.clone());
-        if let Ok(caller) = HeaderValue::from_str(caller) {
-            headers.insert(&self.caller_header, caller);
-        }
+        headers.insert(&self.caller_header, caller.clone());
         if let Some(authorization) = &self.authorization {
             headers.insert(header::AUTHORIZATION, authorization.clone());
         }
@@ -119,28 +117,39 @@ impl Upstream {
 }
 
 /// Removes the headers that describe one connection rather than the message (RFC 9110 §7.6.1),
-/// including any the `Connection` header names.
+/// including any the `Connection` header names. Runs twice per request, so the common case (no
+/// hop-by-hop header at all) is one pass over the headers rather than a lookup per name.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+    let is_hop_by_hop = |name: &HeaderName| {
+        [
+            header::CONNECTION,
+            header::TE,
+            header::TRAILER,
+            header::TRANSFER_ENCODING,
+            header::UPGRADE,
+            header::PROXY_AUTHENTICATE,
+        ]
+        .contains(name)
+            || name == "keep-alive"
+            || name == "proxy-connection"
+    };
+    let mut remove: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_hop_by_hop(name))
+        .cloned()
         .collect();
-    for name in named {
-        headers.remove(name);
+    if remove.is_empty() {
+        return;
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    remove.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()),
+    );
+    for name in remove {
         headers.remove(name);
     }
 }
@@ -178,8 +187,12 @@ mod tests {
         );
         headers.insert("mcp-session-id", HeaderValue::from_static("abc"));
         remove_hop_by_hop(&mut headers);
-        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
         assert_eq!(left, ["accept", "mcp-session-id"]);
+        // Nothing hop-by-hop: nothing removed.
+        remove_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
     }
 
     #[test]

@@ -129,13 +129,16 @@ impl Gateway {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<ProxyBody> {
-        let request_id = uuid::Uuid::now_v7().to_string();
-        let request_id_header = HeaderValue::from_str(&request_id)
+        let mut id_buffer = uuid::Uuid::encode_buffer();
+        let request_id: &str = uuid::Uuid::now_v7()
+            .hyphenated()
+            .encode_lower(&mut id_buffer);
+        let request_id_header = HeaderValue::from_str(request_id)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let path = request.uri().path();
         let mut response = if path == self.settings.mcp_path {
             let mut ctx = RequestContext {
-                request_id,
+                request_id: request_id.to_owned(),
                 ip: peer.ip().to_canonical(),
                 caller: None,
                 user_agent: header_str(request.headers(), &header::USER_AGENT).map(str::to_owned),
@@ -263,7 +266,7 @@ impl Gateway {
         let is_delete = parts.method == Method::DELETE;
         let result = worker
             .upstream
-            .send(parts, body_bytes, &caller.name, ctx.ip, request_id)
+            .send(parts, body_bytes, &caller.header, ctx.ip, request_id)
             .await;
         let response = match result {
             Ok(response) => response,

@@ -120,7 +120,10 @@ async fn serve(
             continue;
         }
         let _ = stream.set_nodelay(true);
-        let registration = gateway.protection().connections().register(peer.ip());
+        let registration = gateway
+            .protection()
+            .connections()
+            .register(peer.ip(), &shutdown);
         let (gateway, worker) = (Arc::clone(&gateway), Arc::clone(&worker));
         let service = service_fn(move |request| {
             let (gateway, worker) = (Arc::clone(&gateway), Arc::clone(&worker));
@@ -132,17 +135,23 @@ async fn serve(
         let stopping = shutdown.clone();
         connections.spawn(async move {
             tokio::pin!(connection);
-            let grace = tokio::select! {
+            // One token for both reasons to stop: it is polled whenever the connection is.
+            tokio::select! {
+                biased;
                 result = connection.as_mut() => {
                     if let Err(err) = result {
                         tracing::debug!(%peer, error = %err, "connection ended with an error");
                     }
                     return;
                 }
-                // The source got blocked: finish the response in flight (the one that may have
-                // triggered the block deserves its answer), then close.
-                () = registration.closed().cancelled() => BLOCKED_GRACE,
-                () = stopping.cancelled() => DRAIN_TIMEOUT,
+                () = registration.closed().cancelled() => {}
+            }
+            // Shutting down: let requests finish. The source got blocked: finish the response in
+            // flight (the one that may have triggered the block deserves its answer), then close.
+            let grace = if stopping.is_cancelled() {
+                DRAIN_TIMEOUT
+            } else {
+                BLOCKED_GRACE
             };
             connection.as_mut().graceful_shutdown();
             if tokio::time::timeout(grace, connection).await.is_err() {
