@@ -5,10 +5,7 @@
 
 use std::{collections::HashMap, fmt, sync::Arc};
 
-use hyper::{
-    HeaderMap,
-    header::{AUTHORIZATION, HeaderValue},
-};
+use hyper::{HeaderMap, header::AUTHORIZATION};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -66,8 +63,6 @@ impl fmt::Debug for Sha256Digest {
 #[derive(Debug)]
 pub struct Caller {
     pub name: Arc<str>,
-    /// The name as the identity header's value, made once (names are checked header-safe).
-    pub header: HeaderValue,
     /// Per-user rate limit, if the config overrides the default.
     pub limit: Option<RateLimit>,
     key_digest: Sha256Digest,
@@ -96,8 +91,6 @@ impl Authenticator {
             .map(|user| {
                 let caller = Caller {
                     name: user.name.as_str().into(),
-                    header: HeaderValue::from_str(&user.name)
-                        .unwrap_or_else(|_| HeaderValue::from_static("invalid-name")),
                     limit: user.limit,
                     key_digest: user.key_digest,
                 };
@@ -144,6 +137,7 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::HeaderValue;
 
     fn authenticator() -> Authenticator {
         Authenticator::new(&[

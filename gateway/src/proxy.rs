@@ -266,7 +266,7 @@ impl Gateway {
         let is_delete = parts.method == Method::DELETE;
         let result = worker
             .upstream
-            .send(parts, body_bytes, &caller.header, ctx.ip, request_id)
+            .send(parts, body_bytes, &caller.name, ctx.ip, request_id)
             .await;
         let response = match result {
             Ok(response) => response,
