@@ -1,10 +1,15 @@
 //! Stage 2: per-caller rate limiting with exact sliding-window semantics.
 //!
 //! For each caller the limiter keeps the admission times of the requests inside the current window
-//! (at most `requests` of them) and admits a request only if fewer than `requests` were admitted in
-//! the `window` before it. That is exact at every instant, unlike fixed windows (twice the limit
-//! across a boundary) or token buckets (burst + refill). Memory per caller is bounded by the limit,
-//! and callers with no request inside their window are swept away.
+//! and admits a request only if fewer than `requests` were admitted in the `window` before it. No
+//! window of that length ever holds more than the limit, unlike fixed windows (twice the limit
+//! across a boundary) or token buckets (burst + refill).
+//!
+//! Admission times are kept per millisecond, rounded up, as (millisecond, count) runs: a caller
+//! sending thousands of requests a second costs one entry per millisecond rather than one per
+//! request (at most `min(requests, window in ms)` entries), and the rounding only ever makes a
+//! slot free up to 1 ms later, never earlier. Callers with no request inside their window are
+//! swept away.
 
 use std::{
     collections::VecDeque,
@@ -44,10 +49,16 @@ pub struct RateLimiter {
     windows: DashMap<Arc<str>, Window>,
 }
 
-/// Admission times (ns since the limiter's epoch) inside the caller's window, oldest first.
+/// How finely admission times are kept.
+const QUANTUM_NS: u64 = 1_000_000;
+
+/// Admissions inside the caller's window, oldest first: (time in ns since the limiter's epoch,
+/// rounded up to [`QUANTUM_NS`]; how many were admitted then).
 #[derive(Default)]
 struct Window {
-    admitted: VecDeque<u64>,
+    admitted: VecDeque<(u64, u32)>,
+    /// Sum of the counts in `admitted`.
+    total: u64,
 }
 
 impl RateLimiter {
@@ -90,22 +101,38 @@ impl RateLimiter {
         }
 
         let mut window = self.windows.entry(Arc::clone(caller)).or_default();
-        let admitted = &mut window.admitted;
+        let window = &mut *window;
         // Forget admissions that left the window (now - window, now].
-        while admitted.front().is_some_and(|&t| t + window_ns <= now_ns) {
-            admitted.pop_front();
+        while let Some(&(at, count)) = window.admitted.front()
+            && at + window_ns <= now_ns
+        {
+            window.admitted.pop_front();
+            window.total -= u64::from(count);
         }
-        let needed_free = (admitted.len() + cost).saturating_sub(max);
+        let needed_free = (window.total + cost as u64).saturating_sub(max as u64);
         if needed_free > 0 {
             // The request fits once the `needed_free` oldest admissions have left the window.
-            let frees_at = admitted[needed_free - 1] + window_ns;
+            let mut freed = 0;
+            let frees_at = window
+                .admitted
+                .iter()
+                .find(|&&(_, count)| {
+                    freed += u64::from(count);
+                    freed >= needed_free
+                })
+                .map_or(now_ns + window_ns, |&(at, _)| at + window_ns);
             return Err(Denied {
                 retry_after: Duration::from_nanos(frees_at - now_ns),
                 limit,
                 exceeds_limit: false,
             });
         }
-        admitted.extend(std::iter::repeat_n(now_ns, cost));
+        let at = now_ns.div_ceil(QUANTUM_NS) * QUANTUM_NS;
+        match window.admitted.back_mut() {
+            Some((last, count)) if *last == at => *count += cost as u32,
+            _ => window.admitted.push_back((at, cost as u32)),
+        }
+        window.total += cost as u64;
         Ok(())
     }
 
@@ -118,7 +145,7 @@ impl RateLimiter {
             window
                 .admitted
                 .back()
-                .is_some_and(|&newest| newest + idle_ns > now_ns)
+                .is_some_and(|&(newest, _)| newest + idle_ns > now_ns)
         });
     }
 
@@ -242,6 +269,39 @@ mod tests {
     }
 
     #[test]
+    fn admissions_within_a_millisecond_share_one_entry_and_free_no_earlier() {
+        let lim = limit(1_000, 1);
+        let limiter = RateLimiter::new(lim);
+        let alice: Arc<str> = "alice".into();
+        let t0 = limiter.epoch + Duration::from_millis(5);
+        // 1,000 admissions spread over 0.5 ms: one entry.
+        for i in 0..1_000u64 {
+            let at = t0 + Duration::from_nanos(i * 500);
+            assert!(limiter.check_at(&alice, lim, 1, at).is_ok());
+        }
+        let entries = limiter.windows.get(&alice).unwrap().admitted.len();
+        assert!(entries <= 2, "{entries} entries");
+        // The window is full until the rounded-up time of the oldest leaves it, never before
+        // the exact time does.
+        let exact_edge = t0 + Duration::from_secs(1);
+        assert!(
+            limiter
+                .check_at(&alice, lim, 1, exact_edge - Duration::from_nanos(1))
+                .is_err()
+        );
+        let denied = limiter
+            .check_at(&alice, lim, 1, t0 + Duration::from_millis(500))
+            .unwrap_err();
+        assert!(denied.retry_after >= Duration::from_millis(500));
+        assert!(denied.retry_after <= Duration::from_millis(501));
+        assert!(
+            limiter
+                .check_at(&alice, lim, 1, exact_edge + Duration::from_millis(1))
+                .is_ok()
+        );
+    }
+
+    #[test]
     fn idle_callers_are_swept() {
         let limiter = RateLimiter::new(limit(10, 60));
         for i in 0..100 {
@@ -251,6 +311,8 @@ mod tests {
         assert_eq!(limiter.tracked_callers(), 100);
         limiter.sweep(Duration::from_secs(60));
         assert_eq!(limiter.tracked_callers(), 100, "active callers are kept");
+        // Admission times are rounded up to the next millisecond.
+        std::thread::sleep(Duration::from_millis(2));
         limiter.sweep(Duration::ZERO);
         assert_eq!(limiter.tracked_callers(), 0);
     }
