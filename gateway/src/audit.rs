@@ -8,6 +8,8 @@
 //! the path (logrotate's `postrotate`); no line is lost across it.
 
 use std::{
+    cell::RefCell,
+    fmt::Write as _,
     fs::{File, OpenOptions},
     io::{self, Write},
     net::IpAddr,
@@ -20,6 +22,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use hyper::header::HeaderValue;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -61,20 +64,55 @@ pub enum Decision {
     AuditFailed,
 }
 
+/// A connection's peer, its address formatted once for the audit lines and X-Forwarded-For.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    pub ip_text: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(ip: IpAddr) -> Self {
+        let ip = ip.to_canonical();
+        // An address's text is always a valid header value.
+        let ip_text = HeaderValue::try_from(ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { ip, ip_text }
+    }
+
+    fn ip_str(&self) -> &str {
+        self.ip_text.to_str().unwrap_or("unknown")
+    }
+}
+
 /// The request facts every line of a request repeats.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     pub request_id: String,
-    pub ip: IpAddr,
+    pub peer: Peer,
     pub caller: Option<Arc<str>>,
     pub user_agent: Option<String>,
     pub session: Option<String>,
     pub http_method: String,
 }
 
-/// Writes `ts` as RFC 3339 with milliseconds, straight into the line (no string of its own).
+/// Writes `ts` as RFC 3339 with milliseconds. Under load many lines share a millisecond, so each
+/// thread keeps the text of the last one it wrote.
 fn rfc3339<S: serde::Serializer>(ts: &SystemTime, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&humantime::format_rfc3339_millis(*ts))
+    thread_local! {
+        static LAST: RefCell<(Option<u128>, String)> = const { RefCell::new((None, String::new())) };
+    }
+    let millis = ts
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    LAST.with_borrow_mut(|(last, text)| {
+        if *last != Some(millis) {
+            text.clear();
+            let _ = write!(text, "{}", humantime::format_rfc3339_millis(*ts));
+            *last = Some(millis);
+        }
+        serializer.serialize_str(text)
+    })
 }
 
 #[derive(Serialize)]
@@ -84,7 +122,7 @@ struct Line<'a> {
     event: &'static str,
     request_id: &'a str,
     caller: Option<&'a str>,
-    ip: IpAddr,
+    ip: &'a str,
     user_agent: Option<&'a str>,
     session: Option<&'a str>,
     http_method: &'a str,
@@ -109,7 +147,7 @@ impl<'a> Line<'a> {
             event,
             request_id: &ctx.request_id,
             caller: ctx.caller.as_deref(),
-            ip: ctx.ip,
+            ip: ctx.peer.ip_str(),
             user_agent: ctx.user_agent.as_deref().map(cap),
             session: ctx.session.as_deref().map(cap),
             http_method: &ctx.http_method,
@@ -578,7 +616,7 @@ mod tests {
     fn ctx() -> RequestContext {
         RequestContext {
             request_id: "r-1".into(),
-            ip: "192.0.2.1".parse().unwrap(),
+            peer: Peer::new("192.0.2.1".parse().unwrap()),
             caller: Some("alice".into()),
             user_agent: Some("x".repeat(1000)),
             session: Some("s-1".into()),

@@ -1,7 +1,7 @@
 //! Stage 4: forwarding to the MCP server over a pooled HTTP/1.1 client. The upstream sees a plain
 //! client: its own Host, the caller's identity in one header, never the caller's key.
 
-use std::{net::IpAddr, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -71,7 +71,7 @@ impl Upstream {
         parts: request::Parts,
         body: Bytes,
         caller: &str,
-        client_ip: IpAddr,
+        client_ip: &HeaderValue,
         request_id: &HeaderValue,
     ) -> Result<Response<Incoming>, ForwardError> {
         let mut headers = parts.headers;
@@ -158,12 +158,17 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, client_ip: IpAddr) {
-    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {client_ip}"),
-        None => client_ip.to_string(),
+fn append_forwarded_for(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let value = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            let mut value = previous.as_bytes().to_vec();
+            value.extend_from_slice(b", ");
+            value.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&value).ok()
+        }
+        None => Some(client_ip.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Some(value) = value {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }
@@ -202,8 +207,8 @@ mod tests {
     #[test]
     fn forwarded_for_is_appended() {
         let mut headers = HeaderMap::new();
-        append_forwarded_for(&mut headers, "192.0.2.1".parse().unwrap());
-        append_forwarded_for(&mut headers, "::1".parse().unwrap());
+        append_forwarded_for(&mut headers, &HeaderValue::from_static("192.0.2.1"));
+        append_forwarded_for(&mut headers, &HeaderValue::from_static("::1"));
         assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.1, ::1");
     }
 }

@@ -1,7 +1,6 @@
 //! The request path, in one place: authenticate -> rate-limit -> audit -> forward.
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -17,7 +16,7 @@ use hyper::{
 use serde_json::{Value, json};
 
 use crate::{
-    audit::{self, AuditLog, Decision, RequestContext, WorkerAudit},
+    audit::{self, AuditLog, Decision, Peer, RequestContext, WorkerAudit},
     auth::{AuthError, Authenticator},
     blocking::{Offense, Protection},
     config::Settings,
@@ -131,7 +130,7 @@ impl Gateway {
         &self,
         worker: &Worker,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Response<ProxyBody> {
         let mut id_buffer = uuid::Uuid::encode_buffer();
         let request_id: &str = uuid::Uuid::now_v7()
@@ -143,7 +142,7 @@ impl Gateway {
         let mut response = if path == self.settings.mcp_path {
             let mut ctx = RequestContext {
                 request_id: request_id.to_owned(),
-                ip: peer.ip().to_canonical(),
+                peer: peer.clone(),
                 caller: None,
                 user_agent: header_str(request.headers(), &header::USER_AGENT).map(str::to_owned),
                 session: header_str(request.headers(), &MCP_SESSION_ID).map(str::to_owned),
@@ -270,7 +269,13 @@ impl Gateway {
         let is_delete = parts.method == Method::DELETE;
         let result = worker
             .upstream
-            .send(parts, body_bytes, &caller.name, ctx.ip, request_id)
+            .send(
+                parts,
+                body_bytes,
+                &caller.name,
+                &ctx.peer.ip_text,
+                request_id,
+            )
             .await;
         let response = match result {
             Ok(response) => response,
@@ -412,7 +417,7 @@ impl Gateway {
             Decision::Forwarded | Decision::Forbidden | Decision::AuditFailed => None,
         };
         if let Some(offense) = offense {
-            self.protection.offense(ctx.ip, offense);
+            self.protection.offense(ctx.peer.ip, offense);
         }
         let messages = body.map_or(&[][..], |body| &body.messages[..]);
         if let Err(err) = audit

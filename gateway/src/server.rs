@@ -16,7 +16,10 @@ use hyper_util::{
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use crate::proxy::{Gateway, Worker};
+use crate::{
+    audit::Peer,
+    proxy::{Gateway, Worker},
+};
 
 /// Longest wait for open connections to finish after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,9 +128,14 @@ async fn serve(
             .connections()
             .register(peer.ip(), &shutdown);
         let (gateway, worker) = (Arc::clone(&gateway), Arc::clone(&worker));
+        let client = Arc::new(Peer::new(peer.ip()));
         let service = service_fn(move |request| {
-            let (gateway, worker) = (Arc::clone(&gateway), Arc::clone(&worker));
-            async move { Ok::<_, Infallible>(gateway.handle(&worker, request, peer).await) }
+            let (gateway, worker, client) = (
+                Arc::clone(&gateway),
+                Arc::clone(&worker),
+                Arc::clone(&client),
+            );
+            async move { Ok::<_, Infallible>(gateway.handle(&worker, request, &client).await) }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
