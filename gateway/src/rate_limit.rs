@@ -5,11 +5,11 @@
 //! window of that length ever holds more than the limit, unlike fixed windows (twice the limit
 //! across a boundary) or token buckets (burst + refill).
 //!
-//! Admission times are kept per millisecond, rounded up, as (millisecond, count) runs: a caller
-//! sending thousands of requests a second costs one entry per millisecond rather than one per
-//! request (at most `min(requests, window in ms)` entries), and the rounding only ever makes a
-//! slot free up to 1 ms later, never earlier. Callers with no request inside their window are
-//! swept away.
+//! Admissions less than 1 ms apart share one entry, which counts them and leaves the window with
+//! the latest of them: a caller sending thousands of requests a second costs one entry per
+//! millisecond rather than one per request (at most `min(requests, window in ms)` entries), and a
+//! slot frees at most 1 ms late, never early. A lone request keeps its exact time. Callers with no
+//! request inside their window are swept away.
 
 use std::{
     collections::VecDeque,
@@ -49,16 +49,31 @@ pub struct RateLimiter {
     windows: DashMap<Arc<str>, Window>,
 }
 
-/// How finely admission times are kept.
-const QUANTUM_NS: u64 = 1_000_000;
+/// Admissions closer together than this share an entry.
+const RUN_NS: u64 = 1_000_000;
 
-/// Admissions inside the caller's window, oldest first: (time in ns since the limiter's epoch,
-/// rounded up to [`QUANTUM_NS`]; how many were admitted then).
+/// Admissions inside the caller's window, oldest first.
 #[derive(Default)]
 struct Window {
-    admitted: VecDeque<(u64, u32)>,
+    admitted: VecDeque<Run>,
     /// Sum of the counts in `admitted`.
     total: u64,
+}
+
+/// Admissions within [`RUN_NS`] of the first of them (ns since the limiter's epoch).
+#[derive(Clone, Copy)]
+struct Run {
+    first: u64,
+    /// The latest admission, after `first` (under [`RUN_NS`], so it fits).
+    last_offset: u32,
+    count: u32,
+}
+
+impl Run {
+    /// When the run leaves a window of `window_ns`: with its latest admission.
+    fn leaves_at(self, window_ns: u64) -> u64 {
+        self.first + u64::from(self.last_offset) + window_ns
+    }
 }
 
 impl RateLimiter {
@@ -103,11 +118,11 @@ impl RateLimiter {
         let mut window = self.windows.entry(Arc::clone(caller)).or_default();
         let window = &mut *window;
         // Forget admissions that left the window (now - window, now].
-        while let Some(&(at, count)) = window.admitted.front()
-            && at + window_ns <= now_ns
+        while let Some(&run) = window.admitted.front()
+            && run.leaves_at(window_ns) <= now_ns
         {
             window.admitted.pop_front();
-            window.total -= u64::from(count);
+            window.total -= u64::from(run.count);
         }
         let needed_free = (window.total + cost as u64).saturating_sub(max as u64);
         if needed_free > 0 {
@@ -116,21 +131,29 @@ impl RateLimiter {
             let frees_at = window
                 .admitted
                 .iter()
-                .find(|&&(_, count)| {
-                    freed += u64::from(count);
+                .find(|run| {
+                    freed += u64::from(run.count);
                     freed >= needed_free
                 })
-                .map_or(now_ns + window_ns, |&(at, _)| at + window_ns);
+                .map_or(now_ns + window_ns, |run| run.leaves_at(window_ns));
             return Err(Denied {
-                retry_after: Duration::from_nanos(frees_at - now_ns),
+                retry_after: Duration::from_nanos(frees_at.saturating_sub(now_ns)),
                 limit,
                 exceeds_limit: false,
             });
         }
-        let at = now_ns.div_ceil(QUANTUM_NS) * QUANTUM_NS;
         match window.admitted.back_mut() {
-            Some((last, count)) if *last == at => *count += cost as u32,
-            _ => window.admitted.push_back((at, cost as u32)),
+            // (Workers read the clock before taking the caller's lock, so `now` may be a little
+            // older than the newest entry.)
+            Some(run) if now_ns.saturating_sub(run.first) < RUN_NS => {
+                run.last_offset = run.last_offset.max(now_ns.saturating_sub(run.first) as u32);
+                run.count += cost as u32;
+            }
+            _ => window.admitted.push_back(Run {
+                first: now_ns,
+                last_offset: 0,
+                count: cost as u32,
+            }),
         }
         window.total += cost as u64;
         Ok(())
@@ -145,7 +168,7 @@ impl RateLimiter {
             window
                 .admitted
                 .back()
-                .is_some_and(|&(newest, _)| newest + idle_ns > now_ns)
+                .is_some_and(|run| run.leaves_at(idle_ns) > now_ns)
         });
     }
 
@@ -270,6 +293,7 @@ mod tests {
 
     #[test]
     fn admissions_within_a_millisecond_share_one_entry_and_free_no_earlier() {
+        // (Runs of 1 ms: 1,000 admissions over 0.5 ms make one entry.)
         let lim = limit(1_000, 1);
         let limiter = RateLimiter::new(lim);
         let alice: Arc<str> = "alice".into();
@@ -281,8 +305,8 @@ mod tests {
         }
         let entries = limiter.windows.get(&alice).unwrap().admitted.len();
         assert!(entries <= 2, "{entries} entries");
-        // The window is full until the rounded-up time of the oldest leaves it, never before
-        // the exact time does.
+        // The window is full until the run's latest admission leaves it, never before the
+        // exact time of the oldest does.
         let exact_edge = t0 + Duration::from_secs(1);
         assert!(
             limiter
@@ -311,8 +335,6 @@ mod tests {
         assert_eq!(limiter.tracked_callers(), 100);
         limiter.sweep(Duration::from_secs(60));
         assert_eq!(limiter.tracked_callers(), 100, "active callers are kept");
-        // Admission times are rounded up to the next millisecond.
-        std::thread::sleep(Duration::from_millis(2));
         limiter.sweep(Duration::ZERO);
         assert_eq!(limiter.tracked_callers(), 0);
     }
