@@ -44,7 +44,7 @@ enum Command {
         #[arg(value_enum, default_value = "all")]
         scenario: bench::Scenario,
         /// Runs per figure.
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 5)]
         runs: usize,
         /// Seconds per load run.
         #[arg(long, default_value_t = 10)]
