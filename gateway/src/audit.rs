@@ -452,6 +452,10 @@ impl WorkerAudit {
     /// The worker's flush task: writes each batch when woken, and whatever is held at least every
     /// [`FLUSH_EVERY`]. Runs until the worker's runtime stops; call [`WorkerAudit::flush`] then.
     pub async fn run(self: Arc<Self>) {
+        if matches!(self.log.sink.as_ref(), Sink::GroupCommit(_)) {
+            // The group-commit writer has everything already.
+            return;
+        }
         let mut tick = tokio::time::interval(FLUSH_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

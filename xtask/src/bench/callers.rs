@@ -1,12 +1,12 @@
 //! Scenario 2: many callers. Throughput with requests spread over 10,000 keys against one key,
 //! and the gateway's memory with 100,000 distinct callers' limiter state.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Result;
 
 use super::{
-    Bench, Spread, bench_keys, demo_upstream, free_addr, gateway_config, load::LoadArgs,
+    Bench, Service, Spread, bench_keys, demo_upstream, free_addr, gateway_config, load::LoadArgs,
     report::Section, start_gateway,
 };
 
@@ -21,18 +21,8 @@ pub fn run(bench: &Bench) -> Result<Section> {
 
     // Throughput: the same gateway, one key vs requests spread over 10,000 keys.
     let keys = bench_keys(MANY_KEYS);
-    let dir = bench.dir("callers");
-    let keys_file = dir.join("keys.txt");
-    std::fs::write(&keys_file, keys.join("\n"))?;
-    let addr = free_addr()?;
-    let config = gateway_config(
-        addr,
-        &upstream_url,
-        &dir.join("audit.jsonl"),
-        &keys,
-        "[blocking]\nenabled = false\n",
-    );
-    let _gateway = start_gateway(bench, &dir, &config, None)?;
+    let (_gateway, addr, keys_file) =
+        gateway_with_keys(bench, "callers", &upstream_url, &keys, 60)?;
     let spread_over = |key: Option<String>, keys_file: Option<PathBuf>| LoadArgs {
         key,
         keys_file,
@@ -55,20 +45,13 @@ pub fn run(bench: &Bench) -> Result<Section> {
     let (one, many) = (Spread::of(&one), Spread::of(&many));
 
     // Memory: 100,000 users; every one calls once, twice; the limiter keeps a window per caller.
-    let mem_keys = bench_keys(MEMORY_CALLERS);
-    let mem_dir = bench.dir("callers-memory");
-    let mem_keys_file = mem_dir.join("keys.txt");
-    std::fs::write(&mem_keys_file, mem_keys.join("\n"))?;
-    let mem_addr = free_addr()?;
-    let config = gateway_config(
-        mem_addr,
+    let (gateway, mem_addr, mem_keys_file) = gateway_with_keys(
+        bench,
+        "callers-memory",
         &upstream_url,
-        &mem_dir.join("audit.jsonl"),
-        &mem_keys,
-        "[blocking]\nenabled = false\n",
-    )
-    .replace("window_secs = 60\n", "window_secs = 3600\n");
-    let gateway = start_gateway(bench, &mem_dir, &config, None)?;
+        &bench_keys(MEMORY_CALLERS),
+        3600,
+    )?;
     // Parsing 100,000 users' config is transient; let the allocator hand it back first.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let (idle_kib, _) = gateway.memory_kib();
@@ -112,4 +95,32 @@ pub fn run(bench: &Bench) -> Result<Section> {
                 .into(),
         ],
     })
+}
+
+/// A gateway with one user per key (limit window `window_secs`) and the keys in `<name>/keys.txt`
+/// for the load generator; returns it, its address and the keys file.
+fn gateway_with_keys(
+    bench: &Bench,
+    name: &str,
+    upstream_url: &str,
+    keys: &[String],
+    window_secs: u64,
+) -> Result<(Service, SocketAddr, PathBuf)> {
+    let dir = bench.dir(name);
+    let keys_file = dir.join("keys.txt");
+    std::fs::write(&keys_file, keys.join("\n"))?;
+    let addr = free_addr()?;
+    let config = gateway_config(
+        addr,
+        upstream_url,
+        &dir.join("audit.jsonl"),
+        keys,
+        "[blocking]\nenabled = false\n",
+    )
+    .replace(
+        "window_secs = 60\n",
+        &format!("window_secs = {window_secs}\n"),
+    );
+    let gateway = start_gateway(bench, &dir, &config, None)?;
+    Ok((gateway, addr, keys_file))
 }
