@@ -2,71 +2,59 @@
 //! server behind the gateway, tools callable with that key and only with it.
 
 use std::{
-    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::Path,
     process::{Command, Stdio},
-    time::Duration,
 };
 
-use e2e_tests::{KillOnDrop, free_port, gateway_bin, send};
+use e2e_tests::{KillOnDrop, free_port, gateway_bin, send, spawn_listening, wait_for_port};
 use hyper::{Method, StatusCode};
+
+fn demo_command(dir: &Path, addr: SocketAddr) -> Command {
+    let mut command = Command::new(gateway_bin());
+    command
+        .args([
+            "demo",
+            "--no-xdp",
+            "--listen",
+            &addr.to_string(),
+            "--audit-path",
+        ])
+        .arg(dir.join("audit.jsonl"));
+    command
+}
+
+fn call(name: &str, arguments: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}","arguments":{arguments}}}}}"#
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_serves_tools_with_the_printed_key() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut demo = KillOnDrop(
-        Command::new(gateway_bin())
-            .args([
-                "demo",
-                "--no-xdp",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--audit-path",
-            ])
-            .arg(dir.path().join("audit.jsonl"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the demo"),
-    );
-    let stdout = demo.0.stdout.take().expect("stdout");
-    let key = BufReader::new(stdout)
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = dir.path().join("demo.log");
+    let _demo = spawn_listening(demo_command(dir.path(), addr), "demo", &log, addr);
+    let printed = std::fs::read_to_string(&log).unwrap();
+    let key = printed
         .lines()
-        .map_while(Result::ok)
-        .find_map(|line| {
-            line.split_once("(shown once): ")
-                .map(|(_, key)| key.trim().to_owned())
-        })
-        .expect("the demo prints its key");
-    let url = format!("http://127.0.0.1:{port}/mcp");
+        .find_map(|line| line.split_once("(shown once): "))
+        .map(|(_, key)| key.trim().to_owned())
+        .unwrap_or_else(|| panic!("the demo prints its key:\n{printed}"));
+    let url = format!("http://{addr}/mcp");
     let bearer = format!("Bearer {key}");
-    let call = |name: &str, arguments: &str| {
-        format!(
-            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{name}","arguments":{arguments}}}}}"#
-        )
-    };
     let headers = [
         ("authorization", bearer.as_str()),
         ("content-type", "application/json"),
     ];
-    let mut answer = None;
-    for _ in 0..50 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            answer = Some(
-                send(
-                    Method::POST,
-                    &url,
-                    &headers,
-                    call("add", r#"{"a":2,"b":40}"#),
-                )
-                .await,
-            );
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let answer = answer.expect("the demo listens");
+    let answer = send(
+        Method::POST,
+        &url,
+        &headers,
+        call("add", r#"{"a":2,"b":40}"#),
+    )
+    .await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.json()["result"]["content"][0]["text"], "42");
     let echo = send(
@@ -85,4 +73,34 @@ async fn the_demo_serves_tools_with_the_printed_key() {
     )
     .await;
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+}
+
+/// A reader that goes away (`gateway demo | head -2`) must not take the gateway down with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_keeps_serving_when_its_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = dir.path().join("demo.log");
+    let mut command = demo_command(dir.path(), addr);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut demo = KillOnDrop(command.spawn().expect("start the demo"));
+    drop(demo.0.stdout.take());
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for_port(addr, &mut demo.0, "demo", &logs);
+    let wrong = send(
+        Method::POST,
+        &format!("http://{addr}/mcp"),
+        &[("authorization", "Bearer not-the-demo-key")],
+        call("echo", "{}"),
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        logs().contains("cannot print the demo banner"),
+        "the demo says why no key was shown:\n{}",
+        logs()
+    );
 }

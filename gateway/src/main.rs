@@ -1,4 +1,8 @@
-use std::{io::Read, net::SocketAddr, path::PathBuf};
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    path::PathBuf,
+};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -233,17 +237,26 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Res
     let settings = Config::from_toml(&toml)
         .map_err(anyhow::Error::msg)?
         .validate(None, None)?;
-    println!(
-        "Demo: the gateway on http://{listen}/mcp in front of a built-in MCP server (tools: echo, add)."
-    );
-    println!("Key for user \"demo\" (shown once): {key}");
-    println!("Call a tool:");
-    println!(
-        "  curl -s http://{listen}/mcp -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+    let banner = format!(
+        "Demo: the gateway on http://{listen}/mcp in front of a built-in MCP server (tools: echo, add).\n\
+         Key for user \"demo\" (shown once): {key}\n\
+         Call a tool:\n  \
+         curl -s http://{listen}/mcp -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
          -H 'Accept: application/json, text/event-stream' \
-         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"hello\"}}}}}}'"
+         -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"hello\"}}}}}}'\n\
+         Audit log: {}   (Ctrl-C to stop)\n",
+        audit_path.display()
     );
-    println!("Audit log: {}   (Ctrl-C to stop)", audit_path.display());
+    // One write, so a reader sees the whole banner at once. A reader that has gone (`| head -2`)
+    // must not take the gateway down with it, as `println!` would on a broken pipe.
+    let mut stdout = std::io::stdout().lock();
+    if let Err(err) = stdout
+        .write_all(banner.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        tracing::warn!("cannot print the demo banner and key to stdout ({err}); serving anyway");
+    }
+    drop(stdout);
     app::run(settings).await
 }
 

@@ -62,7 +62,12 @@ pub fn free_port() -> u16 {
 }
 
 /// Starts `command` with its output in `log` and waits until it listens on `addr`.
-fn spawn_listening(mut command: Command, what: &str, log: &Path, addr: SocketAddr) -> KillOnDrop {
+pub fn spawn_listening(
+    mut command: Command,
+    what: &str,
+    log: &Path,
+    addr: SocketAddr,
+) -> KillOnDrop {
     let file = std::fs::File::create(log).expect("log file");
     let child = command
         .stdin(Stdio::null())
@@ -77,7 +82,8 @@ fn spawn_listening(mut command: Command, what: &str, log: &Path, addr: SocketAdd
     process
 }
 
-fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str, logs: &dyn Fn() -> String) {
+/// Waits until `child` listens on `addr`; panics with `logs()` if it exits or takes over 20 s.
+pub fn wait_for_port(addr: SocketAddr, child: &mut Child, what: &str, logs: &dyn Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {

@@ -166,7 +166,8 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     lint(root)?;
     let gateway = build(root)?;
 
-    let mut args = vec!["test", "--workspace", "--release", "--"];
+    // Every test binary runs even after a failure, so one run reports every failing test.
+    let mut args = vec!["test", "--workspace", "--release", "--no-fail-fast", "--"];
     if let Some(filter) = filter {
         args.push(filter);
     }
