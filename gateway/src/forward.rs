@@ -1,22 +1,21 @@
-//! Stage 4: forwarding to the MCP server over a pooled HTTP/1.1 client. The upstream sees a plain
-//! client: its own Host, the caller's identity in one header, never the caller's key.
+//! Stage 4: forwarding to the MCP server over the worker's pooled HTTP/1.1 connections. The
+//! upstream sees a plain client: its own Host, the caller's identity in one header, never the
+//! caller's key.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
     HeaderMap, Request, Response, Uri, Version,
-    body::Incoming,
     header::{self, HeaderName, HeaderValue},
-    http::request,
-};
-use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
-    rt::{TokioExecutor, TokioTimer},
+    http::{request, uri::PathAndQuery},
 };
 
-use crate::config::Settings;
+use crate::{
+    config::Settings,
+    pool::{ConnectionPool, PoolError, PooledBody},
+};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -24,14 +23,15 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
     #[error("the MCP server is unreachable: {0}")]
-    Unavailable(#[source] hyper_util::client::legacy::Error),
+    Unavailable(#[source] PoolError),
     #[error("the MCP server did not answer within {0:?}")]
     Timeout(Duration),
 }
 
 pub struct Upstream {
-    client: Client<HttpConnector, Full<Bytes>>,
-    url: Uri,
+    pool: Arc<ConnectionPool>,
+    /// The upstream URL's path, which every request goes to.
+    path: PathAndQuery,
     host: HeaderValue,
     caller_header: HeaderName,
     authorization: Option<HeaderValue>,
@@ -40,22 +40,23 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(settings: &Settings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        let host = settings
-            .upstream_url
+        let url = &settings.upstream_url;
+        // The config accepts only http:// URLs with a host.
+        let address = format!(
+            "{}:{}",
+            url.host().unwrap_or("localhost"),
+            url.port_u16().unwrap_or(80)
+        );
+        let host = url
             .authority()
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         Self {
-            client,
-            url: settings.upstream_url.clone(),
+            pool: ConnectionPool::new(address),
+            path: url
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")),
             host,
             caller_header: settings.caller_header.clone(),
             authorization: settings.upstream_authorization.clone(),
@@ -73,7 +74,7 @@ impl Upstream {
         caller: &str,
         client_ip: &HeaderValue,
         request_id: &HeaderValue,
-    ) -> Result<Response<Incoming>, ForwardError> {
+    ) -> Result<Response<PooledBody>, ForwardError> {
         let mut headers = parts.headers;
         remove_hop_by_hop(&mut headers);
         // The caller's credentials and any identity header it forged never go upstream.
@@ -98,7 +99,7 @@ impl Upstream {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
 
-        match tokio::time::timeout(self.timeout, self.client.request(request)).await {
+        match tokio::time::timeout(self.timeout, self.pool.send(request)).await {
             Ok(Ok(mut response)) => {
                 remove_hop_by_hop(response.headers_mut());
                 Ok(response)
@@ -108,15 +109,15 @@ impl Upstream {
         }
     }
 
-    /// The upstream URL, with the client's query string (the path is always the upstream's).
+    /// The upstream URL's path in origin form, with the client's query string if it sent one.
     fn target(&self, query: Option<&str>) -> Uri {
-        let Some(query) = query else {
-            return self.url.clone();
+        let path_and_query = match query {
+            None => self.path.clone(),
+            Some(query) => format!("{}?{query}", self.path.path())
+                .parse()
+                .unwrap_or_else(|_| self.path.clone()),
         };
-        let path = self.url.path();
-        let mut parts = self.url.clone().into_parts();
-        parts.path_and_query = format!("{path}?{query}").parse().ok();
-        Uri::from_parts(parts).unwrap_or_else(|_| self.url.clone())
+        Uri::from(path_and_query)
     }
 }
 

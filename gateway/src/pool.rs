@@ -1,0 +1,336 @@
+//! A worker's keep-alive HTTP/1.1 connections to the MCP server.
+//!
+//! Each worker has its own pool, used only from its own thread, for one server. That is all
+//! hyper-util's general client would do here, and its per-request work (hashing the scheme and
+//! authority into its pool map, a task spawned to watch each connection become idle again) was
+//! about a tenth of the gateway's own instructions per request (callgrind). Here a connection goes
+//! back to the pool when its response body has been read to the end, and is taken again only
+//! once hyper says it is ready for the next request.
+
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{
+    Request, Response,
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http1::{self, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+type Sender = SendRequest<Full<Bytes>>;
+
+/// Idle connections kept per worker; more are closed when their response ends.
+const MAX_IDLE: usize = 1024;
+/// An idle connection unused this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no connection to {address} within {CONNECT_TIMEOUT:?}")]
+    ConnectTimeout { address: String },
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+}
+
+pub struct ConnectionPool {
+    /// `host:port` of the server.
+    address: String,
+    /// Most recently returned at the back.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl ConnectionPool {
+    pub fn new(address: String) -> Arc<Self> {
+        Arc::new(Self {
+            address,
+            idle: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Sends `request` (origin-form URI, Host set) on an idle connection, or a new one. The
+    /// response body holds the connection until it has been read to the end.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        loop {
+            let (mut sender, reused) = match self.checkout() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let release = Some(Release {
+                        pool: Arc::clone(self),
+                        sender,
+                    });
+                    return Ok(response.map(|body| PooledBody {
+                        body,
+                        ended: false,
+                        release,
+                    }));
+                }
+                // The server closed an idle connection before the request went out: the request
+                // comes back unsent and is safe to send on another connection.
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(err.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// The most recently used connection that is ready for a request. One whose last response
+    /// ended a moment ago may still be finishing it; it stays in the pool.
+    fn checkout(&self) -> Option<Sender> {
+        let mut idle = lock(&self.idle);
+        let mut index = idle.len();
+        while index > 0 {
+            index -= 1;
+            if idle[index].sender.is_ready() {
+                return idle.remove(index).map(|idle| idle.sender);
+            }
+            if idle[index].sender.is_closed() {
+                idle.remove(index);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = lock(&self.idle);
+        // The oldest are at the front: close those past their time, a few per return.
+        while idle
+            .front()
+            .is_some_and(|oldest| oldest.sender.is_closed() || now - oldest.since > IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < MAX_IDLE {
+            idle.push_back(Idle { sender, since: now });
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, PoolError> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+            .await
+            .map_err(|_| PoolError::ConnectTimeout {
+                address: self.address.clone(),
+            })?
+            .map_err(|source| PoolError::Connect {
+                address: self.address.clone(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+struct Release {
+    pool: Arc<ConnectionPool>,
+    sender: Sender,
+}
+
+/// A response body from the server. Once read to the end, it returns its connection to the pool
+/// when dropped; dropped before that, the connection closes (HTTP/1.1 cannot abandon a response
+/// half-read).
+pub struct PooledBody {
+    body: Incoming,
+    /// Read to the end (a chunked body still says it is not, once it has ended).
+    ended: bool,
+    release: Option<Release>,
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.body).poll_frame(cx));
+        match &frame {
+            None => self.ended = true,
+            Some(Ok(_)) => self.ended = self.body.is_end_stream(),
+            Some(Err(_)) => self.release = None,
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled at all.
+        if (self.ended || self.body.is_end_stream())
+            && let Some(Release { pool, sender }) = self.release.take()
+        {
+            pool.checkin(sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        convert::Infallible,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use http_body_util::BodyExt;
+    use hyper::{header, service::service_fn};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A real HTTP/1.1 server on loopback that counts the connections it accepted. `/stream`
+    /// answers with a chunked body of three parts; anything else with "ok". With `keep_alive`
+    /// false it closes each connection after one answer.
+    async fn server(keep_alive: bool) -> (Arc<ConnectionPool>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let parts = if request.uri().path() == "/stream" {
+                        vec!["a", "b", "c"]
+                    } else {
+                        vec!["ok"]
+                    };
+                    Ok::<_, Infallible>(Response::new(Chunked(parts.into())))
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .keep_alive(keep_alive)
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (ConnectionPool::new(address), accepted)
+    }
+
+    /// A body of unknown length, so it goes out chunked, one part per frame.
+    struct Chunked(VecDeque<&'static str>);
+
+    impl Body for Chunked {
+        type Data = Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+            Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|part| Ok(Frame::data(Bytes::from(part)))),
+            )
+        }
+    }
+
+    fn get(path: &str) -> Request<Full<Bytes>> {
+        Request::builder()
+            .uri(path)
+            .header(header::HOST, "test")
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    }
+
+    async fn read(response: Response<PooledBody>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_is_reused_once_its_response_was_read() {
+        let (pool, accepted) = server(true).await;
+        for path in ["/", "/stream", "/", "/stream"] {
+            let body = read(pool.send(get(path)).await.unwrap()).await;
+            assert!(body == "ok" || body == "abc", "{body:?}");
+            // Let the connection's task see the end of the response.
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_response_dropped_half_read_does_not_give_its_connection_back() {
+        let (pool, accepted) = server(true).await;
+        let mut body = pool.send(get("/stream")).await.unwrap().into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "a");
+        drop(body);
+        assert_eq!(read(pool.send(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_the_server_closed_is_replaced() {
+        let (pool, accepted) = server(false).await;
+        for _ in 0..3 {
+            assert_eq!(read(pool.send(get("/")).await.unwrap()).await, "ok");
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_server_that_is_not_there_is_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        let pool = ConnectionPool::new(address);
+        match pool.send(get("/")).await {
+            Err(PoolError::Connect { .. }) => {}
+            Err(err) => panic!("expected a connect error, got {err}"),
+            Ok(_) => panic!("a response from a closed port"),
+        }
+    }
+}
