@@ -568,3 +568,37 @@ async fn a_tool_can_have_its_own_limit_per_caller() {
     );
     assert_eq!(upstream.count(), 4);
 }
+
+/// The workers share their port with SO_REUSEPORT; a second gateway must not quietly join them
+/// and take part of the traffic.
+#[test]
+fn a_second_gateway_on_the_same_port_refuses_to_start() {
+    let first = Gateway::start("http://127.0.0.1:9/mcp", "");
+    let mut second = e2e_tests::KillOnDrop(
+        std::process::Command::new(e2e_tests::gateway_bin())
+            .arg("--config")
+            .arg(first.dir.path().join("gateway.toml"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the second gateway"),
+    );
+    let mut status = None;
+    for _ in 0..100 {
+        status = second.0.try_wait().expect("wait");
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = status.expect("the second gateway exits instead of serving");
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("listen: cannot bind {}", first.addr))
+            && stderr.contains("in use"),
+        "{stderr}"
+    );
+}

@@ -28,6 +28,11 @@ const BLOCKED_GRACE: Duration = Duration::from_secs(1);
 
 /// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT.
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    // SO_REUSEPORT alone would let a second gateway of the same user share the port silently,
+    // each taking part of the traffic. A plain bind first fails if anything holds the port.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     (0..workers)
         .map(|_| {
             let socket = socket2::Socket::new(
