@@ -78,7 +78,7 @@ async fn identity_goes_upstream_and_credentials_do_not() {
         seen.headers["accept"],
         "application/json, text/event-stream"
     );
-    assert_eq!(seen.uri.path(), "/mcp");
+    assert_eq!(seen.uri, "/mcp", "origin form, the upstream's path");
     assert_eq!(
         &seen.body[..],
         CALL.as_bytes(),
@@ -87,6 +87,21 @@ async fn identity_goes_upstream_and_credentials_do_not() {
 
     let lines = gateway.audit_lines();
     assert_eq!(lines[0]["request_id"], request_id.as_str());
+
+    // The client's query string goes along with the upstream's path.
+    let with_query = send(
+        Method::POST,
+        &format!("{}?cursor=2", gateway.url()),
+        &[
+            ("authorization", ALICE),
+            ("content-type", "application/json"),
+            ("accept", "application/json, text/event-stream"),
+        ],
+        CALL.to_owned(),
+    )
+    .await;
+    assert_eq!(with_query.status, StatusCode::OK);
+    assert_eq!(upstream.last().uri, "/mcp?cursor=2");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
