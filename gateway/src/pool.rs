@@ -29,7 +29,8 @@ type Sender = SendRequest<Full<Bytes>>;
 
 /// Idle connections kept per worker; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
-/// An idle connection unused this long is closed.
+/// An idle connection unused this long is closed when the next one comes back (without traffic,
+/// the server's own keep-alive timeout closes them).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
