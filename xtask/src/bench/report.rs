@@ -87,6 +87,14 @@ impl Report {
             let _ = writeln!(out, "- {line}");
         }
         let _ = writeln!(out, "\n![headline ratios]({chart})\n");
+        let verdicts = self.verdicts();
+        if !verdicts.is_empty() {
+            let _ = writeln!(out, "Headline ratios against their targets:\n");
+            for verdict in verdicts {
+                let _ = writeln!(out, "- {verdict}");
+            }
+            let _ = writeln!(out);
+        }
         for section in &self.sections {
             let _ = writeln!(out, "### {}\n\n{}\n", section.title, section.intro);
             for (i, row) in section.table.iter().enumerate() {
@@ -104,6 +112,23 @@ impl Report {
             }
         }
         out
+    }
+
+    /// One line per headline ratio that has a target, saying plainly whether this run met it.
+    fn verdicts(&self) -> Vec<String> {
+        self.sections
+            .iter()
+            .flat_map(|section| &section.headline)
+            .filter(|(_, _, target)| *target > 0.0)
+            .map(|(label, value, target)| {
+                let verdict = if value >= target {
+                    "met"
+                } else {
+                    "**not met**"
+                };
+                format!("{label}: {value:.2} (target >= {target}): {verdict}")
+            })
+            .collect()
     }
 
     fn update_readme(&self, root: &Path, stamp: &str, body: &str) -> Result<()> {
@@ -196,4 +221,34 @@ fn utc_stamp() -> String {
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
         .unwrap_or_else(|_| "unknown-time".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdicts_say_which_targets_a_run_missed() {
+        let report = Report {
+            machine: Vec::new(),
+            sections: vec![Section {
+                title: String::new(),
+                intro: String::new(),
+                table: Vec::new(),
+                headline: vec![
+                    ("a / b".into(), 0.94, 1.0),
+                    ("c / d".into(), 0.7, 0.5),
+                    ("no target".into(), 0.4, 0.0),
+                ],
+                notes: Vec::new(),
+            }],
+        };
+        assert_eq!(
+            report.verdicts(),
+            [
+                "a / b: 0.94 (target >= 1): **not met**",
+                "c / d: 0.70 (target >= 0.5): met"
+            ]
+        );
+    }
 }
