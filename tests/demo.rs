@@ -81,13 +81,15 @@ async fn the_demo_keeps_serving_when_its_stdout_is_closed() {
     let dir = tempfile::tempdir().unwrap();
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let log = dir.path().join("demo.log");
+    // A pipe whose reader is gone before the demo starts: its first write gets EPIPE.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
     let mut command = demo_command(dir.path(), addr);
     command
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
+        .stdout(writer)
         .stderr(std::fs::File::create(&log).unwrap());
     let mut demo = KillOnDrop(command.spawn().expect("start the demo"));
-    drop(demo.0.stdout.take());
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for_port(addr, &mut demo.0, "demo", &logs);
     let wrong = send(
