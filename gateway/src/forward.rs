@@ -30,7 +30,7 @@ pub enum ForwardError {
 
 pub struct Upstream {
     pool: Arc<ConnectionPool>,
-    /// The upstream URL's path, which every request goes to.
+    /// The upstream URL's path (and query), where every request goes.
     path: PathAndQuery,
     host: HeaderValue,
     caller_header: HeaderName,

@@ -2,9 +2,9 @@
 //!
 //! The gateway runs one worker per CPU, like nginx's worker processes: each worker is a thread with
 //! its own single-threaded runtime, its own listening socket on the same port (SO_REUSEPORT: the
-//! kernel spreads connections), its own pool of upstream connections and its own audit batches, so a request never waits
-//! for a wake-up on another thread. State that must be shared (keys, limits, sessions, audit log,
-//! blocks) is shared through the [`Gateway`].
+//! kernel spreads connections), its own pool of upstream connections and its own audit batches,
+//! so a request never waits for a wake-up on another thread. State that must be shared (keys,
+//! limits, sessions, audit log, blocks) is shared through the [`Gateway`].
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
