@@ -22,7 +22,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use hyper::header::HeaderValue;
+use hyper::{Method, header::HeaderValue};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -100,14 +100,14 @@ impl Peer {
 }
 
 /// The request facts every line of a request repeats.
-#[derive(Debug, Clone)]
-pub struct RequestContext {
-    pub request_id: String,
-    pub peer: Peer,
-    pub caller: Option<Arc<str>>,
+#[derive(Debug)]
+pub struct RequestContext<'a> {
+    pub request_id: &'a str,
+    pub peer: &'a Peer,
+    pub caller: Option<&'a str>,
     pub user_agent: Option<String>,
     pub session: Option<String>,
-    pub http_method: String,
+    pub http_method: Method,
 }
 
 /// Calls `with` on `ts` as RFC 3339 with milliseconds. Under load many lines share a
@@ -143,18 +143,18 @@ struct Line<'a> {
 
 impl<'a> Line<'a> {
     /// Starts a line with the fields every line of a request repeats.
-    fn start(out: &'a mut Vec<u8>, event: &str, ctx: &RequestContext) -> Self {
+    fn start(out: &'a mut Vec<u8>, event: &str, ctx: &RequestContext<'_>) -> Self {
         out.extend_from_slice(b"{\"ts\":\"");
         with_rfc3339(SystemTime::now(), |ts| out.extend_from_slice(ts.as_bytes()));
         out.push(b'"');
         let mut line = Self { out };
         line.str("event", Some(event));
-        line.str("request_id", Some(&ctx.request_id));
-        line.str("caller", ctx.caller.as_deref());
+        line.str("request_id", Some(ctx.request_id));
+        line.str("caller", ctx.caller);
         line.str("ip", Some(ctx.peer.ip_str()));
         line.str("user_agent", ctx.user_agent.as_deref().map(cap));
         line.str("session", ctx.session.as_deref().map(cap));
-        line.str("http_method", Some(&ctx.http_method));
+        line.str("http_method", Some(ctx.http_method.as_str()));
         line
     }
 
@@ -214,7 +214,11 @@ fn push_json_str(out: &mut Vec<u8>, value: &str) {
 
 /// `event: "request"` lines: one per JSON-RPC message, or one for a request without messages
 /// (GET, DELETE, or refused before the body was read).
-pub fn request_lines(ctx: &RequestContext, messages: &[Message], decision: Decision) -> Vec<u8> {
+pub fn request_lines(
+    ctx: &RequestContext<'_>,
+    messages: &[Message],
+    decision: Decision,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 * messages.len().max(1));
     if messages.is_empty() {
         let mut line = Line::start(&mut out, "request", ctx);
@@ -243,7 +247,7 @@ pub fn request_lines(ctx: &RequestContext, messages: &[Message], decision: Decis
 }
 
 /// The `event: "response"` line of a forwarded request: upstream status and time to its headers.
-pub fn response_line(ctx: &RequestContext, status: u16, latency: Duration) -> Vec<u8> {
+pub fn response_line(ctx: &RequestContext<'_>, status: u16, latency: Duration) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     let mut line = Line::start(&mut out, "response", ctx);
     line.number("status", status);
@@ -660,14 +664,14 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
-    fn ctx() -> RequestContext {
+    fn ctx() -> RequestContext<'static> {
         RequestContext {
-            request_id: "r-1".into(),
-            peer: Peer::new("192.0.2.1".parse().unwrap()),
-            caller: Some("alice".into()),
+            request_id: "r-1",
+            peer: Box::leak(Box::new(Peer::new("192.0.2.1".parse().unwrap()))),
+            caller: Some("alice"),
             user_agent: Some("x".repeat(1000)),
             session: Some("s-1".into()),
-            http_method: "POST".into(),
+            http_method: Method::POST,
         }
     }
 

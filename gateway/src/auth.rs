@@ -81,7 +81,7 @@ pub enum AuthError {
 
 /// The users the gateway accepts, keyed by the digest of their key.
 pub struct Authenticator {
-    by_digest: HashMap<Sha256Digest, Arc<Caller>>,
+    by_digest: HashMap<Sha256Digest, Caller>,
 }
 
 impl Authenticator {
@@ -94,7 +94,7 @@ impl Authenticator {
                     limit: user.limit,
                     key_digest: user.key_digest,
                 };
-                (user.key_digest, Arc::new(caller))
+                (user.key_digest, caller)
             })
             .collect();
         Self { by_digest }
@@ -102,7 +102,7 @@ impl Authenticator {
 
     /// The caller whose key is in the `Authorization: Bearer` header. The query string is never
     /// consulted: keys in URLs end up in logs and browser histories.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Arc<Caller>, AuthError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Caller, AuthError> {
         let mut values = headers.get_all(AUTHORIZATION).iter();
         let value = values.next().ok_or(AuthError::Missing)?;
         if values.next().is_some() {
@@ -112,7 +112,7 @@ impl Authenticator {
         let digest = Sha256Digest::of(token);
         let caller = self.by_digest.get(&digest).ok_or(AuthError::InvalidKey)?;
         if bool::from(caller.key_digest.ct_eq(&digest)) {
-            Ok(Arc::clone(caller))
+            Ok(caller)
         } else {
             Err(AuthError::InvalidKey)
         }

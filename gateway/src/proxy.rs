@@ -141,12 +141,12 @@ impl Gateway {
         let path = request.uri().path();
         let mut response = if path == self.settings.mcp_path {
             let mut ctx = RequestContext {
-                request_id: request_id.to_owned(),
-                peer: peer.clone(),
+                request_id,
+                peer,
                 caller: None,
                 user_agent: header_str(request.headers(), &header::USER_AGENT).map(str::to_owned),
                 session: header_str(request.headers(), &MCP_SESSION_ID).map(str::to_owned),
-                http_method: request.method().as_str().to_owned(),
+                http_method: request.method().clone(),
             };
             match self
                 .mcp(worker, request, &mut ctx, &request_id_header)
@@ -175,11 +175,11 @@ impl Gateway {
     }
 
     /// The MCP endpoint: the gateway's chain of stages.
-    async fn mcp(
-        &self,
+    async fn mcp<'a>(
+        &'a self,
         worker: &Worker,
         request: Request<Incoming>,
-        ctx: &mut RequestContext,
+        ctx: &mut RequestContext<'a>,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, (Refusal, Option<Body>)> {
         // 1. Authenticate.
@@ -187,7 +187,7 @@ impl Gateway {
             .auth
             .authenticate(request.headers())
             .map_err(|err| (unauthenticated(err), None))?;
-        ctx.caller = Some(Arc::clone(&caller.name));
+        ctx.caller = Some(&caller.name);
         let (parts, body) = request.into_parts();
         let body_bytes = match parts.method {
             Method::POST => self
@@ -406,7 +406,7 @@ impl Gateway {
     async fn refuse(
         &self,
         audit: &WorkerAudit,
-        ctx: &RequestContext,
+        ctx: &RequestContext<'_>,
         refusal: Refusal,
         body: Option<&Body>,
     ) -> Response<ProxyBody> {

@@ -115,7 +115,11 @@ impl RateLimiter {
             });
         }
 
-        let mut window = self.windows.entry(Arc::clone(caller)).or_default();
+        // Looked up before `entry`, which would clone (and drop) the shared key on every request.
+        let mut window = match self.windows.get_mut(&**caller) {
+            Some(window) => window,
+            None => self.windows.entry(Arc::clone(caller)).or_default(),
+        };
         let window = &mut *window;
         // Forget admissions that left the window (now - window, now].
         while let Some(&run) = window.admitted.front()

@@ -94,6 +94,13 @@ pub fn run_workers(
         .collect()
 }
 
+/// What every request on one client connection needs.
+struct ConnectionContext {
+    gateway: Arc<Gateway>,
+    worker: Arc<Worker>,
+    client: Peer,
+}
+
 /// Serves until `shutdown` is cancelled, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
 async fn serve(
     listener: TcpListener,
@@ -132,15 +139,23 @@ async fn serve(
             .protection()
             .connections()
             .register(peer.ip(), &shutdown);
-        let (gateway, worker) = (Arc::clone(&gateway), Arc::clone(&worker));
-        let client = Arc::new(Peer::new(peer.ip()));
+        // One reference count per request, on this connection's own cache line: counting on
+        // the gateway's, which every worker shares, would move that line between CPUs.
+        let context = Arc::new(ConnectionContext {
+            gateway: Arc::clone(&gateway),
+            worker: Arc::clone(&worker),
+            client: Peer::new(peer.ip()),
+        });
         let service = service_fn(move |request| {
-            let (gateway, worker, client) = (
-                Arc::clone(&gateway),
-                Arc::clone(&worker),
-                Arc::clone(&client),
-            );
-            async move { Ok::<_, Infallible>(gateway.handle(&worker, request, &client).await) }
+            let context = Arc::clone(&context);
+            async move {
+                let ConnectionContext {
+                    gateway,
+                    worker,
+                    client,
+                } = &*context;
+                Ok::<_, Infallible>(gateway.handle(worker, request, client).await)
+            }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
