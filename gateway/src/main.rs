@@ -1,4 +1,5 @@
 use std::{
+    fmt::Write as _,
     io::{Read, Write},
     net::SocketAddr,
     path::PathBuf,
@@ -102,33 +103,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::GenKey) => {
             let key = keys::generate()?;
-            println!("key:        {key}");
-            println!("key_sha256: {}", keys::hash(&key)?);
-            Ok(())
+            print_output(&format!(
+                "key:        {key}\nkey_sha256: {}\n",
+                keys::hash(&key)?
+            ))
         }
         Some(Command::HashKey) => {
             let mut input = String::new();
             std::io::stdin()
                 .read_to_string(&mut input)
                 .context("cannot read stdin")?;
-            println!("{}", keys::hash(&input)?);
-            Ok(())
+            print_output(&format!("{}\n", keys::hash(&input)?))
         }
         Some(Command::CheckConfig { file }) => {
             let settings = load(&file, &RunArgs::default())?;
-            println!(
-                "{}: ok ({} users, upstream {})",
+            print_output(&format!(
+                "{}: ok ({} users, upstream {})\n",
                 file.display(),
                 settings.users.len(),
                 settings.upstream_url
-            );
-            Ok(())
+            ))
         }
         Some(Command::DemoUpstream { listen }) => runtime()?.block_on(async move {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot bind {listen}"))?;
-            println!("demo MCP server on http://{}/mcp", listener.local_addr()?);
+            print_output(&format!(
+                "demo MCP server on http://{}/mcp\n",
+                listener.local_addr()?
+            ))?;
             demo_upstream::serve(listener).await;
             Ok(())
         }),
@@ -147,13 +150,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let removed = xdp::unpin_all(&pin_path)
                 .with_context(|| format!("cannot remove pins in {}", pin_path.display()))?;
+            let mut output = String::new();
             if removed.is_empty() {
-                println!("nothing pinned in {}", pin_path.display());
+                let _ = writeln!(output, "nothing pinned in {}", pin_path.display());
             }
             for path in removed {
-                println!("removed {}", path.display());
+                let _ = writeln!(output, "removed {}", path.display());
             }
-            Ok(())
+            print_output(&output)
         }
     }
 }
@@ -165,12 +169,13 @@ fn xdp_status(pin_path: &std::path::Path) -> anyhow::Result<()> {
             pin_path.display()
         )
     })?;
-    println!("packets by verdict:");
+    // (Writing to a String cannot fail.)
+    let mut output = String::from("packets by verdict:\n");
     for (verdict, count) in stats {
-        println!("  {:<20} {count}", verdict.as_str());
+        let _ = writeln!(output, "  {:<20} {count}", verdict.as_str());
     }
     let now = xdp::monotonic_now_ns();
-    println!("blocked sources: {}", blocks.len());
+    let _ = writeln!(output, "blocked sources: {}", blocks.len());
     for (ip, entry) in blocks {
         let reason = BlockReason::from_u32(entry.reason).map_or("unknown", BlockReason::as_str);
         let left = match entry.expires_at_ns {
@@ -178,9 +183,27 @@ fn xdp_status(pin_path: &std::path::Path) -> anyhow::Result<()> {
             at if at > now => format!("{} s left", (at - now) / 1_000_000_000),
             _ => "expired".to_owned(),
         };
-        println!("  {ip:<40} {reason:<14} {left}");
+        let _ = writeln!(output, "  {ip:<40} {reason:<14} {left}");
     }
-    Ok(())
+    print_output(&output)
+}
+
+/// Writes a command's output in one write. A reader that has gone (`gateway gen-key | head -1`)
+/// is not an error, as for any Unix tool; `println!` would panic on the broken pipe.
+fn print_output(text: &str) -> anyhow::Result<()> {
+    match write_stdout(text) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(err).context("cannot write to stdout")
+        }
+        _ => Ok(()),
+    }
+}
+
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
 }
 
 fn settings(args: &RunArgs) -> anyhow::Result<Settings> {
@@ -249,14 +272,9 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Res
     );
     // One write, so a reader sees the whole banner at once. A reader that has gone (`| head -2`)
     // must not take the gateway down with it, as `println!` would on a broken pipe.
-    let mut stdout = std::io::stdout().lock();
-    if let Err(err) = stdout
-        .write_all(banner.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
+    if let Err(err) = write_stdout(&banner) {
         tracing::warn!("cannot print the demo banner and key to stdout ({err}); serving anyway");
     }
-    drop(stdout);
     app::run(settings).await
 }
 
