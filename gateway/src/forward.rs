@@ -64,6 +64,12 @@ impl Upstream {
         }
     }
 
+    /// Closes idle upstream connections past their time, periodically; spawn it on the worker's
+    /// runtime.
+    pub fn close_idle_periodically(&self) -> impl Future<Output = ()> + 'static {
+        Arc::clone(&self.pool).close_idle_periodically()
+    }
+
     /// Sends the request upstream and returns the response head with its body still streaming.
     /// The timeout covers the wait for the response head only: streams may then run for as long
     /// as the server keeps them open.

@@ -29,9 +29,11 @@ type Sender = SendRequest<Full<Bytes>>;
 
 /// Idle connections kept per worker; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
-/// An idle connection unused this long is closed when the next one comes back (without traffic,
-/// the server's own keep-alive timeout closes them).
+/// An idle connection unused this long is closed: when the next one comes back, or by the
+/// worker's periodic [`ConnectionPool::close_idle_periodically`], whichever is first.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often the periodic check runs: an idle connection closes at most this late.
+const IDLE_CHECK_EVERY: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
@@ -124,15 +126,24 @@ impl ConnectionPool {
         }
         let now = Instant::now();
         let mut idle = lock(&self.idle);
-        // The oldest are at the front: close those past their time, a few per return.
-        while idle
-            .front()
-            .is_some_and(|oldest| oldest.sender.is_closed() || now - oldest.since > IDLE_TIMEOUT)
-        {
-            idle.pop_front();
-        }
+        close_expired(&mut idle, now);
         if idle.len() < MAX_IDLE {
             idle.push_back(Idle { sender, since: now });
+        }
+    }
+
+    /// Closes the connections idle past [`IDLE_TIMEOUT`] at `now`.
+    fn close_idle(&self, now: Instant) {
+        close_expired(&mut lock(&self.idle), now);
+    }
+
+    /// Closes expired idle connections every [`IDLE_CHECK_EVERY`], for the quiet times when no
+    /// connection comes back to do it. Runs on the worker's runtime until it stops.
+    pub async fn close_idle_periodically(self: Arc<Self>) {
+        let mut check = tokio::time::interval(IDLE_CHECK_EVERY);
+        loop {
+            check.tick().await;
+            self.close_idle(Instant::now());
         }
     }
 
@@ -154,6 +165,15 @@ impl ConnectionPool {
             }
         });
         Ok(sender)
+    }
+}
+
+/// The oldest are at the front: drops those closed or past their time.
+fn close_expired(idle: &mut VecDeque<Idle>, now: Instant) {
+    while idle.front().is_some_and(|oldest| {
+        oldest.sender.is_closed() || now.saturating_duration_since(oldest.since) > IDLE_TIMEOUT
+    }) {
+        idle.pop_front();
     }
 }
 
@@ -320,6 +340,23 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_idle_past_its_time_is_closed_without_waiting_for_traffic() {
+        let (pool, accepted) = server(true).await;
+        assert_eq!(read(pool.send(get("/")).await.unwrap()).await, "ok");
+        tokio::task::yield_now().await;
+        // Not yet past its time: kept and reused.
+        pool.close_idle(Instant::now());
+        assert_eq!(read(pool.send(get("/")).await.unwrap()).await, "ok");
+        tokio::task::yield_now().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        // Past it: closed, so the next request needs a new connection.
+        pool.close_idle(Instant::now() + IDLE_TIMEOUT + Duration::from_secs(1));
+        assert!(lock(&pool.idle).is_empty());
+        assert_eq!(read(pool.send(get("/")).await.unwrap()).await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test(flavor = "current_thread")]

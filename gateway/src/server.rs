@@ -85,6 +85,7 @@ pub fn run_workers(
                         };
                         let worker = Arc::new(Worker::new(&gateway));
                         tokio::spawn(Arc::clone(&worker.audit).run());
+                        tokio::spawn(worker.upstream.close_idle_periodically());
                         serve(listener, gateway, Arc::clone(&worker), shutdown).await;
                         // Response lines still held by this worker.
                         worker.audit.flush();
