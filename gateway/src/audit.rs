@@ -142,7 +142,7 @@ struct Line<'a> {
 }
 
 impl<'a> Line<'a> {
-    /// Starts a line with the fields every line of a request repeats.
+    /// Starts a line with the fields every line of a request has.
     fn start(out: &'a mut Vec<u8>, event: &str, ctx: &RequestContext<'_>) -> Self {
         out.extend_from_slice(b"{\"ts\":\"");
         with_rfc3339(SystemTime::now(), |ts| out.extend_from_slice(ts.as_bytes()));
@@ -151,11 +151,16 @@ impl<'a> Line<'a> {
         line.str("event", Some(event));
         line.str("request_id", Some(ctx.request_id));
         line.str("caller", ctx.caller);
-        line.str("ip", Some(ctx.peer.ip_str()));
-        line.str("user_agent", ctx.user_agent.as_deref().map(cap));
-        line.str("session", ctx.session.as_deref().map(cap));
-        line.str("http_method", Some(ctx.http_method.as_str()));
         line
+    }
+
+    /// The facts of the HTTP request, which only request lines carry (a response line names its
+    /// request by `request_id`).
+    fn http_request(&mut self, ctx: &RequestContext<'_>) {
+        self.str("ip", Some(ctx.peer.ip_str()));
+        self.str("user_agent", ctx.user_agent.as_deref().map(cap));
+        self.str("session", ctx.session.as_deref().map(cap));
+        self.str("http_method", Some(ctx.http_method.as_str()));
     }
 
     fn key(&mut self, key: &str) {
@@ -222,11 +227,13 @@ pub fn request_lines(
     let mut out = Vec::with_capacity(256 * messages.len().max(1));
     if messages.is_empty() {
         let mut line = Line::start(&mut out, "request", ctx);
+        line.http_request(ctx);
         line.str("decision", Some(decision.as_str()));
         line.finish();
     }
     for message in messages {
         let mut line = Line::start(&mut out, "request", ctx);
+        line.http_request(ctx);
         if let Some(method) = message.method.as_deref() {
             line.str("method", Some(cap(method)));
         }
@@ -247,8 +254,9 @@ pub fn request_lines(
 }
 
 /// The `event: "response"` line of a forwarded request: upstream status and time to its headers.
+/// The request line has the rest (address, user agent, session, HTTP method), once.
 pub fn response_line(ctx: &RequestContext<'_>, status: u16, latency: Duration) -> Vec<u8> {
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(160);
     let mut line = Line::start(&mut out, "response", ctx);
     line.number("status", status);
     line.number("latency_ms", (latency.as_secs_f64() * 1e6).round() / 1e3);
@@ -736,8 +744,28 @@ mod tests {
     fn response_line_carries_status_and_latency() {
         let line = &parse_lines(&response_line(&ctx(), 200, Duration::from_micros(1500)))[0];
         assert_eq!(line["event"], "response");
+        assert_eq!(line["request_id"], "r-1");
+        assert_eq!(line["caller"], "alice");
         assert_eq!(line["status"], 200);
         assert_eq!(line["latency_ms"], 1.5);
+        let mut fields: Vec<_> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        fields.sort_unstable();
+        assert_eq!(
+            fields,
+            [
+                "caller",
+                "event",
+                "latency_ms",
+                "request_id",
+                "status",
+                "ts"
+            ]
+        );
     }
 
     #[test]
