@@ -1,7 +1,16 @@
 //! The official MCP TypeScript SDK client calls tools through the real gateway binary to the
-//! official `server-everything` over streamable HTTP; the audit log is checked line by line.
+//! official `server-everything`, over streamable HTTP and over the legacy HTTP+SSE transport; the
+//! audit log is checked line by line.
 
-use e2e_tests::{ALICE_KEY, EverythingServer, Gateway, eventually, sdk_client};
+use std::time::Duration;
+
+use bytes::Bytes;
+use e2e_tests::{
+    ALICE_KEY, BOB_KEY, EverythingServer, Gateway, Options, eventually, sdk_client, send,
+};
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
 
 const SECRET: &str = "s3cret-argument-value-7f1d";
@@ -195,4 +204,130 @@ fn calls_past_the_limit_get_429_with_the_wait_and_are_audited() {
         .find(|l| l["decision"] == "rate_limited" && l["method"] == "tools/call")
         .expect("a refused call");
     assert_eq!(limited_call["tool"], "echo");
+}
+
+/// The legacy HTTP+SSE transport (2024-11-05): the SDK's `SSEClientTransport` through the gateway to
+/// `server-everything sse`. Messages go to the endpoint the stream announced, and are audited
+/// like any other.
+#[test]
+fn sdk_client_over_the_legacy_sse_transport_calls_tools_and_every_call_is_audited() {
+    let server = EverythingServer::start_legacy();
+    let gateway = Gateway::start_with(
+        &server.url(),
+        Options {
+            upstream: "sse_path = \"/sse\"",
+            ..Options::default()
+        },
+    );
+    let report = sdk_client(
+        &format!("http://{}/sse", gateway.addr),
+        Some(ALICE_KEY),
+        "call",
+        0,
+        &[("SECRET_ARG", SECRET), ("TRANSPORT", "sse")],
+    );
+    assert_eq!(
+        report["error"],
+        Value::Null,
+        "client failed: {report}\n{}",
+        gateway.logs()
+    );
+    assert!(
+        report["echo"].as_str().is_some_and(|e| e.contains(SECRET)),
+        "{report}"
+    );
+    assert!(report["sum"].as_str().is_some_and(|s| s.contains('5')));
+
+    eventually("the calls' audit lines", || {
+        lines_where(&gateway.audit_lines(), "tool", "get-sum").len() == 1
+    });
+    let lines = gateway.audit_lines();
+    assert!(
+        !std::fs::read_to_string(&gateway.audit_path)
+            .unwrap()
+            .contains(SECRET)
+    );
+    let stream = lines_where(&lines, "http_method", "GET");
+    assert_eq!(stream.len(), 1, "the stream is audited once: {lines:?}");
+    let echo = lines_where(&lines, "tool", "echo");
+    assert_eq!(echo.len(), 1);
+    assert_eq!(echo[0]["caller"], "alice");
+    assert_eq!(echo[0]["arg_keys"], serde_json::json!(["message"]));
+    assert_eq!(echo[0]["decision"], "forwarded");
+}
+
+/// A legacy stream's endpoint belongs to the caller who opened the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_endpoint_takes_messages_only_from_its_own_caller() {
+    let server = EverythingServer::start_legacy();
+    let gateway = Gateway::start_with(
+        &server.url(),
+        Options {
+            upstream: "sse_path = \"/sse\"",
+            ..Options::default()
+        },
+    );
+    let base = format!("http://{}", gateway.addr);
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let open = Request::get(format!("{base}/sse"))
+        .header("authorization", format!("Bearer {ALICE_KEY}"))
+        .header("accept", "text/event-stream")
+        .body(Full::default())
+        .unwrap();
+    let stream = client.request(open).await.expect("open the stream");
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut body = stream.into_body();
+    let mut received = String::new();
+    let endpoint = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .expect("the endpoint event in time")
+            .expect("the stream is open")
+            .expect("a frame");
+        if let Ok(data) = frame.into_data() {
+            received.push_str(&String::from_utf8_lossy(&data));
+        }
+        if let Some(endpoint) = received
+            .split("\n\n")
+            .find_map(|event| event.strip_prefix("event: endpoint\ndata: "))
+        {
+            break endpoint.trim().to_owned();
+        }
+    };
+    assert!(endpoint.starts_with("/message?sessionId="), "{endpoint}");
+
+    let ping = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let post = |key: &str, path: &str| {
+        let url = format!("{base}{path}");
+        let authorization = format!("Bearer {key}");
+        async move {
+            send(
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", authorization.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                ping,
+            )
+            .await
+        }
+    };
+    let bobs = post(BOB_KEY, &endpoint).await;
+    assert_eq!(bobs.status, StatusCode::FORBIDDEN);
+    assert_eq!(bobs.json()["id"], 1);
+    let unknown = post(ALICE_KEY, "/message?sessionId=not-announced").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    let alices = post(ALICE_KEY, &endpoint).await;
+    assert_eq!(alices.status, StatusCode::ACCEPTED, "{:?}", alices.body);
+    let no_key = send(Method::POST, &format!("{base}{endpoint}"), &[], ping).await;
+    assert_eq!(no_key.status, StatusCode::UNAUTHORIZED);
+
+    let decisions: Vec<Value> = gateway
+        .audit_lines()
+        .iter()
+        .filter(|line| line["event"] == "request" && line["method"] == "ping")
+        .map(|line| line["decision"].clone())
+        .collect();
+    assert_eq!(decisions, ["forbidden", "not_found", "forwarded"]);
 }

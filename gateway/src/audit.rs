@@ -55,6 +55,8 @@ pub enum Decision {
     InvalidKey,
     /// Authenticated, but not allowed (another caller's session).
     Forbidden,
+    /// Authenticated, but posted to no endpoint the gateway serves.
+    NotFound,
     RateLimited,
     BadRequest,
     TooLarge,
@@ -70,6 +72,7 @@ impl Decision {
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidKey => "invalid_key",
             Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
             Self::RateLimited => "rate_limited",
             Self::BadRequest => "bad_request",
             Self::TooLarge => "too_large",

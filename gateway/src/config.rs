@@ -53,6 +53,11 @@ pub struct UpstreamConfig {
     /// Credential sent upstream as `Authorization` (the caller's own key never is).
     #[serde(default)]
     pub authorization: Option<String>,
+    /// Path of the server's legacy HTTP+SSE endpoint (MCP 2024-11-05), e.g. `"/sse"`, on the same
+    /// host and port as `url`. The gateway serves it at the same path, and the message endpoint
+    /// each stream announces. Unset: the legacy transport is not served.
+    #[serde(default)]
+    pub sse_path: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -377,6 +382,8 @@ pub struct Settings {
     pub caller_header: hyper::header::HeaderName,
     pub upstream_timeout: Duration,
     pub upstream_authorization: Option<hyper::header::HeaderValue>,
+    /// The legacy HTTP+SSE endpoint's path, when that transport is served.
+    pub legacy_sse_path: Option<std::sync::Arc<str>>,
     pub default_limit: RateLimit,
     /// Limits per caller for `tools/call` of these tools.
     pub tool_limits: std::collections::HashMap<String, RateLimit>,
@@ -455,6 +462,26 @@ impl Config {
                 "must be http://host:port/path (the gateway speaks plain HTTP to its upstream)",
             ));
         }
+        let legacy_sse_path = match &self.upstream.sse_path {
+            None => None,
+            Some(path)
+                if !path.starts_with('/')
+                    || path.contains(['?', '#'])
+                    || path.parse::<Uri>().is_err() =>
+            {
+                return Err(invalid(
+                    "upstream.sse_path",
+                    "must be a path starting with '/', without query",
+                ));
+            }
+            Some(path) if *path == self.mcp_path => {
+                return Err(invalid(
+                    "upstream.sse_path",
+                    "must differ from mcp_path (the gateway serves both)",
+                ));
+            }
+            Some(path) => Some(path.as_str().into()),
+        };
         let caller_header =
             hyper::header::HeaderName::from_bytes(self.upstream.caller_header.as_bytes())
                 .map_err(|_| invalid("upstream.caller_header", "not a valid HTTP header name"))?;
@@ -584,6 +611,7 @@ impl Config {
             caller_header,
             upstream_timeout: Duration::from_secs(self.upstream.timeout_secs),
             upstream_authorization,
+            legacy_sse_path,
             default_limit,
             tool_limits,
             rate_limit_status,
@@ -806,6 +834,17 @@ mod tests {
         format!(
             "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n{rest}\n[[users]]\nname = \"alice\"\nkey_sha256 = \"{KEY_HASH}\"\n"
         )
+    }
+
+    #[test]
+    fn the_legacy_sse_path_is_optional_and_checked() {
+        assert_eq!(settings(&with_user("")).unwrap().legacy_sse_path, None);
+        let legacy = settings(&with_user("sse_path = \"/sse\"")).unwrap();
+        assert_eq!(legacy.legacy_sse_path.as_deref(), Some("/sse"));
+        for bad in ["sse", "/sse?x=1", "/mcp"] {
+            let message = error(&with_user(&format!("sse_path = \"{bad}\"")));
+            assert!(message.contains("upstream.sse_path"), "{bad}: {message}");
+        }
     }
 
     #[test]

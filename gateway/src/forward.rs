@@ -71,12 +71,14 @@ impl Upstream {
     }
 
     /// Sends the request upstream and returns the response head with its body still streaming.
+    /// It goes to `path` on the server, or to the upstream URL's path, with the client's query.
     /// The timeout covers the wait for the response head only: streams may then run for as long
     /// as the server keeps them open.
     pub async fn send(
         &self,
         parts: request::Parts,
         body: Bytes,
+        path: Option<&str>,
         caller: &str,
         client_ip: &HeaderValue,
         request_id: &HeaderValue,
@@ -101,7 +103,7 @@ impl Upstream {
 
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = parts.method;
-        *request.uri_mut() = self.target(parts.uri.query());
+        *request.uri_mut() = self.target(path, parts.uri.query());
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
 
@@ -115,13 +117,19 @@ impl Upstream {
         }
     }
 
-    /// The upstream URL's path in origin form, with the client's query string if it sent one.
-    fn target(&self, query: Option<&str>) -> Uri {
-        let path_and_query = match query {
-            None => self.path.clone(),
-            Some(query) => format!("{}?{query}", self.path.path())
-                .parse()
-                .unwrap_or_else(|_| self.path.clone()),
+    /// `path` (or the upstream URL's) in origin form, with the client's query string if it sent
+    /// one.
+    fn target(&self, path: Option<&str>, query: Option<&str>) -> Uri {
+        let path_and_query = match (path, query) {
+            (None, None) => self.path.clone(),
+            (path, query) => {
+                let path = path.unwrap_or(self.path.path());
+                let target = match query {
+                    Some(query) => format!("{path}?{query}"),
+                    None => path.to_owned(),
+                };
+                target.parse().unwrap_or_else(|_| self.path.clone())
+            }
         };
         Uri::from(path_and_query)
     }

@@ -12,6 +12,7 @@ pub mod demo_upstream;
 pub mod forward;
 pub mod jsonrpc;
 pub mod keys;
+pub mod legacy_sse;
 pub mod pool;
 pub mod proxy;
 pub mod rate_limit;

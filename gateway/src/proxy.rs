@@ -9,9 +9,10 @@ use base64::Engine;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::{
-    HeaderMap, Method, Request, Response, StatusCode,
+    HeaderMap, Method, Request, Response, StatusCode, Uri,
     body::Incoming,
     header::{self, HeaderName, HeaderValue},
+    http::uri::PathAndQuery,
 };
 use serde_json::{Value, json};
 
@@ -22,6 +23,7 @@ use crate::{
     config::Settings,
     forward::{ForwardError, REQUEST_ID, Upstream},
     jsonrpc::{self, Body, code},
+    legacy_sse::{EndpointWatch, Endpoints},
     rate_limit::{Denied, RateLimiter},
     sessions::Sessions,
 };
@@ -42,7 +44,20 @@ pub struct Gateway {
     tool_limiter: RateLimiter,
     audit: AuditLog,
     sessions: Sessions,
+    /// Message endpoints of open legacy SSE streams, by caller.
+    legacy_endpoints: Arc<Endpoints>,
     protection: Protection,
+}
+
+/// The MCP endpoints the gateway serves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    /// Streamable HTTP at `mcp_path`.
+    Mcp,
+    /// A legacy HTTP+SSE stream (`GET upstream.sse_path`).
+    LegacyStream,
+    /// A POST to the message endpoint a legacy stream announced.
+    LegacyMessage,
 }
 
 /// What each worker thread has of its own: its upstream connections and its way into the audit
@@ -101,6 +116,7 @@ impl Gateway {
             limiter: RateLimiter::new(settings.default_limit),
             tool_limiter: RateLimiter::new(settings.default_limit),
             sessions: Sessions::default(),
+            legacy_endpoints: Arc::default(),
             audit,
             settings,
         }
@@ -139,7 +155,7 @@ impl Gateway {
         let request_id_header = HeaderValue::from_str(request_id)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let path = request.uri().path();
-        let mut response = if path == self.settings.mcp_path {
+        let mut response = if let Some(route) = self.route(&request) {
             let mut ctx = RequestContext {
                 request_id,
                 peer,
@@ -149,7 +165,7 @@ impl Gateway {
                 http_method: request.method().clone(),
             };
             match self
-                .mcp(worker, request, &mut ctx, &request_id_header)
+                .mcp(worker, route, request, &mut ctx, &request_id_header)
                 .await
             {
                 Ok(response) => response,
@@ -174,10 +190,27 @@ impl Gateway {
         response
     }
 
-    /// The MCP endpoint: the gateway's chain of stages.
+    fn route(&self, request: &Request<Incoming>) -> Option<Route> {
+        let path = request.uri().path();
+        if path == self.settings.mcp_path {
+            return Some(Route::Mcp);
+        }
+        let legacy_sse_path = self.settings.legacy_sse_path.as_deref()?;
+        if path == legacy_sse_path {
+            Some(Route::LegacyStream)
+        } else if request.method() == Method::POST {
+            // Which endpoints exist is told only to their callers, after authentication.
+            Some(Route::LegacyMessage)
+        } else {
+            None
+        }
+    }
+
+    /// The MCP endpoints: the gateway's chain of stages.
     async fn mcp<'a>(
         &'a self,
         worker: &Worker,
+        route: Route,
         request: Request<Incoming>,
         ctx: &mut RequestContext<'a>,
         request_id: &HeaderValue,
@@ -189,20 +222,27 @@ impl Gateway {
             .map_err(|err| (unauthenticated(err), None))?;
         ctx.caller = Some(&caller.name);
         let (parts, body) = request.into_parts();
-        let body_bytes = match parts.method {
-            Method::POST => self
+        let body_bytes = match (&parts.method, route) {
+            (&Method::POST, Route::Mcp | Route::LegacyMessage) => self
                 .read_body(body)
                 .await
                 .map_err(|refusal| (refusal, None))?,
-            Method::GET | Method::DELETE => Bytes::new(),
+            (&Method::GET, Route::Mcp | Route::LegacyStream) | (&Method::DELETE, Route::Mcp) => {
+                Bytes::new()
+            }
             _ => {
+                let allowed = match route {
+                    Route::Mcp => "POST, GET, DELETE",
+                    Route::LegacyStream => "GET",
+                    Route::LegacyMessage => "POST",
+                };
                 let refusal = Refusal::new(
                     StatusCode::METHOD_NOT_ALLOWED,
                     Decision::BadRequest,
                     code::INVALID_REQUEST,
-                    "the MCP endpoint accepts POST, GET and DELETE",
+                    format!("this MCP endpoint accepts {allowed}"),
                 )
-                .header(header::ALLOW, HeaderValue::from_static("POST, GET, DELETE"));
+                .header(header::ALLOW, HeaderValue::from_static(allowed));
                 return Err((refusal, None));
             }
         };
@@ -225,6 +265,11 @@ impl Gateway {
         } else {
             None
         };
+        if route == Route::LegacyMessage
+            && let Err(refusal) = self.check_legacy_endpoint(&parts.uri, &caller.name)
+        {
+            return Err((refusal, messages));
+        }
         if let Some(session) = &ctx.session
             && let Err(err) = self.sessions.claim(session, &caller.name)
         {
@@ -267,11 +312,19 @@ impl Gateway {
         // 4. Forward, streaming the answer back as it arrives.
         let started = Instant::now();
         let is_delete = parts.method == Method::DELETE;
+        // A legacy message goes to the endpoint its stream announced, which the client posted to.
+        let client_path = (route == Route::LegacyMessage).then(|| parts.uri.path().to_owned());
+        let upstream_path = match route {
+            Route::Mcp => None,
+            Route::LegacyStream => self.settings.legacy_sse_path.as_deref(),
+            Route::LegacyMessage => client_path.as_deref(),
+        };
         let result = worker
             .upstream
             .send(
                 parts,
                 body_bytes,
+                upstream_path,
                 &caller.name,
                 &ctx.peer.ip_text,
                 request_id,
@@ -315,7 +368,42 @@ impl Gateway {
         {
             self.sessions.forget(session);
         }
+        if let (Route::LegacyStream, Some(sse_path)) = (route, &self.settings.legacy_sse_path)
+            && response.status().is_success()
+        {
+            let endpoints = Arc::clone(&self.legacy_endpoints);
+            let caller = Arc::clone(&caller.name);
+            let sse_path = Arc::clone(sse_path);
+            return Ok(
+                response.map(|body| EndpointWatch::new(body, endpoints, caller, sse_path).boxed())
+            );
+        }
         Ok(response.map(BodyExt::boxed))
+    }
+
+    /// A legacy message may go only to an endpoint announced to its caller on a stream still open.
+    fn check_legacy_endpoint(&self, uri: &Uri, caller: &str) -> Result<(), Refusal> {
+        let endpoint = uri
+            .path_and_query()
+            .map_or(uri.path(), PathAndQuery::as_str);
+        match self.legacy_endpoints.owner(endpoint) {
+            Some(owner) if *owner == *caller => Ok(()),
+            Some(_) => Err(Refusal::new(
+                StatusCode::FORBIDDEN,
+                Decision::Forbidden,
+                code::FORBIDDEN,
+                "this legacy SSE session belongs to another caller",
+            )),
+            None => Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                Decision::NotFound,
+                code::INVALID_REQUEST,
+                format!(
+                    "not found: neither {} nor the endpoint of an open legacy SSE stream",
+                    self.settings.mcp_path
+                ),
+            )),
+        }
     }
 
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
@@ -414,7 +502,10 @@ impl Gateway {
             Decision::Unauthenticated | Decision::InvalidKey => Some(Offense::AuthFailure),
             Decision::RateLimited => Some(Offense::RateLimited),
             Decision::BadRequest | Decision::TooLarge => Some(Offense::Malformed),
-            Decision::Forwarded | Decision::Forbidden | Decision::AuditFailed => None,
+            Decision::Forwarded
+            | Decision::Forbidden
+            | Decision::NotFound
+            | Decision::AuditFailed => None,
         };
         if let Some(offense) = offense {
             self.protection.offense(ctx.peer.ip, offense);

@@ -1,12 +1,15 @@
 // An MCP client from the official TypeScript SDK, driven by the gateway's end-to-end tests.
 // Usage: node client.mjs <url> <key or ""> <scenario> [count]
+// TRANSPORT=sse uses the legacy HTTP+SSE transport (2024-11-05) instead of streamable HTTP.
 // Prints one JSON object describing what happened.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 
 const [url, key, scenario, count = "1"] = process.argv.slice(2);
 const headers = key ? { Authorization: `Bearer ${key}` } : {};
-const transport = new StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
+const Transport = process.env.TRANSPORT === "sse" ? SSEClientTransport : StreamableHTTPClientTransport;
+const transport = new Transport(new URL(url), { requestInit: { headers } });
 const client = new Client({ name: "gateway-e2e", version: "1.0.0" });
 const text = (result) => result.content?.[0]?.text;
 const out = {};
@@ -30,7 +33,8 @@ try {
       }
     }
   }
-  await transport.terminateSession();
+  // Streamable HTTP only; a legacy session ends with its stream.
+  await transport.terminateSession?.();
   await client.close();
 } catch (error) {
   out.error = String(error?.message ?? error);

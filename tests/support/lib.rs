@@ -246,14 +246,24 @@ pub struct EverythingServer {
 }
 
 impl EverythingServer {
+    /// Over streamable HTTP, at `/mcp`.
     pub fn start() -> Self {
+        Self::start_transport("streamableHttp")
+    }
+
+    /// Over the legacy HTTP+SSE transport: `GET /sse`, messages to `/message?sessionId=..`.
+    pub fn start_legacy() -> Self {
+        Self::start_transport("sse")
+    }
+
+    fn start_transport(transport: &str) -> Self {
         let peers = peers_dir();
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut command = Command::new("node");
         command
             .arg(peers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"))
-            .arg("streamableHttp")
+            .arg(transport)
             .env("PORT", port.to_string())
             .current_dir(&peers);
         let log = std::env::temp_dir().join(format!("server-everything-{port}.log"));
