@@ -183,11 +183,21 @@ impl Gateway {
         } else {
             json_response(
                 StatusCode::NOT_FOUND,
-                json!({"error": "not_found", "error_description": format!("only {} is served here", self.settings.mcp_path)}),
+                json!({"error": "not_found", "error_description": self.served_paths()}),
             )
         };
         response.headers_mut().insert(REQUEST_ID, request_id_header);
         response
+    }
+
+    fn served_paths(&self) -> String {
+        match &self.settings.legacy_sse_path {
+            Some(sse_path) => format!(
+                "only {} and {sse_path} (legacy SSE) are served here",
+                self.settings.mcp_path
+            ),
+            None => format!("only {} is served here", self.settings.mcp_path),
+        }
     }
 
     fn route(&self, request: &Request<Incoming>) -> Option<Route> {
