@@ -206,11 +206,8 @@ fn calls_past_the_limit_get_429_with_the_wait_and_are_audited() {
     assert_eq!(limited_call["tool"], "echo");
 }
 
-/// The legacy HTTP+SSE transport (2024-11-05): the SDK's `SSEClientTransport` through the gateway to
-/// `server-everything sse`. Messages go to the endpoint the stream announced, and are audited
-/// like any other.
-#[test]
-fn sdk_client_over_the_legacy_sse_transport_calls_tools_and_every_call_is_audited() {
+/// `server-everything sse` behind a gateway that serves its legacy `/sse` stream.
+fn legacy_server_behind_gateway() -> (EverythingServer, Gateway) {
     let server = EverythingServer::start_legacy();
     let gateway = Gateway::start_with(
         &server.url(),
@@ -219,6 +216,15 @@ fn sdk_client_over_the_legacy_sse_transport_calls_tools_and_every_call_is_audite
             ..Options::default()
         },
     );
+    (server, gateway)
+}
+
+/// The legacy HTTP+SSE transport (2024-11-05): the SDK's `SSEClientTransport` through the gateway to
+/// `server-everything sse`. Messages go to the endpoint the stream announced, and are audited
+/// like any other.
+#[test]
+fn sdk_client_over_the_legacy_sse_transport_calls_tools_and_every_call_is_audited() {
+    let (_server, gateway) = legacy_server_behind_gateway();
     let report = sdk_client(
         &format!("http://{}/sse", gateway.addr),
         Some(ALICE_KEY),
@@ -259,14 +265,7 @@ fn sdk_client_over_the_legacy_sse_transport_calls_tools_and_every_call_is_audite
 /// A legacy stream's endpoint belongs to the caller who opened the stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_legacy_endpoint_takes_messages_only_from_its_own_caller() {
-    let server = EverythingServer::start_legacy();
-    let gateway = Gateway::start_with(
-        &server.url(),
-        Options {
-            upstream: "sse_path = \"/sse\"",
-            ..Options::default()
-        },
-    );
+    let (_server, gateway) = legacy_server_behind_gateway();
     let base = format!("http://{}", gateway.addr);
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let open = Request::get(format!("{base}/sse"))
