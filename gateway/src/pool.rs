@@ -158,7 +158,12 @@ impl ConnectionPool {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        // Head and body copied into one buffer and written with write(2): requests are small, and
+        // this measured fewer instructions than hyper's writev path (callgrind, about 0.5k/request).
+        let (sender, connection) = http1::Builder::new()
+            .writev(false)
+            .handshake(TokioIo::new(stream))
+            .await?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, "upstream connection ended with an error");

@@ -113,7 +113,9 @@ async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(Duration::from_secs(30))
+        // As for upstream requests (pool.rs): answers and SSE events are small.
+        .writev(false);
     builder.http2().timer(TokioTimer::new());
     let connections = TaskTracker::new();
 
