@@ -26,7 +26,7 @@ use hyper::{Method, header::HeaderValue};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::jsonrpc::Message;
+use crate::{jsonrpc::Message, lock};
 
 /// Longest string field written; longer ones are cut and marked.
 const MAX_FIELD_LEN: usize = 256;
@@ -539,13 +539,6 @@ impl WorkerAudit {
         let _ = batch.written.result.set(result);
         batch.written.notify.notify_waiters();
     }
-}
-
-/// A poisoned lock only means another request panicked while holding it; the data is intact.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The open log file, shared by everything that appends to it.

@@ -19,3 +19,11 @@ pub mod rate_limit;
 pub mod server;
 pub mod sessions;
 pub mod xdp;
+
+/// Locks `mutex`. A poisoned lock only means a thread panicked while holding it; the data is
+/// intact, so it is used anyway.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

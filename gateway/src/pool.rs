@@ -25,6 +25,8 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::lock;
+
 type Sender = SendRequest<Full<Bytes>>;
 
 /// Idle connections kept per worker; more are closed when their response ends.
@@ -180,12 +182,6 @@ fn close_expired(idle: &mut VecDeque<Idle>, now: Instant) {
     }) {
         idle.pop_front();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 struct Release {
