@@ -125,15 +125,19 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The cargo profile of the gateway binary that is run, tested and benchmarked (Cargo.toml).
+const GATEWAY_PROFILE: &str = "dist";
+
 /// Builds the gateway (its build script compiles and embeds the eBPF object); returns the binary.
 pub(crate) fn build(root: &Path) -> Result<PathBuf> {
-    Cmd::cargo(root, &["build", "--release", "--package", "gateway"]).run()?;
-    Ok(root.join("target/release/gateway"))
+    let profile = format!("--profile={GATEWAY_PROFILE}");
+    Cmd::cargo(root, &["build", &profile, "--package", "gateway"]).run()?;
+    Ok(root.join("target").join(GATEWAY_PROFILE).join("gateway"))
 }
 
 /// The eBPF object embedded by the last build (aya-build writes it into the build script's OUT_DIR).
 fn ebpf_object(root: &Path) -> Result<PathBuf> {
-    let build_dir = root.join("target/release/build");
+    let build_dir = root.join("target").join(GATEWAY_PROFILE).join("build");
     let newest = std::fs::read_dir(&build_dir)?
         .filter_map(|entry| entry.ok())
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("gateway-"))
