@@ -144,6 +144,13 @@ struct Line<'a> {
     out: &'a mut Vec<u8>,
 }
 
+/// A field's key as it is written after the previous field, `,"name":`, in one literal.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 impl<'a> Line<'a> {
     /// Starts a line with the fields every line of a request has.
     fn start(out: &'a mut Vec<u8>, event: &str, ctx: &RequestContext<'_>) -> Self {
@@ -151,38 +158,42 @@ impl<'a> Line<'a> {
         with_rfc3339(SystemTime::now(), |ts| out.extend_from_slice(ts.as_bytes()));
         out.push(b'"');
         let mut line = Self { out };
-        line.str("event", Some(event));
-        line.str("request_id", Some(ctx.request_id));
-        line.str("caller", ctx.caller);
+        line.plain(key!("event"), event);
+        line.plain(key!("request_id"), ctx.request_id);
+        line.str(key!("caller"), ctx.caller);
         line
     }
 
     /// The facts of the HTTP request, which only request lines carry (a response line names its
     /// request by `request_id`).
     fn http_request(&mut self, ctx: &RequestContext<'_>) {
-        self.str("ip", Some(ctx.peer.ip_str()));
-        self.str("user_agent", ctx.user_agent.as_deref().map(cap));
-        self.str("session", ctx.session.as_deref().map(cap));
-        self.str("http_method", Some(ctx.http_method.as_str()));
+        self.plain(key!("ip"), ctx.peer.ip_str());
+        self.str(key!("user_agent"), ctx.user_agent.as_deref().map(cap));
+        self.str(key!("session"), ctx.session.as_deref().map(cap));
+        // An HTTP method is a token: no character of it needs escaping.
+        self.plain(key!("http_method"), ctx.http_method.as_str());
     }
 
-    fn key(&mut self, key: &str) {
-        self.out.extend_from_slice(b",\"");
-        self.out.extend_from_slice(key.as_bytes());
-        self.out.extend_from_slice(b"\":");
-    }
-
-    /// A string field, `null` when absent.
+    /// A string field, `null` when absent. `key` is from [`key!`].
     fn str(&mut self, key: &str, value: Option<&str>) {
-        self.key(key);
+        self.out.extend_from_slice(key.as_bytes());
         match value {
             Some(value) => push_json_str(self.out, value),
             None => self.out.extend_from_slice(b"null"),
         }
     }
 
+    /// A string field the gateway made itself, with no character that needs escaping (a literal,
+    /// a UUID, an address).
+    fn plain(&mut self, key: &str, value: &str) {
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.push(b'"');
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.push(b'"');
+    }
+
     fn strs<'s>(&mut self, key: &str, values: impl Iterator<Item = &'s str>) {
-        self.key(key);
+        self.out.extend_from_slice(key.as_bytes());
         self.out.push(b'[');
         for (i, value) in values.enumerate() {
             if i > 0 {
@@ -194,7 +205,7 @@ impl<'a> Line<'a> {
     }
 
     fn number(&mut self, key: &str, value: impl Serialize) {
-        self.key(key);
+        self.out.extend_from_slice(key.as_bytes());
         // Numbers into a Vec cannot fail to serialize.
         let _ = serde_json::to_writer(&mut *self.out, &value);
     }
@@ -231,26 +242,26 @@ pub fn request_lines(
     if messages.is_empty() {
         let mut line = Line::start(&mut out, "request", ctx);
         line.http_request(ctx);
-        line.str("decision", Some(decision.as_str()));
+        line.plain(key!("decision"), decision.as_str());
         line.finish();
     }
     for message in messages {
         let mut line = Line::start(&mut out, "request", ctx);
         line.http_request(ctx);
         if let Some(method) = message.method.as_deref() {
-            line.str("method", Some(cap(method)));
+            line.str(key!("method"), Some(cap(method)));
         }
         if let Some(tool) = message.tool() {
-            line.str("tool", Some(cap(tool)));
+            line.str(key!("tool"), Some(cap(tool)));
         }
         if matches!(
             message.method.as_deref(),
             Some("tools/call" | "prompts/get")
         ) {
             let keys = message.arg_keys.iter().take(MAX_ARG_KEYS);
-            line.strs("arg_keys", keys.map(|key| cap(key)));
+            line.strs(key!("arg_keys"), keys.map(|key| cap(key)));
         }
-        line.str("decision", Some(decision.as_str()));
+        line.plain(key!("decision"), decision.as_str());
         line.finish();
     }
     out
@@ -261,8 +272,11 @@ pub fn request_lines(
 pub fn response_line(ctx: &RequestContext<'_>, status: u16, latency: Duration) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
     let mut line = Line::start(&mut out, "response", ctx);
-    line.number("status", status);
-    line.number("latency_ms", (latency.as_secs_f64() * 1e6).round() / 1e3);
+    line.number(key!("status"), status);
+    line.number(
+        key!("latency_ms"),
+        (latency.as_secs_f64() * 1e6).round() / 1e3,
+    );
     line.finish();
     out
 }

@@ -139,18 +139,20 @@ impl Upstream {
 /// including any the `Connection` header names. Runs twice per request, so the common case (no
 /// hop-by-hop header at all) is one pass over the headers rather than a lookup per name.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Header names are lowercase; one string match per header is cheaper than comparing it
+    // with each name.
     let is_hop_by_hop = |name: &HeaderName| {
-        [
-            header::CONNECTION,
-            header::TE,
-            header::TRAILER,
-            header::TRANSFER_ENCODING,
-            header::UPGRADE,
-            header::PROXY_AUTHENTICATE,
-        ]
-        .contains(name)
-            || name == "keep-alive"
-            || name == "proxy-connection"
+        matches!(
+            name.as_str(),
+            "connection"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "proxy-authenticate"
+                | "keep-alive"
+                | "proxy-connection"
+        )
     };
     let mut remove: Vec<HeaderName> = headers
         .keys()
