@@ -12,7 +12,10 @@ use e2e_tests::{
     ALICE_KEY, BOB_KEY, Gateway, Options, RecordingUpstream, TestBody, eventually, free_port,
     json_reply, read_audit, send,
 };
-use http_body_util::{BodyExt, Full, channel::Channel};
+use http_body_util::{
+    BodyExt, Full,
+    channel::{Channel, Sender},
+};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
@@ -128,11 +131,9 @@ async fn configured_upstream_credential_replaces_the_callers() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_events_reach_the_client_one_by_one() {
-    // The upstream sends the next event only after the client has received the previous one:
-    // a gateway that buffered the stream would deadlock here and the test would time out.
-    let (mut events, stream) = Channel::<Bytes, Infallible>::new(1);
+/// An upstream whose one answer is an event stream that the test writes into.
+async fn streaming_upstream() -> (Sender<Bytes, Infallible>, RecordingUpstream) {
+    let (events, stream) = Channel::<Bytes, Infallible>::new(1);
     let stream = Arc::new(Mutex::new(Some(stream)));
     let upstream = RecordingUpstream::start(move |_| {
         let stream = stream.lock().unwrap().take().expect("one stream");
@@ -143,8 +144,11 @@ async fn sse_events_reach_the_client_one_by_one() {
         response
     })
     .await;
-    let gateway = Gateway::start(&upstream.url(), "");
+    (events, upstream)
+}
 
+/// Alice's call through `gateway`, answered with the upstream's stream: its body.
+async fn open_stream(gateway: &Gateway) -> hyper::body::Incoming {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let request = Request::post(gateway.url())
         .header("authorization", ALICE)
@@ -155,29 +159,94 @@ async fn sse_events_reach_the_client_one_by_one() {
     let response = client.request(request).await.expect("response head");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut body = response.into_body();
+    response.into_body()
+}
 
-    for n in 0..3 {
-        let event = format!("event: message\nid: {n}\ndata: {{\"n\":{n}}}\n\n");
-        events.send_data(Bytes::from(event.clone())).await.unwrap();
-        let mut received = Vec::new();
-        while received.len() < event.len() {
-            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
-                .await
-                .unwrap_or_else(|_| panic!("event {n} was held back by the gateway"))
-                .expect("stream open")
-                .expect("frame");
-            if let Ok(data) = frame.into_data() {
-                received.extend_from_slice(&data);
-            }
+/// Sends event `n` upstream and asserts the client receives it whole.
+async fn relay_event(
+    events: &mut Sender<Bytes, Infallible>,
+    body: &mut hyper::body::Incoming,
+    n: usize,
+) {
+    let event = format!("event: message\nid: {n}\ndata: {{\"n\":{n}}}\n\n");
+    events
+        .send_data(Bytes::from(event.clone()))
+        .await
+        .expect("the stream is open through the gateway");
+    let mut received = Vec::new();
+    while received.len() < event.len() {
+        let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("event {n} was held back by the gateway"))
+            .expect("stream open")
+            .expect("frame");
+        if let Ok(data) = frame.into_data() {
+            received.extend_from_slice(&data);
         }
-        assert_eq!(String::from_utf8(received).unwrap(), event);
+    }
+    assert_eq!(String::from_utf8(received).unwrap(), event);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_events_reach_the_client_one_by_one() {
+    // The upstream sends the next event only after the client has received the previous one:
+    // a gateway that buffered the stream would deadlock here and the test would time out.
+    let (mut events, upstream) = streaming_upstream().await;
+    let gateway = Gateway::start(&upstream.url(), "");
+    let mut body = open_stream(&gateway).await;
+    for n in 0..3 {
+        relay_event(&mut events, &mut body, n).await;
     }
     drop(events);
     let end = tokio::time::timeout(Duration::from_secs(5), body.frame())
         .await
         .expect("stream ends");
     assert!(end.is_none(), "the stream ends when the upstream ends it");
+}
+
+/// Reads until the gateway closes the connection; panics if it is still open after `within`.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut received)).await;
+    assert!(
+        read.is_ok(),
+        "the gateway kept the connection open for {within:?}"
+    );
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_closed_and_long_streams_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let (mut events, upstream) = streaming_upstream().await;
+    let options = Options {
+        top: "idle_timeout_secs = 1",
+        ..Options::default()
+    };
+    let gateway = Gateway::start_with(&upstream.url(), options);
+    let within = Duration::from_secs(10);
+
+    // A request head that never completes (slowloris).
+    let mut slow = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    slow.write_all(b"POST /mcp HTTP/1.1\r\nHost: gateway\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_until_closed(&mut slow, within).await, "");
+
+    // A keep-alive connection after its answer.
+    let mut idle = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    idle.write_all(b"GET /elsewhere HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut idle, within).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // A stream quiet for longer than the timeout is a request in progress, not an idle client.
+    let mut body = open_stream(&gateway).await;
+    relay_event(&mut events, &mut body, 0).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    relay_event(&mut events, &mut body, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

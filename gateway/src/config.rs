@@ -26,6 +26,10 @@ pub struct Config {
     pub mcp_path: String,
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A client connection with no request in progress for this long is closed, including one
+    /// whose request head is still arriving (slow clients).
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,
@@ -273,6 +277,9 @@ mod defaults {
     pub fn max_body_bytes() -> usize {
         4 * 1024 * 1024
     }
+    pub fn idle_timeout_secs() -> u64 {
+        30
+    }
     pub fn caller_header() -> String {
         "X-MCP-Caller".into()
     }
@@ -378,6 +385,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub mcp_path: String,
     pub max_body_bytes: usize,
+    pub idle_timeout: Duration,
     pub upstream_url: Uri,
     pub caller_header: hyper::header::HeaderName,
     pub upstream_timeout: Duration,
@@ -450,6 +458,9 @@ impl Config {
         }
         if self.max_body_bytes == 0 {
             return Err(invalid("max_body_bytes", "must be at least 1"));
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err(invalid("idle_timeout_secs", "must be at least 1"));
         }
         let upstream_url: Uri = self
             .upstream
@@ -607,6 +618,7 @@ impl Config {
             listen: self.listen,
             mcp_path: self.mcp_path,
             max_body_bytes: self.max_body_bytes,
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs),
             upstream_url,
             caller_header,
             upstream_timeout: Duration::from_secs(self.upstream.timeout_secs),
@@ -853,6 +865,7 @@ mod tests {
         assert_eq!(settings.listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(settings.mcp_path, "/mcp");
         assert_eq!(settings.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(settings.idle_timeout, Duration::from_secs(30));
         assert_eq!(settings.caller_header.as_str(), "x-mcp-caller");
         assert_eq!(settings.upstream_timeout, Duration::from_secs(300));
         assert_eq!(settings.default_limit.requests.get(), 100);
@@ -926,6 +939,10 @@ mod tests {
         // Unknown keys and wrong types name the key, with toml's line information.
         assert!(error(&format!("{}\nlisten_port = 3\n", with_user(""))).contains("listen_port"));
         assert!(error(&format!("listen = \"nowhere\"\n{}", with_user(""))).contains("listen"));
+        assert!(
+            error(&format!("idle_timeout_secs = 0\n{}", with_user("")))
+                .contains("idle_timeout_secs")
+        );
         assert!(error("[upstream]\nurl = \"http://h:1/\"\n").contains("users"));
         assert!(
             error(&format!("{}[xdp]\nenabled = true\n", with_user(""))).contains("xdp.interface")

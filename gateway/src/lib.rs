@@ -10,6 +10,7 @@ pub mod blocking;
 pub mod config;
 pub mod demo_upstream;
 pub mod forward;
+pub mod idle;
 pub mod jsonrpc;
 pub mod keys;
 pub mod legacy_sse;

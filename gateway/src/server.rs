@@ -18,13 +18,15 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     audit::Peer,
+    idle::{Activity, InProgressBody},
     proxy::{Gateway, Worker},
 };
 
 /// Longest wait for open connections to finish after shutdown was asked for.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for a blocked source's in-flight response before its connection is cut.
-const BLOCKED_GRACE: Duration = Duration::from_secs(1);
+/// Longest wait for the response in flight when the gateway closes a connection of its own accord
+/// (its source got blocked, or it was idle), before the connection is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT.
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
@@ -100,6 +102,7 @@ struct ConnectionContext {
     gateway: Arc<Gateway>,
     worker: Arc<Worker>,
     client: Peer,
+    activity: Arc<Activity>,
 }
 
 /// Serves until `shutdown` is cancelled, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
@@ -112,8 +115,8 @@ async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        // Slow and idle clients are closed by `idle::Activity` instead, at less cost per request.
+        .header_read_timeout(None)
         // As for upstream requests (pool.rs): answers and SSE events are small.
         .writev(false);
     builder.http2().timer(TokioTimer::new());
@@ -144,10 +147,12 @@ async fn serve(
             .register(peer.ip(), &shutdown);
         // One reference count per request, on this connection's own cache line: counting on
         // the gateway's, which every worker shares, would move that line between CPUs.
+        let activity = Activity::new();
         let context = Arc::new(ConnectionContext {
             gateway: Arc::clone(&gateway),
             worker: Arc::clone(&worker),
             client: Peer::new(peer.ip()),
+            activity: Arc::clone(&activity),
         });
         let service = service_fn(move |request| {
             let context = Arc::clone(&context);
@@ -156,17 +161,22 @@ async fn serve(
                     gateway,
                     worker,
                     client,
+                    activity,
                 } = &*context;
-                Ok::<_, Infallible>(gateway.handle(worker, request, client).await)
+                let in_progress = activity.start();
+                let response = gateway.handle(worker, request, client).await;
+                Ok::<_, Infallible>(response.map(|body| InProgressBody::new(body, in_progress)))
             }
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)
             .into_owned();
         let stopping = shutdown.clone();
+        let idle_timeout = gateway.settings().idle_timeout;
         connections.spawn(async move {
             tokio::pin!(connection);
-            // One token for both reasons to stop: it is polled whenever the connection is.
+            // One token for both reasons to stop (shutdown, blocked source): it is polled whenever
+            // the connection is.
             tokio::select! {
                 biased;
                 result = connection.as_mut() => {
@@ -176,13 +186,17 @@ async fn serve(
                     return;
                 }
                 () = registration.closed().cancelled() => {}
+                () = activity.idle_for(idle_timeout) => {
+                    tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+                }
             }
             // Shutting down: let requests finish. The source got blocked: finish the response in
             // flight (the one that may have triggered the block deserves its answer), then close.
+            // Idle: nothing is in flight, or only a request head that never completed.
             let grace = if stopping.is_cancelled() {
                 DRAIN_TIMEOUT
             } else {
-                BLOCKED_GRACE
+                CLOSE_GRACE
             };
             connection.as_mut().graceful_shutdown();
             if tokio::time::timeout(grace, connection).await.is_err() {
