@@ -10,7 +10,7 @@ use std::{
 use bytes::Bytes;
 use e2e_tests::{
     ALICE_KEY, BOB_KEY, Gateway, Options, RecordingUpstream, TestBody, eventually, free_port,
-    json_reply, read_audit, send,
+    json_reply, raw_post, read_audit, send,
 };
 use http_body_util::{
     BodyExt, Full,
@@ -247,6 +247,32 @@ async fn idle_and_slow_clients_are_closed_and_long_streams_are_not() {
     relay_event(&mut events, &mut body, 0).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     relay_event(&mut events, &mut body, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_gets_408_and_is_not_forwarded() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let options = Options {
+        top: "idle_timeout_secs = 1",
+        ..Options::default()
+    };
+    let gateway = Gateway::start_with(&upstream.url(), options);
+    let request = raw_post(gateway.addr, ALICE, CALL);
+    // The whole head and ten bytes of the body, then nothing.
+    let sent = request.len() - CALL.len() + 10;
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(&request.as_bytes()[..sent]).await.unwrap();
+    let answer = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("-31408"), "{answer}");
+    assert_eq!(upstream.count(), 0);
+    let decisions: Vec<Value> = gateway
+        .audit_lines()
+        .iter()
+        .map(|line| line["decision"].clone())
+        .collect();
+    assert_eq!(decisions, [json!("bad_request")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

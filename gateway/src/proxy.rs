@@ -22,6 +22,7 @@ use crate::{
     blocking::{Offense, Protection},
     config::Settings,
     forward::{ForwardError, REQUEST_ID, Upstream},
+    idle::{BodyStalled, StallTimeout},
     jsonrpc::{self, Body, code},
     legacy_sse::{EndpointWatch, Endpoints},
     rate_limit::{Denied, RateLimiter},
@@ -418,6 +419,7 @@ impl Gateway {
 
     async fn read_body(&self, body: Incoming) -> Result<Bytes, Refusal> {
         let limit = self.settings.max_body_bytes;
+        let body = StallTimeout::new(body, self.settings.idle_timeout);
         match Limited::new(body, limit).collect().await {
             Ok(collected) => Ok(collected.to_bytes()),
             Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
@@ -425,6 +427,12 @@ impl Gateway {
                 Decision::TooLarge,
                 code::BODY_TOO_LARGE,
                 format!("request body larger than max_body_bytes ({limit} bytes)"),
+            )),
+            Err(err) if err.is::<BodyStalled>() => Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                Decision::BadRequest,
+                code::REQUEST_TIMEOUT,
+                format!("{err} (idle_timeout_secs)"),
             )),
             Err(err) => Err(Refusal::new(
                 StatusCode::BAD_REQUEST,
