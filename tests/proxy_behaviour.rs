@@ -17,7 +17,10 @@ use http_body_util::{
     channel::{Channel, Sender},
 };
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use hyper_util::{
+    client::legacy::Client,
+    rt::{TokioExecutor, TokioIo},
+};
 use serde_json::{Value, json};
 
 const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hidden"}}}"#;
@@ -241,6 +244,22 @@ async fn idle_and_slow_clients_are_closed_and_long_streams_are_not() {
         .unwrap();
     let answer = read_until_closed(&mut idle, within).await;
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // The same for HTTP/2 (h2c): the connection ends once idle.
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut h2, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("h2c handshake");
+    let connection = tokio::spawn(connection);
+    let request = Request::get(format!("http://{}/elsewhere", gateway.addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let answer = h2.send_request(request).await.expect("h2 answer");
+    assert_eq!(answer.status(), StatusCode::NOT_FOUND);
+    drop(answer);
+    let ended = tokio::time::timeout(within, connection).await;
+    assert!(ended.is_ok(), "the gateway kept an idle h2 connection open");
 
     // A stream quiet for longer than the timeout is a request in progress, not an idle client.
     let mut body = open_stream(&gateway).await;
