@@ -1,7 +1,7 @@
 //! Scenario 1: proxy overhead. One upstream (the gateway's demo MCP server) for every contender:
 //! direct, nginx doing the same job as closely as it can, the gateway, the gateway with fsync.
 
-use std::{net::SocketAddr, path::Path, process::Command};
+use std::{net::SocketAddr, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -310,6 +310,5 @@ http {{
         .args(["-g", "daemon off;"]);
     let mut service = Service::spawn(command, dir.join("nginx.log"))?;
     service.wait_for_port(listen)?;
-    let _ = Path::new(&dir);
     Ok(service)
 }
