@@ -23,8 +23,8 @@ pub mod code {
     pub const UNAUTHENTICATED: i64 = -31001;
     pub const FORBIDDEN: i64 = -31003;
     pub const BODY_TOO_LARGE: i64 = -31013;
-    pub const REQUEST_TIMEOUT: i64 = -31408;
     pub const RATE_LIMITED: i64 = -31029;
+    pub const REQUEST_TIMEOUT: i64 = -31408;
     pub const UPSTREAM_UNAVAILABLE: i64 = -31502;
     pub const AUDIT_UNAVAILABLE: i64 = -31503;
     pub const UPSTREAM_TIMEOUT: i64 = -31504;
