@@ -22,7 +22,7 @@ struct Cli {
 enum Command {
     /// Install what is missing: nightly rust-src, bpf-linker, Debian packages, npm test peers.
     Setup,
-    /// Build the eBPF object and the gateway release binary that embeds it.
+    /// Build the eBPF object and the gateway binary that embeds it (dist profile: release + LTO).
     Build,
     /// Build, then run the gateway. Without `--config`, runs a demo in front of a built-in MCP server.
     Run {
