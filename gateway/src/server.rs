@@ -145,9 +145,10 @@ async fn serve(
             .protection()
             .connections()
             .register(peer.ip(), &shutdown);
-        // One reference count per request, on this connection's own cache line: counting on
-        // the gateway's, which every worker shares, would move that line between CPUs.
         let activity = Activity::new();
+        // Reference counts per request only on this connection's own cache lines (the context
+        // and its activity): counting on the gateway's, which every worker shares, would move
+        // that line between CPUs.
         let context = Arc::new(ConnectionContext {
             gateway: Arc::clone(&gateway),
             worker: Arc::clone(&worker),
