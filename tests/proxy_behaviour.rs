@@ -269,6 +269,41 @@ async fn idle_and_slow_clients_are_closed_and_long_streams_are_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_and_its_upstream_stream_let_go() {
+    use tokio::io::AsyncWriteExt;
+    let (mut events, upstream) = streaming_upstream().await;
+    let options = Options {
+        top: "idle_timeout_secs = 1",
+        ..Options::default()
+    };
+    let gateway = Gateway::start_with(&upstream.url(), options);
+    // A small receive window, so the way to the client fills quickly.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gateway.addr).await.unwrap();
+    client
+        .write_all(raw_post(gateway.addr, ALICE, CALL).as_bytes())
+        .await
+        .unwrap();
+
+    // The upstream streams as fast as the gateway takes its events; the client reads none. The
+    // stream ends for the upstream only when the gateway lets go of it.
+    let event = Bytes::from(format!("data: {}\n\n", "x".repeat(64 * 1024)));
+    let pump = async {
+        let mut sent = 0;
+        while events.send_data(event.clone()).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    };
+    let sent = tokio::time::timeout(Duration::from_secs(20), pump)
+        .await
+        .expect("the gateway held on to the stream of a client that reads nothing");
+    assert!(sent > 0, "the stream never started");
+    read_until_closed(&mut client, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_stops_arriving_gets_408_and_is_not_forwarded() {
     use tokio::io::AsyncWriteExt;
     let upstream = RecordingUpstream::start(ok_upstream()).await;

@@ -27,8 +27,9 @@ pub struct Config {
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
     /// A client connection with no request in progress for this long is closed, including one
-    /// whose request head is still arriving (slow clients); a request body that stops arriving
-    /// for this long gets 408.
+    /// whose request head is still arriving (slow clients), and so is one whose client takes
+    /// nothing of its response for this long; a request body that stops arriving for this long
+    /// gets 408.
     #[serde(default = "defaults::idle_timeout_secs")]
     pub idle_timeout_secs: u64,
     pub upstream: UpstreamConfig,

@@ -1,15 +1,16 @@
-//! Slow and idle clients: closing connections that have had no request in progress for too long,
-//! including those whose request head is still trickling in (slowloris), and failing request
-//! bodies that stop arriving.
+//! Slow and idle clients: closing connections that have had no request in progress for too long
+//! (including those whose request head is still trickling in: slowloris) or whose client has
+//! stopped reading its responses, and failing request bodies that stop arriving.
 //!
-//! hyper's own header-read timeout does this for HTTP/1.1 with a timer set and cleared around
-//! every request head: 1.4k of the gateway's 57k instructions per request (callgrind). Here a
-//! connection has one timer that fires at most once per timeout, and requests only count
-//! themselves in and out, for about half that.
+//! hyper's own header-read timeout does part of this for HTTP/1.1 with a timer set and cleared
+//! around every request head: 1.4k of the gateway's 57k instructions per request (callgrind).
+//! Here a connection has one timer that fires at most once per timeout, and requests and writes
+//! only note themselves, for about half that.
 
 use std::{
     error::Error as StdError,
     future::Future,
+    io,
     pin::Pin,
     sync::{
         Arc,
@@ -20,13 +21,30 @@ use std::{
 };
 
 use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// One client connection's requests in progress, and since when it has had none.
+/// `writes_blocked_since_ms` while the last write to the client went through.
+const NOT_BLOCKED: u64 = u64::MAX;
+
+/// One client connection's requests in progress, since when it has had none, and since when its
+/// client has not taken what the gateway writes.
 pub struct Activity {
     opened: Instant,
     in_progress: AtomicU32,
     /// When the last request ended (or the connection opened), in milliseconds since `opened`.
     idle_since_ms: AtomicU64,
+    /// When a write to the client first found its socket full, in milliseconds since `opened`;
+    /// [`NOT_BLOCKED`] once a write goes through.
+    writes_blocked_since_ms: AtomicU64,
+}
+
+/// Why a connection is closed by [`Activity::stale_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// No request in progress (or only a request head that never completed).
+    Idle,
+    /// The client stopped reading: every write to it has been blocked for the whole timeout.
+    NotReading,
 }
 
 impl Activity {
@@ -35,6 +53,7 @@ impl Activity {
             opened: Instant::now(),
             in_progress: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
+            writes_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
         })
     }
 
@@ -44,23 +63,54 @@ impl Activity {
         InProgress(Arc::clone(self))
     }
 
-    /// Since when no request has been in progress; `None` while one is.
-    fn idle_since(&self) -> Option<Instant> {
-        (self.in_progress.load(Relaxed) == 0)
-            .then(|| self.opened + Duration::from_millis(self.idle_since_ms.load(Relaxed)))
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(NOT_BLOCKED - 1)
     }
 
-    /// Returns once the connection has had no request in progress for `timeout`.
-    pub async fn idle_for(&self, timeout: Duration) {
+    fn at(&self, ms: u64) -> Instant {
+        self.opened + Duration::from_millis(ms)
+    }
+
+    /// Since when no request has been in progress; `None` while one is.
+    fn idle_since(&self) -> Option<Instant> {
+        (self.in_progress.load(Relaxed) == 0).then(|| self.at(self.idle_since_ms.load(Relaxed)))
+    }
+
+    /// Since when writes to the client have been blocked; `None` if the last one went through.
+    fn writes_blocked_since(&self) -> Option<Instant> {
+        let since = self.writes_blocked_since_ms.load(Relaxed);
+        (since != NOT_BLOCKED).then(|| self.at(since))
+    }
+
+    /// Notes whether a write to the client went through. Called on every write: the common case
+    /// is one load.
+    fn note_write(&self, blocked: bool) {
+        let since = self.writes_blocked_since_ms.load(Relaxed);
+        if blocked && since == NOT_BLOCKED {
+            self.writes_blocked_since_ms.store(self.now_ms(), Relaxed);
+        } else if !blocked && since != NOT_BLOCKED {
+            self.writes_blocked_since_ms.store(NOT_BLOCKED, Relaxed);
+        }
+    }
+
+    /// Returns once the connection has had no request in progress for `timeout`, or its writes
+    /// have been blocked for `timeout` (a long stream to a client that reads it is neither).
+    pub async fn stale_for(&self, timeout: Duration) -> Stale {
         loop {
-            let deadline = self.idle_since().unwrap_or_else(Instant::now) + timeout;
+            let earliest = [
+                self.idle_since().map(|since| (since, Stale::Idle)),
+                self.writes_blocked_since()
+                    .map(|since| (since, Stale::NotReading)),
+            ]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(since, _)| *since);
+            let deadline = match earliest {
+                Some((since, why)) if since.elapsed() >= timeout => return why,
+                Some((since, _)) => since + timeout,
+                None => Instant::now() + timeout,
+            };
             tokio::time::sleep_until(deadline.into()).await;
-            if self
-                .idle_since()
-                .is_some_and(|since| since.elapsed() >= timeout)
-            {
-                return;
-            }
         }
     }
 }
@@ -71,8 +121,7 @@ pub struct InProgress(Arc<Activity>);
 impl Drop for InProgress {
     fn drop(&mut self) {
         let activity = &self.0;
-        let now = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        activity.idle_since_ms.store(now, Relaxed);
+        activity.idle_since_ms.store(activity.now_ms(), Relaxed);
         activity.in_progress.fetch_sub(1, Relaxed);
     }
 }
@@ -110,6 +159,62 @@ impl<B: Body + Unpin> Body for InProgressBody<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The client's socket, noting in its connection's [`Activity`] whether each write went through.
+pub struct WatchedWrites<IO> {
+    io: IO,
+    activity: Arc<Activity>,
+}
+
+impl<IO> WatchedWrites<IO> {
+    pub fn new(io: IO, activity: Arc<Activity>) -> Self {
+        Self { io, activity }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for WatchedWrites<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WatchedWrites<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.activity.note_write(written.is_pending());
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.activity.note_write(written.is_pending());
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -175,17 +280,38 @@ where
 mod tests {
     use super::*;
 
+    /// Times are kept in whole milliseconds: a deadline may come up to one early.
+    const ROUNDING: Duration = Duration::from_millis(1);
+
     #[tokio::test(flavor = "current_thread")]
     async fn only_a_connection_without_requests_for_the_timeout_is_idle() {
         let timeout = Duration::from_millis(100);
         let activity = Activity::new();
         let request = activity.start();
         // In progress, for however long: never idle.
-        let waited = tokio::time::timeout(timeout * 4, activity.idle_for(timeout)).await;
+        let waited = tokio::time::timeout(timeout * 4, activity.stale_for(timeout)).await;
         assert!(waited.is_err(), "a request in progress made it idle");
         drop(request);
         let ended = Instant::now();
-        activity.idle_for(timeout).await;
-        assert!(ended.elapsed() >= timeout);
+        assert_eq!(activity.stale_for(timeout).await, Stale::Idle);
+        assert!(ended.elapsed() + ROUNDING >= timeout);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_client_whose_writes_stay_blocked_for_the_timeout_is_not_reading() {
+        let timeout = Duration::from_millis(100);
+        let activity = Activity::new();
+        let _stream = activity.start();
+        // Blocked for a while, then a write goes through: the client reads, slowly.
+        activity.note_write(true);
+        tokio::time::sleep(timeout / 2).await;
+        activity.note_write(false);
+        let waited = tokio::time::timeout(timeout * 2, activity.stale_for(timeout)).await;
+        assert!(waited.is_err(), "a client that reads was closed");
+        activity.note_write(true);
+        let blocked = Instant::now();
+        activity.note_write(true);
+        assert_eq!(activity.stale_for(timeout).await, Stale::NotReading);
+        assert!(blocked.elapsed() + ROUNDING >= timeout);
     }
 }

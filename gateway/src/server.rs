@@ -18,7 +18,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     audit::Peer,
-    idle::{Activity, InProgressBody},
+    idle::{Activity, InProgressBody, Stale, WatchedWrites},
     proxy::{Gateway, Worker},
 };
 
@@ -170,7 +170,10 @@ async fn serve(
             }
         });
         let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
+            .serve_connection(
+                TokioIo::new(WatchedWrites::new(stream, Arc::clone(&activity))),
+                service,
+            )
             .into_owned();
         let stopping = shutdown.clone();
         let idle_timeout = gateway.settings().idle_timeout;
@@ -187,13 +190,15 @@ async fn serve(
                     return;
                 }
                 () = registration.closed().cancelled() => {}
-                () = activity.idle_for(idle_timeout) => {
-                    tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}");
+                stale = activity.stale_for(idle_timeout) => match stale {
+                    Stale::Idle => tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}"),
+                    Stale::NotReading => tracing::debug!(%peer, "closing a connection whose client has not read for {idle_timeout:?}"),
                 }
             }
             // Shutting down: let requests finish. The source got blocked: finish the response in
             // flight (the one that may have triggered the block deserves its answer), then close.
-            // Idle: nothing is in flight, or only a request head that never completed.
+            // Idle: nothing is in flight, or only a request head that never completed. Not reading:
+            // the response in flight cannot be delivered, and is cut after the grace period.
             let grace = if stopping.is_cancelled() {
                 DRAIN_TIMEOUT
             } else {
