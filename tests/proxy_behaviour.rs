@@ -219,15 +219,20 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration)
     String::from_utf8_lossy(&received).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_and_slow_clients_are_closed_and_long_streams_are_not() {
-    use tokio::io::AsyncWriteExt;
-    let (mut events, upstream) = streaming_upstream().await;
+/// A gateway in front of `upstream` that gives slow and idle clients one second.
+fn with_one_second_idle_timeout(upstream: &RecordingUpstream) -> Gateway {
     let options = Options {
         top: "idle_timeout_secs = 1",
         ..Options::default()
     };
-    let gateway = Gateway::start_with(&upstream.url(), options);
+    Gateway::start_with(&upstream.url(), options)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_clients_are_closed_and_long_streams_are_not() {
+    use tokio::io::AsyncWriteExt;
+    let (mut events, upstream) = streaming_upstream().await;
+    let gateway = with_one_second_idle_timeout(&upstream);
     let within = Duration::from_secs(10);
 
     // A request head that never completes (slowloris).
@@ -272,11 +277,7 @@ async fn idle_and_slow_clients_are_closed_and_long_streams_are_not() {
 async fn a_client_that_stops_reading_is_closed_and_its_upstream_stream_let_go() {
     use tokio::io::AsyncWriteExt;
     let (mut events, upstream) = streaming_upstream().await;
-    let options = Options {
-        top: "idle_timeout_secs = 1",
-        ..Options::default()
-    };
-    let gateway = Gateway::start_with(&upstream.url(), options);
+    let gateway = with_one_second_idle_timeout(&upstream);
     // A small receive window, so the way to the client fills quickly.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -307,11 +308,7 @@ async fn a_client_that_stops_reading_is_closed_and_its_upstream_stream_let_go() 
 async fn a_body_that_stops_arriving_gets_408_and_is_not_forwarded() {
     use tokio::io::AsyncWriteExt;
     let upstream = RecordingUpstream::start(ok_upstream()).await;
-    let options = Options {
-        top: "idle_timeout_secs = 1",
-        ..Options::default()
-    };
-    let gateway = Gateway::start_with(&upstream.url(), options);
+    let gateway = with_one_second_idle_timeout(&upstream);
     let request = raw_post(gateway.addr, ALICE, CALL);
     // The whole head and ten bytes of the body, then nothing.
     let sent = request.len() - CALL.len() + 10;
