@@ -150,19 +150,42 @@ async fn streaming_upstream() -> (Sender<Bytes, Infallible>, RecordingUpstream) 
     (events, upstream)
 }
 
-/// Alice's call through `gateway`, answered with the upstream's stream: its body.
-async fn open_stream(gateway: &Gateway) -> hyper::body::Incoming {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
-    let request = Request::post(gateway.url())
+/// Alice's call to `gateway`, accepting a stream for an answer.
+fn call_accepting_a_stream(gateway: &Gateway) -> Request<Full<Bytes>> {
+    Request::post(gateway.url())
         .header("authorization", ALICE)
         .header("content-type", "application/json")
         .header("accept", "application/json, text/event-stream")
         .body(Full::new(Bytes::from_static(CALL.as_bytes())))
-        .unwrap();
-    let response = client.request(request).await.expect("response head");
+        .unwrap()
+}
+
+/// Alice's call through `gateway`, answered with the upstream's stream: its body.
+async fn open_stream(gateway: &Gateway) -> hyper::body::Incoming {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let response = client
+        .request(call_accepting_a_stream(gateway))
+        .await
+        .expect("response head");
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     response.into_body()
+}
+
+/// Streams large events upstream, as fast as the gateway takes them, until the gateway lets go
+/// of the stream (it must within 20 s); returns how many it took.
+async fn stream_until_let_go(events: &mut Sender<Bytes, Infallible>) -> usize {
+    let event = Bytes::from(format!("data: {}\n\n", "x".repeat(64 * 1024)));
+    let pump = async {
+        let mut sent = 0;
+        while events.send_data(event.clone()).await.is_ok() {
+            sent += 1;
+        }
+        sent
+    };
+    tokio::time::timeout(Duration::from_secs(20), pump)
+        .await
+        .expect("the gateway held on to the stream of a client that takes nothing")
 }
 
 /// Sends event `n` upstream and asserts the client receives it whole.
@@ -287,21 +310,44 @@ async fn a_client_that_stops_reading_is_closed_and_its_upstream_stream_let_go() 
         .await
         .unwrap();
 
-    // The upstream streams as fast as the gateway takes its events; the client reads none. The
-    // stream ends for the upstream only when the gateway lets go of it.
-    let event = Bytes::from(format!("data: {}\n\n", "x".repeat(64 * 1024)));
-    let pump = async {
-        let mut sent = 0;
-        while events.send_data(event.clone()).await.is_ok() {
-            sent += 1;
-        }
-        sent
-    };
-    let sent = tokio::time::timeout(Duration::from_secs(20), pump)
-        .await
-        .expect("the gateway held on to the stream of a client that reads nothing");
-    assert!(sent > 0, "the stream never started");
+    // The client reads none of the stream.
+    assert!(
+        stream_until_let_go(&mut events).await > 0,
+        "the stream never started"
+    );
     read_until_closed(&mut client, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_keeps_a_stream_window_closed_is_closed_and_its_upstream_stream_let_go() {
+    let (mut events, upstream) = streaming_upstream().await;
+    let gateway = with_one_second_idle_timeout(&upstream);
+    let stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut h2, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(16 * 1024)
+        .handshake(TokioIo::new(stream))
+        .await
+        .expect("h2c handshake");
+    let connection = tokio::spawn(connection);
+    let response = h2
+        .send_request(call_accepting_a_stream(&gateway))
+        .await
+        .expect("h2 answer");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+
+    // Read, the stream is like any other: quiet for longer than the timeout, it stays open.
+    relay_event(&mut events, &mut body, 0).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    relay_event(&mut events, &mut body, 1).await;
+    // Then the client takes no more: the stream's window closes, its TCP connection does not
+    // fill (the client still reads that).
+    assert!(
+        stream_until_let_go(&mut events).await > 0,
+        "the stream stopped early"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(ended.is_ok(), "the gateway kept the h2 connection open");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

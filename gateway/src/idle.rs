@@ -1,6 +1,7 @@
 //! Slow and idle clients: closing connections that have had no request in progress for too long
 //! (including those whose request head is still trickling in: slowloris) or whose client has
-//! stopped reading its responses, and failing request bodies that stop arriving.
+//! stopped taking its responses (its socket full, or on HTTP/2 a stream's window kept closed),
+//! and failing request bodies that stop arriving.
 //!
 //! hyper's own header-read timeout does part of this for HTTP/1.1 with a timer set and cleared
 //! around every request head: 1.4k of the gateway's 57k instructions per request (callgrind).
@@ -13,7 +14,7 @@ use std::{
     io,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll, ready},
@@ -23,7 +24,9 @@ use std::{
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// `writes_blocked_since_ms` while the last write to the client went through.
+use crate::lock;
+
+/// A "blocked since" time, in milliseconds since the connection opened, while nothing is blocked.
 const NOT_BLOCKED: u64 = u64::MAX;
 
 /// One client connection's requests in progress, since when it has had none, and since when its
@@ -36,6 +39,9 @@ pub struct Activity {
     /// When a write to the client first found its socket full, in milliseconds since `opened`;
     /// [`NOT_BLOCKED`] once a write goes through.
     writes_blocked_since_ms: AtomicU64,
+    /// The HTTP/2 response bodies in progress, each with since when hyper has held its last
+    /// frame without asking for the next (the stream's window is closed), or [`NOT_BLOCKED`].
+    streams: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 /// Why a connection is closed by [`Activity::stale_for`].
@@ -43,7 +49,8 @@ pub struct Activity {
 pub enum Stale {
     /// No request in progress (or only a request head that never completed).
     Idle,
-    /// The client stopped reading: every write to it has been blocked for the whole timeout.
+    /// The client stopped reading: every write to it, or every frame of one of its HTTP/2
+    /// streams, has been held back for the whole timeout.
     NotReading,
 }
 
@@ -54,6 +61,7 @@ impl Activity {
             in_progress: AtomicU32::new(0),
             idle_since_ms: AtomicU64::new(0),
             writes_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
+            streams: Mutex::default(),
         })
     }
 
@@ -82,6 +90,27 @@ impl Activity {
         (since != NOT_BLOCKED).then(|| self.at(since))
     }
 
+    /// Since when the longest-held HTTP/2 stream has had a frame held back; `None` if none has.
+    fn streams_blocked_since(&self) -> Option<Instant> {
+        lock(&self.streams)
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|blocked_since| blocked_since.load(Relaxed))
+            .min()
+            .filter(|&since| since != NOT_BLOCKED)
+            .map(|since| self.at(since))
+    }
+
+    /// Tracks one more HTTP/2 response body; it notes in the returned cell when its frames are
+    /// held back.
+    fn watch_stream(&self) -> Arc<AtomicU64> {
+        let blocked_since = Arc::new(AtomicU64::new(NOT_BLOCKED));
+        let mut streams = lock(&self.streams);
+        streams.retain(|stream| stream.strong_count() > 0);
+        streams.push(Arc::downgrade(&blocked_since));
+        blocked_since
+    }
+
     /// Notes whether a write to the client went through. Called on every write: the common case
     /// is one load.
     fn note_write(&self, blocked: bool) {
@@ -94,12 +123,18 @@ impl Activity {
     }
 
     /// Returns once the connection has had no request in progress for `timeout`, or its writes
-    /// have been blocked for `timeout` (a long stream to a client that reads it is neither).
+    /// or one of its HTTP/2 streams have been blocked for `timeout` (a long stream to a client
+    /// that reads it is neither).
+    ///
+    /// Something that becomes blocked after a check is seen at the next one, at most `timeout`
+    /// later, which is before its own deadline.
     pub async fn stale_for(&self, timeout: Duration) -> Stale {
         loop {
             let earliest = [
                 self.idle_since().map(|since| (since, Stale::Idle)),
                 self.writes_blocked_since()
+                    .map(|since| (since, Stale::NotReading)),
+                self.streams_blocked_since()
                     .map(|since| (since, Stale::NotReading)),
             ]
             .into_iter()
@@ -130,14 +165,21 @@ impl Drop for InProgress {
 /// stream is not an idle connection.
 pub struct InProgressBody<B> {
     body: B,
-    _in_progress: InProgress,
+    in_progress: InProgress,
+    /// On HTTP/2: since when hyper has held this body's last frame without asking for the next.
+    stream_blocked_since: Option<Arc<AtomicU64>>,
 }
 
 impl<B> InProgressBody<B> {
-    pub fn new(body: B, in_progress: InProgress) -> Self {
+    /// On HTTP/2 the client paces each stream with its flow-control window, and hyper asks for
+    /// no more of a body while the window is closed: such a stream is watched too. (On HTTP/1.1 a
+    /// client that stops reading fills its socket, which [`WatchedWrites`] sees.)
+    pub fn new(body: B, in_progress: InProgress, http2: bool) -> Self {
+        let stream_blocked_since = http2.then(|| in_progress.0.watch_stream());
         Self {
             body,
-            _in_progress: in_progress,
+            in_progress,
+            stream_blocked_since,
         }
     }
 }
@@ -150,7 +192,17 @@ impl<B: Body + Unpin> Body for InProgressBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(blocked_since) = &this.stream_blocked_since {
+            // A frame handed over is held until hyper asks for the next one.
+            let since = match polled {
+                Poll::Ready(Some(Ok(_))) => this.in_progress.0.now_ms(),
+                _ => NOT_BLOCKED,
+            };
+            blocked_since.store(since, Relaxed);
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -313,5 +365,25 @@ mod tests {
         activity.note_write(true);
         assert_eq!(activity.stale_for(timeout).await, Stale::NotReading);
         assert!(blocked.elapsed() + ROUNDING >= timeout);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_http2_body_whose_frame_is_held_for_the_timeout_is_not_read() {
+        use http_body_util::{BodyExt, Full};
+        let timeout = Duration::from_millis(100);
+        let activity = Activity::new();
+        let event = Full::new(bytes::Bytes::from_static(b"data: 1\n\n"));
+        let mut body = InProgressBody::new(event, activity.start(), true);
+        body.frame().await.expect("a frame").expect("data");
+        let held = Instant::now();
+        assert_eq!(activity.stale_for(timeout).await, Stale::NotReading);
+        assert!(held.elapsed() + ROUNDING >= timeout);
+        // Asked for the next (the end): nothing is held any more.
+        assert!(body.frame().await.is_none());
+        let waited = tokio::time::timeout(timeout * 2, activity.stale_for(timeout)).await;
+        assert!(
+            waited.is_err(),
+            "a body taken to its end still counted as held"
+        );
     }
 }

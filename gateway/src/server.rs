@@ -165,8 +165,11 @@ async fn serve(
                     activity,
                 } = &*context;
                 let in_progress = activity.start();
+                let http2 = request.version() == hyper::Version::HTTP_2;
                 let response = gateway.handle(worker, request, client).await;
-                Ok::<_, Infallible>(response.map(|body| InProgressBody::new(body, in_progress)))
+                Ok::<_, Infallible>(
+                    response.map(|body| InProgressBody::new(body, in_progress, http2)),
+                )
             }
         });
         let connection = builder
