@@ -11,6 +11,7 @@ use super::{
 };
 
 const CONNECTIONS: u32 = 64;
+const CONTROL: &str = "gateway again (noise control)";
 
 /// What oha measured in one run.
 #[derive(Clone, Copy, Default)]
@@ -47,10 +48,13 @@ pub fn run(bench: &Bench) -> Result<Section> {
     });
     // The audit log cannot be switched off; writing it to /dev/null keeps everything but the
     // file I/O, which is what the audit costs beyond formatting its lines.
+    // The last contender is the first one again, as a control: how far its figures lie from the
+    // first's shows how much of a difference between contenders is run-to-run noise.
     for (name, fsync, null_audit) in [
         ("gateway", false, false),
         ("gateway fsync", true, false),
         ("gateway, audit to /dev/null", false, true),
+        (CONTROL, false, false),
     ] {
         let addr = free_addr()?;
         let dir = bench.dir(&name.replace([' ', ',', '/'], "-"));
@@ -172,6 +176,11 @@ pub fn run(bench: &Bench) -> Result<Section> {
                 1.0,
             ),
             (
+                "gateway again p99 / gateway p99, at half of nginx's rate (noise)".into(),
+                light_p99(5) / light_p99(2).max(f64::MIN_POSITIVE),
+                0.0,
+            ),
+            (
                 "gateway / direct, req/s".into(),
                 rps[2].median / rps[0].median,
                 0.0,
@@ -190,6 +199,10 @@ pub fn run(bench: &Bench) -> Result<Section> {
         notes: vec![
             String::from(
                 "Targets: gateway >= 1.0x nginx throughput and p99 <= nginx p99; fsync >= 0.5x non-fsync; the audit file costs <= 10% (audit to file >= 0.9x audit to /dev/null).",
+            ),
+            format!(
+                "`{CONTROL}` is a second gateway identical to the first: the spread of its \
+                 figures around the first's is the noise in a comparison between contenders."
             ),
             String::from(
                 "Every process here is started by the bench, in one session (nginx with `daemon off`): with the kernel's scheduler autogroups, a process in a session of its own (a daemonized nginx, say) gets a CPU share of its own, which lowered nginx's figure here by about 25% when tried (the gateway's ratio then looked better than it is).",
