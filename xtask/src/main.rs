@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the single entry point to set up, build, run and test the gateway.
 
 mod bench;
+mod pgo;
 mod setup;
 mod shell;
 
@@ -22,7 +23,8 @@ struct Cli {
 enum Command {
     /// Install what is missing: nightly rust-src, bpf-linker, Debian packages, npm test peers.
     Setup,
-    /// Build the eBPF object and the gateway binary that embeds it (dist profile: release + LTO).
+    /// Build the eBPF object and the gateway binary that embeds it (dist profile: release + LTO,
+    /// optimized with a profile recorded under load).
     Build,
     /// Build, then run the gateway. Without `--config`, runs a demo in front of a built-in MCP server.
     Run {
@@ -125,19 +127,15 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The cargo profile of the gateway binary that is run, tested and benchmarked (Cargo.toml).
-const GATEWAY_PROFILE: &str = "dist";
-
-/// Builds the gateway (its build script compiles and embeds the eBPF object); returns the binary.
+/// Builds the gateway (its build script compiles and embeds the eBPF object) with
+/// profile-guided optimization; returns the binary.
 pub(crate) fn build(root: &Path) -> Result<PathBuf> {
-    let profile = format!("--profile={GATEWAY_PROFILE}");
-    Cmd::cargo(root, &["build", &profile, "--package", "gateway"]).run()?;
-    Ok(root.join("target").join(GATEWAY_PROFILE).join("gateway"))
+    pgo::build(root)
 }
 
 /// The eBPF object embedded by the last build (aya-build writes it into the build script's OUT_DIR).
 fn ebpf_object(root: &Path) -> Result<PathBuf> {
-    let build_dir = root.join("target").join(GATEWAY_PROFILE).join("build");
+    let build_dir = pgo::output_dir(root)?.join("build");
     let newest = std::fs::read_dir(&build_dir)?
         .filter_map(|entry| entry.ok())
         .filter(|entry| entry.file_name().to_string_lossy().starts_with("gateway-"))

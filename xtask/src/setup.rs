@@ -7,7 +7,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::shell::{Cmd, is_root, tools_dir};
+use crate::{
+    pgo,
+    shell::{Cmd, is_root, tools_dir},
+};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// LLVM majors bpf-linker 0.13 has a feature for.
@@ -27,7 +30,8 @@ pub fn all(root: &Path) -> Result<()> {
     npm_peers(root)
 }
 
-/// Nightly with rust-src and a bpf-linker built against nightly's own LLVM.
+/// Nightly with rust-src and a bpf-linker built against nightly's own LLVM; llvm-tools for the
+/// gateway's profile-guided build.
 pub fn toolchain(root: &Path) -> Result<()> {
     let nightly = Cmd::new("rustc")
         .args(["+nightly", "-vV"])
@@ -48,7 +52,19 @@ pub fn toolchain(root: &Path) -> Result<()> {
             .run()
             .context("could not add rust-src to the nightly toolchain")?;
     }
-    bpf_linker(root, llvm_major)
+    bpf_linker(root, llvm_major)?;
+    llvm_tools()
+}
+
+/// `llvm-profdata`, which merges the profile the gateway is optimized with (see `pgo`).
+fn llvm_tools() -> Result<()> {
+    if pgo::llvm_profdata(&pgo::host_triple()?)?.is_file() {
+        return Ok(());
+    }
+    Cmd::new("rustup")
+        .args(["component", "add", "llvm-tools"])
+        .run()
+        .context("could not add llvm-tools (llvm-profdata) to the Rust toolchain")
 }
 
 /// The LLVM major version from `rustc -vV` output.

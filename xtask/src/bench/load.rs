@@ -112,6 +112,12 @@ impl LoadResult {
 }
 
 pub fn run(args: LoadArgs) -> Result<()> {
+    println!("{}", summary(args)?);
+    Ok(())
+}
+
+/// Generates the load and returns its JSON summary.
+pub fn summary(args: LoadArgs) -> Result<serde_json::Value> {
     let keys: Vec<String> = match (&args.key, &args.keys_file) {
         (Some(key), _) => vec![key.clone()],
         (None, Some(file)) => std::fs::read_to_string(file)
@@ -124,9 +130,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let summary = runtime.block_on(generate(args, Arc::new(keys)))?;
-    println!("{summary}");
-    Ok(())
+    runtime.block_on(generate(args, Arc::new(keys)))
 }
 
 async fn generate(args: LoadArgs, keys: Arc<Vec<String>>) -> Result<serde_json::Value> {
