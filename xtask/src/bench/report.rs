@@ -49,7 +49,11 @@ impl Report {
                     "Load generator: {} (and `cargo xtask load` for per-key and per-source load)",
                     version_of(&bench.oha(), &["--version"])
                 ),
-                format!("Gateway: {}", version_of(&bench.gateway, &["--version"])),
+                format!(
+                    "Gateway: {}, as `cargo xtask build` makes it (LTO and profile-guided \
+                     optimization)",
+                    version_of(&bench.gateway, &["--version"])
+                ),
                 format!(
                     "Runs per figure: {}, {} s each; figures are median (min–max)",
                     bench.plan.runs, bench.plan.secs
