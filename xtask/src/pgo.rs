@@ -41,8 +41,8 @@ pub fn build(root: &Path) -> Result<PathBuf> {
         &work,
         &format!("-Cprofile-generate={}", raw.display()),
     )?;
-    // The profile belongs to the instrumented binary it was recorded with: record again only
-    // when that binary changed (cargo does not look at the profile's content).
+    // Record again only when the instrumented binary changed: rustc tracks the profile file, so
+    // a new one rebuilds every crate of the final build.
     if modified(&instrumented)? > modified(&profile).unwrap_or(SystemTime::UNIX_EPOCH) {
         let _ = std::fs::remove_dir_all(&raw);
         train(&instrumented, &work)?;
@@ -125,17 +125,9 @@ fn train(instrumented: &Path, work: &Path) -> Result<()> {
         &keys,
         "[blocking]\nenabled = false",
     );
-    let config_path = work.join("gateway.toml");
-    std::fs::write(&config_path, config)?;
+    let gateway = bench::start_gateway(instrumented, work, &config, None)?;
     let keys_path = work.join("keys.txt");
     std::fs::write(&keys_path, keys.join("\n"))?;
-    let mut command = Command::new(instrumented);
-    command
-        .arg("--config")
-        .arg(&config_path)
-        .env("RUST_LOG", "warn,gateway::app=info");
-    let mut gateway = Service::spawn(command, work.join("gateway.log"))?;
-    gateway.wait_for_log("mcp gateway started")?;
 
     let summary = bench::load::summary(LoadArgs {
         keys_file: Some(keys_path),

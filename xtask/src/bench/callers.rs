@@ -128,6 +128,6 @@ fn gateway_with_keys(
         "window_secs = 60\n",
         &format!("window_secs = {window_secs}\n"),
     );
-    let gateway = start_gateway(bench, &dir, &config, None)?;
+    let gateway = start_gateway(&bench.gateway, &dir, &config, None)?;
     Ok((gateway, addr, keys_file))
 }

@@ -124,7 +124,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             std::slice::from_ref(&key),
             &mode.config(&net),
         );
-        start_gateway(bench, &dir, &config, Some(&net.server))
+        start_gateway(&bench.gateway, &dir, &config, Some(&net.server))
     };
 
     // Baseline: no flood.

@@ -357,9 +357,9 @@ pub fn demo_upstream(bench: &Bench, addr: SocketAddr) -> Result<Service> {
     Ok(service)
 }
 
-/// Starts the gateway with `config` written to `dir`.
+/// Starts the `gateway` binary with `config` written to `dir`.
 pub fn start_gateway(
-    bench: &Bench,
+    gateway: &Path,
     dir: &Path,
     config: &str,
     netns: Option<&str>,
@@ -367,8 +367,8 @@ pub fn start_gateway(
     let path = dir.join("gateway.toml");
     std::fs::write(&path, config)?;
     let mut command = match netns {
-        Some(ns) => VethPair::exec_in(ns, &bench.gateway),
-        None => Command::new(&bench.gateway),
+        Some(ns) => VethPair::exec_in(ns, gateway),
+        None => Command::new(gateway),
     };
     command
         .arg("--config")

@@ -74,7 +74,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         contenders.push(Contender {
             name,
             url: format!("http://{addr}/mcp"),
-            _service: Some(start_gateway(bench, &dir, &config, None)?),
+            _service: Some(start_gateway(&bench.gateway, &dir, &config, None)?),
         });
     }
 

@@ -46,7 +46,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             std::slice::from_ref(&key),
             "",
         );
-        let _gateway = start_gateway(bench, &dir, &config, None)?;
+        let _gateway = start_gateway(&bench.gateway, &dir, &config, None)?;
 
         let mut rows = vec![vec![
             "path".to_owned(),
