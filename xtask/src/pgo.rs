@@ -118,10 +118,13 @@ fn train(instrumented: &Path, work: &Path) -> Result<()> {
 
     let listen = bench::free_addr()?;
     let keys = bench::bench_keys(TRAINING_CALLERS);
+    // A new log each time: the gateway appends, and a training writes about 80 MB.
+    let audit = work.join("audit.jsonl");
+    let _ = std::fs::remove_file(&audit);
     let config = bench::gateway_config(
         listen,
         &format!("http://{upstream_addr}/mcp"),
-        &work.join("audit.jsonl"),
+        &audit,
         &keys,
         "[blocking]\nenabled = false",
     );
