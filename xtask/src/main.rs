@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing: nightly rust-src, bpf-linker, Debian packages, npm test peers.
+    /// Install what is missing: nightly rust-src, bpf-linker, llvm-tools, Debian packages, npm test
+    /// peers.
     Setup,
     /// Build the eBPF object and the gateway binary that embeds it (dist profile: release + LTO,
     /// optimized with a profile recorded under load).
