@@ -75,14 +75,14 @@ fn run(command: Command) -> Result<()> {
         Command::Setup => setup::all(&root),
         Command::Build => {
             setup::toolchain(&root)?;
-            let binary = build(&root)?;
+            let binary = pgo::build(&root)?;
             println!("eBPF object:    {}", ebpf_object(&root)?.display());
             println!("gateway binary: {}", binary.display());
             Ok(())
         }
         Command::Run { args } => {
             setup::toolchain(&root)?;
-            let binary = build(&root)?;
+            let binary = pgo::build(&root)?;
             if !is_root() {
                 eprintln!(
                     "note: not running as root: the gateway cannot attach XDP without CAP_BPF and \
@@ -128,12 +128,6 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Builds the gateway (its build script compiles and embeds the eBPF object) with
-/// profile-guided optimization; returns the binary.
-pub(crate) fn build(root: &Path) -> Result<PathBuf> {
-    pgo::build(root)
-}
-
 /// The eBPF object embedded by the last build (aya-build writes it into the build script's OUT_DIR).
 fn ebpf_object(root: &Path) -> Result<PathBuf> {
     let build_dir = pgo::output_dir(root)?.join("build");
@@ -167,7 +161,7 @@ fn lint(root: &Path) -> Result<()> {
 fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     setup::all(root)?;
     lint(root)?;
-    let gateway = build(root)?;
+    let gateway = pgo::build(root)?;
 
     // Every test binary runs even after a failure, so one run reports every failing test.
     let mut args = vec!["test", "--workspace", "--release", "--no-fail-fast", "--"];

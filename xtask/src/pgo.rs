@@ -152,12 +152,8 @@ fn train(instrumented: &Path, work: &Path) -> Result<()> {
 
 fn merge(host: &str, raw: &Path, profile: &Path) -> Result<()> {
     let profraw: Vec<PathBuf> = std::fs::read_dir(raw)
-        .with_context(|| {
-            format!(
-                "the instrumented gateway wrote no profile into {}",
-                raw.display()
-            )
-        })?
+        .into_iter()
+        .flatten()
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .filter(|path| path.extension().is_some_and(|ext| ext == "profraw"))
         .collect();

@@ -55,7 +55,7 @@ const OHA_VERSION: &str = "1.16.0";
 pub fn run(root: &Path, scenario: Scenario, plan: Plan) -> Result<()> {
     setup::toolchain(root)?;
     install_tools(root, scenario)?;
-    let gateway = crate::build(root)?;
+    let gateway = crate::pgo::build(root)?;
     // The load generator must be optimized; `cargo xtask` itself runs as a debug build.
     Cmd::cargo(root, &["build", "--release", "--package", "xtask"]).run()?;
     let bench = Bench {
