@@ -1,6 +1,7 @@
 //! `cargo xtask bench [scenario]`: the gateway measured side by side with nginx, direct access and
 //! under flood, on this machine, in one run. Results go to `bench/results/<timestamp>.md` with an
-//! SVG chart of the headline ratios, and the README's benchmark section is replaced by the latest.
+//! SVG chart of the headline ratios; a run of every scenario also replaces the README's benchmark
+//! section.
 
 mod callers;
 mod flood;
@@ -82,7 +83,7 @@ pub fn run(root: &Path, scenario: Scenario, plan: Plan) -> Result<()> {
     if wanted(Scenario::Flood) {
         report.add(flood::run(&bench)?);
     }
-    let written = report.write(root)?;
+    let written = report.write(root, scenario == Scenario::All)?;
     println!("results: {}", written.display());
     Ok(())
 }

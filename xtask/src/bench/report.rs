@@ -1,5 +1,5 @@
 //! Benchmark report: a Markdown file per run, an SVG chart of the headline ratios, and the
-//! README's benchmark section replaced by the latest run.
+//! README's benchmark section replaced by the latest run of every scenario.
 
 use std::{
     fmt::Write as _,
@@ -67,8 +67,9 @@ impl Report {
         self.sections.push(section);
     }
 
-    /// Writes `bench/results/<timestamp>.md` and `.svg`, and refreshes the README section.
-    pub fn write(&self, root: &Path) -> Result<PathBuf> {
+    /// Writes `bench/results/<timestamp>.md` and `.svg`; a run of every scenario also replaces the
+    /// README's section (a run of one scenario would leave the README with that scenario only).
+    pub fn write(&self, root: &Path, complete: bool) -> Result<PathBuf> {
         let stamp = utc_stamp();
         let dir = root.join("bench/results");
         std::fs::create_dir_all(&dir)?;
@@ -80,7 +81,11 @@ impl Report {
             &md_path,
             format!("# Benchmark {stamp}\n\n{}", self.markdown(&svg_name)),
         )?;
-        self.update_readme(root, &stamp, &body)?;
+        if complete {
+            self.update_readme(root, &stamp, &body)?;
+        } else {
+            eprintln!("one scenario only: README's benchmark section left as it is");
+        }
         Ok(md_path)
     }
 
