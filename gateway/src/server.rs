@@ -31,25 +31,35 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT.
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     // SO_REUSEPORT alone would let a second gateway of the same user share the port silently,
-    // each taking part of the traffic. A plain bind first fails if anything holds the port.
+    // each taking part of the traffic. A bind without it first fails if anything listens on the
+    // port. It does not listen itself: a client that connected to it in the moment before it is
+    // closed would be refused, although the port is about to serve.
     if addr.port() != 0 {
-        drop(std::net::TcpListener::bind(addr)?);
+        drop(tcp_socket(addr, false)?);
     }
     (0..workers)
         .map(|_| {
-            let socket = socket2::Socket::new(
-                socket2::Domain::for_address(addr),
-                socket2::Type::STREAM,
-                Some(socket2::Protocol::TCP),
-            )?;
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
+            let socket = tcp_socket(addr, true)?;
             socket.set_nonblocking(true)?;
-            socket.bind(&addr.into())?;
             socket.listen(4096)?;
             Ok(socket.into())
         })
         .collect()
+}
+
+/// A TCP socket bound to `addr` (SO_REUSEADDR, as std's listeners; SO_REUSEPORT if asked).
+fn tcp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket)
 }
 
 /// Runs one worker thread per listener until `shutdown` is cancelled; returns when all have
