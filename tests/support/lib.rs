@@ -9,7 +9,10 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -53,8 +56,29 @@ pub fn sha256_hex(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-/// A free loopback port (bound, then released for the child to take).
+/// A free loopback port for a child process to listen on (bound, then released for it to take).
+///
+/// Taken from the ports just below the kernel's ephemeral range: one from that range could be
+/// handed to any socket bound to port 0 (the demo's own upstream, another test's listener) between
+/// its release here and the child's bind, and the child would fail to start.
 pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const SPAN: u32 = 8192;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if let Some(low) = ephemeral_start.checked_sub(SPAN).filter(|&low| low >= 1024) {
+        // Test binaries running one after another start at different places.
+        let start = std::process::id().wrapping_mul(2654435761);
+        for _ in 0..SPAN {
+            let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
+            let port = u16::try_from(low + offset).expect("below the ephemeral range");
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .expect("free port")
