@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use frames::{V4, v4_tcp};
-use gateway::xdp::Kernel;
+use gateway::kernel::XdpProgram;
 use gateway_ebpf::{BlockReason, XdpConfig};
 
 const PORT: u16 = 8080;
@@ -28,7 +28,7 @@ fn ns_per_packet(program: &mut Xdp, frame: &[u8]) -> f64 {
 }
 
 fn main() {
-    let mut kernel = Kernel::load(None, false).expect("load the XDP program (needs root)");
+    let mut kernel = XdpProgram::load(None, false).expect("load the XDP program (needs root)");
     let mut config = XdpConfig {
         port_count: 1,
         ..XdpConfig::default()

@@ -1,6 +1,6 @@
 //! Starting and stopping the gateway: audit log, XDP, feedback loop, listener, signals.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::Context;
 use aya::programs::XdpMode;
@@ -9,56 +9,57 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audit::AuditLog,
-    blocking,
-    config::{Settings, XdpModeConfig},
-    proxy::{self, Gateway},
+    config::{NodeSettings, Settings, XdpModeConfig},
+    kernel::{XdpError, XdpProgram},
+    protection,
+    proxy::Gateway,
     server,
-    xdp::{self, Kernel},
 };
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let audit = AuditLog::open(&settings.audit_path, settings.audit_fsync).with_context(|| {
+    let node = &settings.node;
+    let audit = AuditLog::open(&node.audit.path, node.audit.fsync).with_context(|| {
         format!(
             "audit.path: cannot open {} for appending",
-            settings.audit_path.display()
+            node.audit.path.display()
         )
     })?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let listeners = server::bind(settings.listen, workers)
-        .with_context(|| format!("listen: cannot bind {}", settings.listen))?;
-    let kernel = attach_xdp(&settings);
-    let xdp_state = match &kernel {
+    let listeners = server::bind(node.listen, workers)
+        .with_context(|| format!("listen: cannot bind {}", node.listen))?;
+    let program = attach_xdp(node);
+    let xdp_state = match &program {
         Some(_) => "attached",
         None => "off",
     };
-    let (protection, enforcer) = blocking::start(
-        settings.blocking.clone(),
-        kernel,
-        settings.xdp.allow.clone(),
+    let (protection, enforcer) = protection::start(
+        node.blocking.clone(),
+        program,
+        node.xdp.allow.clone(),
         audit.clone(),
     );
 
+    let policy = &settings.policy;
     tracing::info!(
-        listen = %settings.listen,
-        path = %settings.mcp_path,
-        upstream = %settings.upstream_url,
-        users = settings.users.len(),
-        limit = %format!("{}/{}s", settings.default_limit.requests, settings.default_limit.window.as_secs()),
-        audit = %settings.audit_path.display(),
-        fsync = settings.audit_fsync,
+        listen = %node.listen,
+        path = %node.mcp_path,
+        upstream = %node.upstream.url,
+        users = policy.users.len(),
+        limit = %format!("{}/{}s", policy.default_limit.requests, policy.default_limit.window.as_secs()),
+        audit = %node.audit.path.display(),
+        fsync = node.audit.fsync,
         xdp = xdp_state,
-        blocking = settings.blocking.enabled,
+        blocking = node.blocking.enabled,
         workers,
         "mcp gateway started"
     );
 
-    let sweep_every = proxy::sweep_interval(&settings);
     let gateway = Arc::new(Gateway::new(settings, audit, protection));
     // The enforcer owns the XDP maps; ending it at shutdown detaches the program (pins stay).
     let enforcer = tokio::spawn(enforcer.run());
     spawn_reopen_on_sighup(Arc::clone(&gateway))?;
-    spawn_limiter_sweep(Arc::clone(&gateway), sweep_every);
+    spawn_limiter_sweep(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
     let threads =
         server::run_workers(listeners, &gateway, &shutdown).context("cannot start workers")?;
@@ -78,7 +79,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
 /// Loads, configures and attaches the XDP program when configured. Failure is loud but not
 /// fatal: blocks are then enforced at connection accept, without early drops in the kernel.
-fn attach_xdp(settings: &Settings) -> Option<Kernel> {
+fn attach_xdp(settings: &NodeSettings) -> Option<XdpProgram> {
     let xdp = &settings.xdp;
     if xdp.interfaces.is_empty() {
         tracing::warn!(
@@ -87,15 +88,15 @@ fn attach_xdp(settings: &Settings) -> Option<Kernel> {
         );
         return None;
     }
-    let loaded = Kernel::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut kernel| {
-        kernel.set_config(&xdp.program)?;
+    let loaded = XdpProgram::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut program| {
+        program.set_config(&xdp.program)?;
         for prefix in &xdp.allow {
-            kernel.allow(*prefix)?;
+            program.allow(*prefix)?;
         }
-        Ok(kernel)
+        Ok(program)
     });
-    let mut kernel = match loaded {
-        Ok(kernel) => kernel,
+    let mut program = match loaded {
+        Ok(program) => program,
         Err(err) => {
             tracing::error!(
                 error = %err,
@@ -107,7 +108,7 @@ fn attach_xdp(settings: &Settings) -> Option<Kernel> {
     };
     let mut attached = 0;
     for interface in &xdp.interfaces {
-        match attach(&mut kernel, interface, xdp.mode) {
+        match attach(&mut program, interface, xdp.mode) {
             Ok(mode) => {
                 attached += 1;
                 tracing::info!(
@@ -125,21 +126,21 @@ fn attach_xdp(settings: &Settings) -> Option<Kernel> {
             ),
         }
     }
-    (attached > 0).then_some(kernel)
+    (attached > 0).then_some(program)
 }
 
 /// Attaches in the configured mode; `auto` tries driver mode first. Returns the mode it got.
 fn attach(
-    kernel: &mut Kernel,
+    program: &mut XdpProgram,
     interface: &str,
     mode: XdpModeConfig,
-) -> Result<&'static str, xdp::XdpError> {
+) -> Result<&'static str, XdpError> {
     match mode {
-        XdpModeConfig::Driver => kernel.attach(interface, XdpMode::Driver).map(|()| "driver"),
-        XdpModeConfig::Skb => kernel.attach(interface, XdpMode::Skb).map(|()| "skb"),
-        XdpModeConfig::Auto => kernel.attach(interface, XdpMode::Driver).map(|()| "driver").or_else(|err| {
+        XdpModeConfig::Driver => program.attach(interface, XdpMode::Driver).map(|()| "driver"),
+        XdpModeConfig::Skb => program.attach(interface, XdpMode::Skb).map(|()| "skb"),
+        XdpModeConfig::Auto => program.attach(interface, XdpMode::Driver).map(|()| "driver").or_else(|err| {
             tracing::info!(interface, error = %err, "driver-mode XDP unavailable; trying generic (skb) mode");
-            kernel.attach(interface, XdpMode::Skb).map(|()| "skb")
+            program.attach(interface, XdpMode::Skb).map(|()| "skb")
         }),
     }
 }
@@ -154,12 +155,13 @@ fn spawn_reopen_on_sighup(gateway: Arc<Gateway>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_limiter_sweep(gateway: Arc<Gateway>, every: Duration) {
+/// Sweeps idle limiter state as often as the longest window of the current policy (a reload may
+/// change it).
+fn spawn_limiter_sweep(gateway: Arc<Gateway>) {
     tokio::spawn(async move {
-        let mut interval = tokio::time::interval(every);
         loop {
-            interval.tick().await;
-            gateway.sweep_limiters(every);
+            tokio::time::sleep(gateway.policy().longest_window()).await;
+            gateway.sweep_limiters();
         }
     });
 }

@@ -1,25 +1,23 @@
 //! The MCP edge gateway: a reverse proxy that authenticates, rate-limits and audits every MCP call,
 //! and an XDP program that drops abusive sources in the kernel.
 //!
-//! The request path is in [`proxy`]: [`auth`] -> [`rate_limit`] -> [`audit`] -> [`forward`].
+//! The request path is in [`proxy`]: authenticate ([`policy`]) -> limit ([`limit`]) -> audit
+//! ([`audit`]) -> forward ([`upstream`]), around which [`server`] accepts and serves connections.
+//! [`protection`] turns misbehaviour into blocks, which [`kernel`] writes into the XDP program's
+//! maps. [`config`] reads the file; [`mcp`] is what the gateway understands of the protocol.
 
 pub mod app;
 pub mod audit;
-pub mod auth;
-pub mod blocking;
 pub mod config;
 pub mod demo_upstream;
-pub mod forward;
-pub mod idle;
-pub mod jsonrpc;
-pub mod keys;
-pub mod legacy_sse;
-pub mod pool;
+pub mod kernel;
+pub mod limit;
+pub mod mcp;
+pub mod policy;
+pub mod protection;
 pub mod proxy;
-pub mod rate_limit;
 pub mod server;
-pub mod sessions;
-pub mod xdp;
+pub mod upstream;
 
 /// Locks `mutex`. A poisoned lock only means a thread panicked while holding it; the data is
 /// intact, so it is used anyway.

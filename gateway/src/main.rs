@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use gateway::{
     app,
     config::{Config, Settings},
-    demo_upstream, keys, xdp,
+    demo_upstream, kernel,
+    policy::keys,
 };
 use gateway_ebpf::BlockReason;
 
@@ -130,8 +131,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print_output(&format!(
                 "{}: ok ({} users, upstream {})\n",
                 file.display(),
-                settings.users.len(),
-                settings.upstream_url
+                settings.policy.users.len(),
+                settings.node.upstream.url
             ))
         }
         Some(Command::DemoUpstream { listen }) => runtime()?.block_on(async move {
@@ -158,7 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: XdpCommand::Unload,
             pin_path,
         }) => {
-            let removed = xdp::unpin_all(&pin_path)
+            let removed = kernel::unpin_all(&pin_path)
                 .with_context(|| format!("cannot remove pins in {}", pin_path.display()))?;
             let mut output = String::new();
             if removed.is_empty() {
@@ -173,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn xdp_status(pin_path: &std::path::Path) -> anyhow::Result<()> {
-    let (stats, blocks) = xdp::pinned_status(pin_path).with_context(|| {
+    let (stats, blocks) = kernel::pinned_status(pin_path).with_context(|| {
         format!(
             "no readable XDP state in {} (is the gateway's XDP enabled, and are you root?)",
             pin_path.display()
@@ -184,7 +185,7 @@ fn xdp_status(pin_path: &std::path::Path) -> anyhow::Result<()> {
     for (verdict, count) in stats {
         let _ = writeln!(output, "  {:<20} {count}", verdict.as_str());
     }
-    let now = xdp::monotonic_now_ns();
+    let now = kernel::monotonic_now_ns();
     let _ = writeln!(output, "blocked sources: {}", blocks.len());
     for (ip, entry) in blocks {
         let reason = BlockReason::from_u32(entry.reason).map_or("unknown", BlockReason::as_str);

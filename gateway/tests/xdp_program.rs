@@ -8,7 +8,7 @@ mod frames;
 
 use aya::programs::{TestRun, TestRunOptions};
 use frames::*;
-use gateway::xdp::{Kernel, monotonic_now_ns};
+use gateway::kernel::{XdpProgram, monotonic_now_ns};
 use gateway_ebpf::{BlockReason, RateEvent, Verdict, XdpConfig};
 
 const XDP_DROP: u32 = 1;
@@ -24,13 +24,13 @@ const SECOND: u64 = 1_000_000_000;
 // ---- running the program --------------------------------------------------------------------
 
 struct Program {
-    kernel: Kernel,
+    kernel: XdpProgram,
 }
 
 impl Program {
     /// The program protecting PORT, with BLOCKED_V4 and BLOCKED_V6 on the blocklist.
     fn new() -> Self {
-        let kernel = Kernel::load(None, false).expect("load the XDP program (needs root)");
+        let kernel = XdpProgram::load(None, false).expect("load the XDP program (needs root)");
         let mut program = Self { kernel };
         program.configure(|_| {});
         program

@@ -36,17 +36,75 @@ pub struct Message {
     /// Absent for notifications and responses.
     pub id: Option<Value>,
     pub method: Option<String>,
+    /// What the message is, decided once here for everything that reads it.
+    pub kind: Kind,
     /// `params.name` of `tools/call` and `prompts/get`, `params.uri` of `resources/read`.
     pub target: Option<String>,
     /// Top-level keys of `params.arguments`, never the values.
     pub arg_keys: Vec<String>,
 }
 
+/// What a message asks for. Audit lines, tool limits (and authorization) read this rather than
+/// comparing method names themselves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// `tools/call`: `target` is the tool, `arg_keys` its argument names.
+    ToolCall,
+    /// `prompts/get`: `target` is the prompt, `arg_keys` its argument names.
+    PromptGet,
+    /// `resources/read`: `target` is the resource's URI.
+    ResourceRead,
+    /// `resources/subscribe` and `resources/unsubscribe`: `target` is the resource's URI.
+    ResourceSubscription,
+    /// `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`.
+    List,
+    /// Any other request (`initialize`, `ping`, ...).
+    OtherRequest,
+    /// A method without an id.
+    Notification,
+    /// No method: the client's answer to a request of the server's.
+    #[default]
+    Response,
+}
+
+impl Kind {
+    fn of(method: Option<&str>, has_id: bool) -> Self {
+        match method {
+            Some("tools/call") => Self::ToolCall,
+            Some("prompts/get") => Self::PromptGet,
+            Some("resources/read") => Self::ResourceRead,
+            Some("resources/subscribe" | "resources/unsubscribe") => Self::ResourceSubscription,
+            Some("tools/list" | "prompts/list" | "resources/list" | "resources/templates/list") => {
+                Self::List
+            }
+            Some(_) if !has_id => Self::Notification,
+            Some(_) => Self::OtherRequest,
+            None => Self::Response,
+        }
+    }
+}
+
 impl Message {
     /// The tool (or prompt) a message calls, for audit and per-tool decisions.
     pub fn tool(&self) -> Option<&str> {
-        match self.method.as_deref() {
-            Some("tools/call" | "prompts/get") => self.target.as_deref(),
+        match self.kind {
+            Kind::ToolCall | Kind::PromptGet => self.target.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The tool of a `tools/call`.
+    pub fn called_tool(&self) -> Option<&str> {
+        match self.kind {
+            Kind::ToolCall => self.target.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Argument names, for the messages that have arguments (tool calls and prompts).
+    pub fn argument_keys(&self) -> Option<&[String]> {
+        match self.kind {
+            Kind::ToolCall | Kind::PromptGet => Some(&self.arg_keys),
             _ => None,
         }
     }
@@ -149,11 +207,13 @@ impl From<RawMessage<'_>> for Message {
             ),
             None => (None, Vec::new()),
         };
+        // JSON-RPC ids are strings, numbers or null; anything else is not echoed.
+        let id = raw
+            .id
+            .filter(|id| id.is_string() || id.is_number() || id.is_null());
         Message {
-            // JSON-RPC ids are strings, numbers or null; anything else is not echoed.
-            id: raw
-                .id
-                .filter(|id| id.is_string() || id.is_number() || id.is_null()),
+            kind: Kind::of(raw.method.as_deref(), id.is_some()),
+            id,
             method: raw.method.map(Cow::into_owned),
             target,
             arg_keys,
@@ -270,6 +330,35 @@ mod tests {
         .unwrap();
         assert_eq!(body.messages[0].target.as_deref(), Some("file:///x"));
         assert_eq!(body.messages[0].tool(), None);
+        assert_eq!(body.messages[0].kind, Kind::ResourceRead);
+    }
+
+    #[test]
+    fn each_message_is_classified_once_by_method_and_id() {
+        let body = inspect(
+            br#"[{"id":1,"method":"tools/call","params":{"name":"t"}},{"id":2,"method":"prompts/get"},{"id":3,"method":"resources/subscribe"},{"id":4,"method":"tools/list"},{"id":5,"method":"initialize"},{"method":"notifications/initialized"},{"id":6,"result":{}}]"#,
+        )
+        .unwrap();
+        let kinds: Vec<Kind> = body.messages.iter().map(|m| m.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                Kind::ToolCall,
+                Kind::PromptGet,
+                Kind::ResourceSubscription,
+                Kind::List,
+                Kind::OtherRequest,
+                Kind::Notification,
+                Kind::Response
+            ]
+        );
+        assert_eq!(body.messages[0].called_tool(), Some("t"));
+        assert_eq!(
+            body.messages[1].called_tool(),
+            None,
+            "a prompt is not a tool call"
+        );
+        assert_eq!(body.messages[3].argument_keys(), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Stage 4: forwarding to the MCP server over the worker's pooled HTTP/1.1 connections. The
+//! Forwarding to the MCP server over the worker's pooled HTTP/1.1 connections. The
 //! upstream sees a plain client: its own Host, the caller's identity in one header, never the
 //! caller's key.
 
@@ -12,10 +12,11 @@ use hyper::{
     http::{request, uri::PathAndQuery},
 };
 
-use crate::{
-    config::Settings,
-    pool::{ConnectionPool, PoolError, PooledBody},
-};
+mod pool;
+
+pub use pool::{ConnectionPool, PoolError, PooledBody};
+
+use crate::config::UpstreamSettings;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -39,8 +40,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &Settings) -> Self {
-        let url = &settings.upstream_url;
+    pub fn new(settings: &UpstreamSettings) -> Self {
+        let url = &settings.url;
         // The config accepts only http:// URLs with a host.
         let address = format!(
             "{}:{}",
@@ -59,8 +60,8 @@ impl Upstream {
                 .unwrap_or_else(|| PathAndQuery::from_static("/")),
             host,
             caller_header: settings.caller_header.clone(),
-            authorization: settings.upstream_authorization.clone(),
-            timeout: settings.upstream_timeout,
+            authorization: settings.authorization.clone(),
+            timeout: settings.timeout,
         }
     }
 

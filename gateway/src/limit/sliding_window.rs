@@ -1,4 +1,4 @@
-//! Stage 2: per-caller rate limiting with exact sliding-window semantics.
+//! The local limiter: exact sliding windows, in this process's memory.
 //!
 //! For each caller the limiter keeps the admission times of the requests inside the current window
 //! and admits a request only if fewer than `requests` were admitted in the `window` before it. No
@@ -19,32 +19,11 @@ use std::{
 
 use dashmap::DashMap;
 
+use super::{Denied, Limiter};
 use crate::config::RateLimit;
 
-/// Refused: the caller must wait `retry_after` for enough slots to free.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Denied {
-    pub retry_after: Duration,
-    pub limit: RateLimit,
-    /// The request alone needs more slots than the limit has; it can never pass.
-    pub exceeds_limit: bool,
-}
-
-impl Denied {
-    /// `Retry-After` in whole seconds, rounded up, at least 1.
-    pub fn retry_after_secs(&self) -> u64 {
-        let secs = self.retry_after.as_secs();
-        let secs = if self.retry_after.subsec_nanos() > 0 {
-            secs + 1
-        } else {
-            secs
-        };
-        secs.max(1)
-    }
-}
-
-pub struct RateLimiter {
-    default: RateLimit,
+/// Admission times per key, in this process: exact, and as fast as a map lookup.
+pub struct SlidingWindow {
     epoch: Instant,
     windows: DashMap<Arc<str>, Window>,
 }
@@ -76,26 +55,34 @@ impl Run {
     }
 }
 
-impl RateLimiter {
-    pub fn new(default: RateLimit) -> Self {
+impl Default for SlidingWindow {
+    fn default() -> Self {
         Self {
-            default,
             epoch: Instant::now(),
             windows: DashMap::new(),
         }
     }
+}
 
-    /// Admits `cost` requests (a JSON-RPC batch costs one per message) for `caller` now, or says
-    /// how long to wait. `limit` overrides the default for this caller.
-    pub fn check(
-        &self,
-        caller: &Arc<str>,
-        limit: Option<RateLimit>,
-        cost: u32,
-    ) -> Result<(), Denied> {
-        self.check_at(caller, limit.unwrap_or(self.default), cost, Instant::now())
+impl Limiter for SlidingWindow {
+    async fn admit(&self, key: &Arc<str>, limit: RateLimit, cost: u32) -> Result<(), Denied> {
+        self.check_at(key, limit, cost, Instant::now())
     }
 
+    /// Drops the state of keys with no admission inside `idle_after`.
+    fn sweep(&self, idle_after: Duration) {
+        let now_ns = self.nanos_since_epoch(Instant::now());
+        let idle_ns = idle_after.as_nanos() as u64;
+        self.windows.retain(|_, window| {
+            window
+                .admitted
+                .back()
+                .is_some_and(|run| run.leaves_at(idle_ns) > now_ns)
+        });
+    }
+}
+
+impl SlidingWindow {
     fn check_at(
         &self,
         caller: &Arc<str>,
@@ -163,19 +150,6 @@ impl RateLimiter {
         Ok(())
     }
 
-    /// Drops the state of callers with no admission inside `idle_after`. Call periodically with
-    /// the longest configured window.
-    pub fn sweep(&self, idle_after: Duration) {
-        let now_ns = self.nanos_since_epoch(Instant::now());
-        let idle_ns = idle_after.as_nanos() as u64;
-        self.windows.retain(|_, window| {
-            window
-                .admitted
-                .back()
-                .is_some_and(|run| run.leaves_at(idle_ns) > now_ns)
-        });
-    }
-
     /// Number of callers with limiter state (for tests and metrics).
     pub fn tracked_callers(&self) -> usize {
         self.windows.len()
@@ -201,7 +175,7 @@ mod tests {
 
     #[test]
     fn admits_exactly_n_per_window_and_frees_slots_at_the_edge() {
-        let limiter = RateLimiter::new(limit(3, 10));
+        let limiter = SlidingWindow::default();
         let alice: Arc<str> = "alice".into();
         let t0 = limiter.epoch + Duration::from_secs(1);
         let at = |ms: u64| t0 + Duration::from_millis(ms);
@@ -223,7 +197,7 @@ mod tests {
 
     #[test]
     fn denied_requests_do_not_use_up_slots() {
-        let limiter = RateLimiter::new(limit(1, 1));
+        let limiter = SlidingWindow::default();
         let alice: Arc<str> = "alice".into();
         let t0 = limiter.epoch;
         assert!(limiter.check_at(&alice, limit(1, 1), 1, t0).is_ok());
@@ -245,7 +219,7 @@ mod tests {
     fn no_window_ever_holds_more_than_n() {
         // Requests every 7 ms for 3 s against 10 per second: check every 1 s window afterwards.
         let lim = limit(10, 1);
-        let limiter = RateLimiter::new(lim);
+        let limiter = SlidingWindow::default();
         let bob: Arc<str> = "bob".into();
         let admitted: Vec<u64> = (0..430u64)
             .map(|i| i * 7)
@@ -269,22 +243,22 @@ mod tests {
         assert!(admitted.len() >= 30, "only {} admitted", admitted.len());
     }
 
-    #[test]
-    fn callers_are_limited_separately_and_overrides_apply() {
-        let limiter = RateLimiter::new(limit(1, 60));
+    #[tokio::test]
+    async fn callers_are_limited_separately_and_overrides_apply() {
+        let limiter = SlidingWindow::default();
         let alice: Arc<str> = "alice".into();
         let bob: Arc<str> = "bob".into();
-        assert!(limiter.check(&alice, None, 1).is_ok());
-        assert!(limiter.check(&alice, None, 1).is_err());
-        assert!(limiter.check(&bob, Some(limit(2, 60)), 1).is_ok());
-        assert!(limiter.check(&bob, Some(limit(2, 60)), 1).is_ok());
-        assert!(limiter.check(&bob, Some(limit(2, 60)), 1).is_err());
+        assert!(limiter.admit(&alice, limit(1, 60), 1).await.is_ok());
+        assert!(limiter.admit(&alice, limit(1, 60), 1).await.is_err());
+        assert!(limiter.admit(&bob, limit(2, 60), 1).await.is_ok());
+        assert!(limiter.admit(&bob, limit(2, 60), 1).await.is_ok());
+        assert!(limiter.admit(&bob, limit(2, 60), 1).await.is_err());
     }
 
     #[test]
     fn batches_cost_one_per_message_all_or_nothing() {
         let lim = limit(5, 60);
-        let limiter = RateLimiter::new(lim);
+        let limiter = SlidingWindow::default();
         let alice: Arc<str> = "alice".into();
         let now = limiter.epoch;
         assert!(limiter.check_at(&alice, lim, 3, now).is_ok());
@@ -299,7 +273,7 @@ mod tests {
     fn admissions_within_a_millisecond_share_one_entry_and_free_no_earlier() {
         // (Runs of 1 ms: 1,000 admissions over 0.5 ms make one entry.)
         let lim = limit(1_000, 1);
-        let limiter = RateLimiter::new(lim);
+        let limiter = SlidingWindow::default();
         let alice: Arc<str> = "alice".into();
         let t0 = limiter.epoch + Duration::from_millis(5);
         // 1,000 admissions spread over 0.5 ms: one entry.
@@ -329,12 +303,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn idle_callers_are_swept() {
-        let limiter = RateLimiter::new(limit(10, 60));
+    #[tokio::test]
+    async fn idle_callers_are_swept() {
+        let limiter = SlidingWindow::default();
         for i in 0..100 {
             let caller: Arc<str> = format!("user{i}").into();
-            limiter.check(&caller, None, 1).unwrap();
+            limiter.admit(&caller, limit(10, 60), 1).await.unwrap();
         }
         assert_eq!(limiter.tracked_callers(), 100);
         limiter.sweep(Duration::from_secs(60));

@@ -1,5 +1,5 @@
-//! The XDP program from userspace: loading the embedded object (optionally with its maps pinned
-//! under bpffs so they outlive the process), attaching it, and reading and writing its maps.
+//! Loading the embedded object (optionally with its maps pinned under bpffs so they outlive the
+//! process), attaching it, and reading and writing its maps.
 
 use std::{
     borrow::Borrow,
@@ -10,7 +10,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode},
+    programs::{Xdp, XdpMode},
 };
 use gateway_ebpf::{
     ALL_MAPS, ALLOWLIST_MAP, BASELINE_PROGRAM_NAME, BLOCKLIST_MAP, BlockEntry, BlockReason,
@@ -19,58 +19,29 @@ use gateway_ebpf::{
 };
 use ipnet::IpNet;
 
+use super::{XdpError, pins::ensure_pin_dir};
+
 /// The XDP object compiled from gateway-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-ebpf"));
 
-#[derive(Debug, thiserror::Error)]
-pub enum XdpError {
-    #[error(
-        "loading the XDP program needs root or CAP_BPF + CAP_NET_ADMIN (and CAP_PERFMON on some \
-         kernels): {0}"
-    )]
-    Permission(#[source] aya::EbpfError),
-    #[error("loading the eBPF object failed: {0}")]
-    Load(#[source] aya::EbpfError),
-    #[error("the XDP program failed to load into the kernel: {0}")]
-    Program(#[source] ProgramError),
-    #[error("attaching XDP to interface {interface:?} failed: {source}")]
-    Attach {
-        interface: String,
-        #[source]
-        source: ProgramError,
-    },
-    #[error("eBPF map access failed: {0}")]
-    Map(#[source] MapError),
-    #[error("cannot read the XDP program's logs: {0}")]
-    Log(String),
-    #[error("the eBPF object has no program or map named {0:?}")]
-    Missing(&'static str),
-    #[error("cannot prepare the bpffs pin directory {path}: {source}")]
-    PinDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Per-verdict packet counts, summed over CPUs.
 pub type Stats = [(Verdict, u64); Verdict::COUNT as usize];
 
-/// The loaded program and its maps.
-pub struct Kernel {
+/// The XDP program, loaded into the kernel, and its maps.
+pub struct XdpProgram {
     ebpf: Ebpf,
-    logger: Option<KernelLogger>,
+    logger: Option<ProgramLogger>,
 }
 
 /// Forwards the program's aya-log records to the `log` facade (and so to `tracing`).
-pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+pub type ProgramLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// aya-log levels as the program's `AYA_LOG_LEVEL` global holds them.
 const LOG_OFF: u8 = 0;
 const LOG_DEBUG: u8 = 4;
 
-impl Kernel {
+impl XdpProgram {
     /// Loads the embedded object into the kernel (verified, not attached yet). With `pin_dir`, each
     /// map is pinned there, and maps already pinned there (by an earlier gateway) are reused, so
     /// blocks and counters survive restarts and upgrades. The program's log statements are pruned
@@ -112,7 +83,7 @@ impl Kernel {
     }
 
     /// The reader of the program's log statements (with `log`), for a task to poll.
-    pub fn take_logger(&mut self) -> Option<KernelLogger> {
+    pub fn take_logger(&mut self) -> Option<ProgramLogger> {
         self.logger.take()
     }
 
@@ -236,6 +207,19 @@ impl Kernel {
         self.set_config(&config)
     }
 
+    /// Removes a prefix block; `false` if there was none. The program keeps consulting the prefix
+    /// blocklist (an empty trie costs one lookup).
+    pub fn unblock_prefix(&mut self, prefix: IpNet) -> Result<bool, XdpError> {
+        let mut trie =
+            LpmTrie::<_, [u8; 16], BlockEntry>::try_from(self.map_mut(PREFIX_BLOCKLIST_MAP)?)
+                .map_err(XdpError::Map)?;
+        match trie.remove(&prefix_key(prefix)) {
+            Ok(()) => Ok(true),
+            Err(MapError::KeyNotFound) => Ok(false),
+            Err(err) => Err(XdpError::Map(err)),
+        }
+    }
+
     /// The ring buffer of rate-limit events, for a reader task (can be taken once).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, XdpError> {
         let map = self
@@ -304,69 +288,11 @@ fn list_blocks<T: Borrow<MapData>>(
         .collect()
 }
 
-/// Removes pinned maps (`gateway xdp unload`): the next start begins with empty maps.
-pub fn unpin_all(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
-    for name in ALL_MAPS {
-        let path = dir.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed.push(path),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(removed)
-}
-
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
     ebpf.program_mut(PROGRAM_NAME)
         .ok_or(XdpError::Missing(PROGRAM_NAME))?
         .try_into()
         .map_err(XdpError::Program)
-}
-
-/// Creates the pin directory, mounting bpffs on /sys/fs/bpf first if nothing is mounted there.
-fn ensure_pin_dir(dir: &Path) -> Result<(), XdpError> {
-    let pin_error = |source| XdpError::PinDir {
-        path: dir.to_owned(),
-        source,
-    };
-    let bpffs = Path::new("/sys/fs/bpf");
-    if dir.starts_with(bpffs) && !is_bpffs(bpffs) {
-        mount_bpffs(bpffs).map_err(pin_error)?;
-    }
-    std::fs::create_dir_all(dir).map_err(pin_error)
-}
-
-fn is_bpffs(path: &Path) -> bool {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
-    // SAFETY: statfs into a zeroed struct with a valid C string.
-    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut stat) };
-    rc == 0 && stat.f_type as i64 == BPF_FS_MAGIC
-}
-
-fn mount_bpffs(path: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(path)?;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: mount(2) with valid C strings and no data.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c_path.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }
 
 /// Whether loading failed for lack of privileges (EPERM/EACCES anywhere in the error chain).
@@ -381,17 +307,6 @@ fn is_permission_error(err: &aya::EbpfError) -> bool {
         source = err.source();
     }
     false
-}
-
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads, so block expiry times agree.
-pub fn monotonic_now_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use base64::Engine;
 
-use crate::auth::Sha256Digest;
+use super::Sha256Digest;
 
 /// A new random key: 256 bits from the OS, URL-safe base64 without padding (43 characters).
 pub fn generate() -> anyhow::Result<String> {

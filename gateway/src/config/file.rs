@@ -1,0 +1,335 @@
+//! The configuration file as an operator writes it: TOML, unknown keys rejected, every field with
+//! its documented default. Checking it is `validate.rs`'s job.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
+
+use serde::Deserialize;
+
+/// The configuration file, as written by an operator. Unknown keys are an error, so a typo never
+/// silently falls back to a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "defaults::mcp_path")]
+    pub mcp_path: String,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// A client connection with no request in progress for this long is closed, including one
+    /// whose request head is still arriving (slow clients), and so is one whose client takes
+    /// nothing of its response for this long; a request body that stops arriving for this long
+    /// gets 408.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    pub upstream: UpstreamConfig,
+    #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub xdp: XdpSection,
+    #[serde(default)]
+    pub blocking: BlockingSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// `http://host:port/path` of the MCP server.
+    pub url: String,
+    /// Header that carries the authenticated caller's name upstream.
+    #[serde(default = "defaults::caller_header")]
+    pub caller_header: String,
+    /// Longest wait for the upstream's response headers (streams may then run longer).
+    #[serde(default = "defaults::timeout_secs")]
+    pub timeout_secs: u64,
+    /// Credential sent upstream as `Authorization` (the caller's own key never is).
+    #[serde(default)]
+    pub authorization: Option<String>,
+    /// Path of the server's legacy HTTP+SSE endpoint (MCP 2024-11-05), e.g. `"/sse"`, on the same
+    /// host and port as `url`. The gateway serves it at the same path, and the message endpoint
+    /// each stream announces. Unset: the legacy transport is not served.
+    #[serde(default)]
+    pub sse_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    pub requests: u32,
+    pub window_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default = "defaults::requests")]
+    pub requests: u32,
+    #[serde(default = "defaults::window_secs")]
+    pub window_secs: u64,
+    /// HTTP status of a rate-limited answer: 429, or 200 for clients that break on any non-2xx.
+    #[serde(default = "defaults::rate_limit_status")]
+    pub status: u16,
+    /// Per caller and tool: `tools/call` of a named tool, e.g. `tools.search = { requests = 5,
+    /// window_secs = 60 }`.
+    #[serde(default)]
+    pub tools: BTreeMap<String, Limit>,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            requests: defaults::requests(),
+            window_secs: defaults::window_secs(),
+            status: defaults::rate_limit_status(),
+            tools: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default = "defaults::audit_path")]
+    pub path: PathBuf,
+    /// Wait for fsync before forwarding (group commit keeps throughput under concurrency).
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            path: defaults::audit_path(),
+            fsync: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    /// Hex SHA-256 of the user's key (`gateway hash-key`).
+    pub key_sha256: String,
+    #[serde(default)]
+    pub rate_limit: Option<Limit>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpSection {
+    /// Load the XDP program and attach it to `interface`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// One interface (`"eth0"`) or several (`["eth0", "eth1"]`).
+    #[serde(default)]
+    pub interface: Option<Interfaces>,
+    #[serde(default)]
+    pub mode: XdpModeConfig,
+    /// Destination ports the program protects (default: the port of `listen`).
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// bpffs directory where the maps are pinned, so blocks survive restarts ("" = no pinning).
+    #[serde(default = "defaults::pin_path")]
+    pub pin_path: PathBuf,
+    /// Count what would be dropped without dropping it.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Show the XDP program's debug log (rate-drop transitions) in the gateway's log.
+    #[serde(default)]
+    pub log: bool,
+    /// Prefixes never dropped or blocked (operators, health checkers, NAT egress pools).
+    #[serde(default)]
+    pub allow: Vec<String>,
+    #[serde(default)]
+    pub rate: XdpRateSection,
+}
+
+impl Default for XdpSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interface: None,
+            mode: XdpModeConfig::default(),
+            ports: Vec::new(),
+            pin_path: defaults::pin_path(),
+            dry_run: false,
+            log: false,
+            allow: Vec::new(),
+            rate: XdpRateSection::default(),
+        }
+    }
+}
+
+/// Per-source limits the XDP program enforces (0 disables a limit).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdpRateSection {
+    #[serde(default = "defaults::packets_per_sec")]
+    pub packets_per_sec: u64,
+    #[serde(default = "defaults::burst")]
+    pub burst: u64,
+    #[serde(default = "defaults::syn_per_sec")]
+    pub syn_per_sec: u64,
+    #[serde(default = "defaults::syn_burst")]
+    pub syn_burst: u64,
+    /// IPv6 sources share limits per prefix of this length.
+    #[serde(default = "defaults::ipv6_prefix_len")]
+    pub ipv6_prefix_len: u32,
+    /// New sources given a token bucket per second and CPU (0 = no cap).
+    #[serde(default = "defaults::new_sources_per_sec")]
+    pub new_sources_per_sec: u64,
+}
+
+impl Default for XdpRateSection {
+    fn default() -> Self {
+        Self {
+            packets_per_sec: defaults::packets_per_sec(),
+            burst: defaults::burst(),
+            syn_per_sec: defaults::syn_per_sec(),
+            syn_burst: defaults::syn_burst(),
+            ipv6_prefix_len: defaults::ipv6_prefix_len(),
+            new_sources_per_sec: defaults::new_sources_per_sec(),
+        }
+    }
+}
+
+/// The feedback loop: sources that misbehave get blocked (in XDP when attached, and at accept).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockingSection {
+    #[serde(default = "defaults::enabled")]
+    pub enabled: bool,
+    /// Failed authentications from one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::auth_failures")]
+    pub auth_failures: u32,
+    /// Rate-limited (429) answers to one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::rate_limited")]
+    pub rate_limited: u32,
+    /// Malformed requests from one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::malformed")]
+    pub malformed: u32,
+    /// XDP rate-drop events for one source within `window_secs` that lead to a block.
+    #[serde(default = "defaults::packet_rate_events")]
+    pub packet_rate_events: u32,
+    #[serde(default = "defaults::window_secs")]
+    pub window_secs: u64,
+    /// First block's duration; each repeat offense doubles it, up to `max_block_secs`.
+    #[serde(default = "defaults::block_secs")]
+    pub block_secs: u64,
+    #[serde(default = "defaults::max_block_secs")]
+    pub max_block_secs: u64,
+}
+
+impl Default for BlockingSection {
+    fn default() -> Self {
+        Self {
+            enabled: defaults::enabled(),
+            auth_failures: defaults::auth_failures(),
+            rate_limited: defaults::rate_limited(),
+            malformed: defaults::malformed(),
+            packet_rate_events: defaults::packet_rate_events(),
+            window_secs: defaults::window_secs(),
+            block_secs: defaults::block_secs(),
+            max_block_secs: defaults::max_block_secs(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Interfaces {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeConfig {
+    /// Driver mode, falling back to generic (skb) mode where the driver has no XDP support.
+    #[default]
+    Auto,
+    Driver,
+    Skb,
+}
+
+mod defaults {
+    use std::{net::SocketAddr, path::PathBuf};
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn mcp_path() -> String {
+        "/mcp".into()
+    }
+    pub fn max_body_bytes() -> usize {
+        4 * 1024 * 1024
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        30
+    }
+    pub fn caller_header() -> String {
+        "X-MCP-Caller".into()
+    }
+    pub fn timeout_secs() -> u64 {
+        300
+    }
+    pub fn requests() -> u32 {
+        100
+    }
+    pub fn window_secs() -> u64 {
+        60
+    }
+    pub fn rate_limit_status() -> u16 {
+        429
+    }
+    pub fn audit_path() -> PathBuf {
+        PathBuf::from("logs/mcp-audit.jsonl")
+    }
+    pub fn pin_path() -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/mcp-gateway")
+    }
+    pub fn packets_per_sec() -> u64 {
+        2_000
+    }
+    pub fn burst() -> u64 {
+        4_000
+    }
+    pub fn syn_per_sec() -> u64 {
+        100
+    }
+    pub fn syn_burst() -> u64 {
+        200
+    }
+    pub fn ipv6_prefix_len() -> u32 {
+        64
+    }
+    pub fn new_sources_per_sec() -> u64 {
+        10_000
+    }
+    pub fn enabled() -> bool {
+        true
+    }
+    pub fn auth_failures() -> u32 {
+        10
+    }
+    pub fn rate_limited() -> u32 {
+        30
+    }
+    pub fn malformed() -> u32 {
+        20
+    }
+    pub fn packet_rate_events() -> u32 {
+        3
+    }
+    pub fn block_secs() -> u64 {
+        300
+    }
+    pub fn max_block_secs() -> u64 {
+        86_400
+    }
+}

@@ -1,0 +1,67 @@
+//! Configuration: a TOML file ([`file`]), overridden by flags and the `MCP_API_KEY` /
+//! `MCP_USER_KEYS` environment variables, validated at start into [`Settings`] with errors that
+//! name the field.
+//!
+//! The validated settings come in two parts: [`NodeSettings`], fixed for the life of the process,
+//! and [`PolicySettings`], which a reload may swap while requests run (see `policy/`).
+
+mod file;
+mod protection;
+mod settings;
+mod users;
+mod validate;
+
+use std::path::{Path, PathBuf};
+
+pub use file::{
+    AuditConfig, BlockingSection, Config, Interfaces, Limit, RateLimitConfig, UpstreamConfig,
+    UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
+};
+pub use protection::parse_prefix;
+pub use settings::{
+    AuditSettings, BlockingPolicy, NodeSettings, PolicySettings, RateLimit, Settings,
+    UpstreamSettings, User, XdpSettings,
+};
+
+/// A configuration problem, naming the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })
+    }
+
+    /// Parses TOML; the error names the key and line (toml's own message).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|err| err.to_string().trim_end().to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,157 @@
+//! `[xdp]` and `[blocking]`: how the gateway protects itself, in the kernel and in its feedback
+//! loop.
+
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::{
+    ConfigError,
+    file::{BlockingSection, Interfaces, XdpSection},
+    invalid,
+    settings::{BlockingPolicy, XdpSettings},
+};
+
+pub(super) fn xdp_settings(
+    section: &XdpSection,
+    listen_port: u16,
+) -> Result<XdpSettings, ConfigError> {
+    use gateway_ebpf::{MAX_BURST, MAX_PORTS, MAX_RATE, XdpConfig};
+
+    let interfaces = match (&section.interface, section.enabled) {
+        (_, false) => Vec::new(),
+        (Some(Interfaces::One(interface)), true) => vec![interface.clone()],
+        (Some(Interfaces::Many(interfaces)), true) => interfaces.clone(),
+        (None, true) => Vec::new(),
+    };
+    if section.enabled && (interfaces.is_empty() || interfaces.iter().any(String::is_empty)) {
+        return Err(invalid(
+            "xdp.interface",
+            "required when xdp.enabled = true: a name (\"eth0\") or a list of names",
+        ));
+    }
+    let ports = if section.ports.is_empty() {
+        vec![listen_port]
+    } else {
+        section.ports.clone()
+    };
+    if ports.len() > MAX_PORTS || ports.contains(&0) {
+        return Err(invalid(
+            "xdp.ports",
+            format!("1 to {MAX_PORTS} ports, none of them 0"),
+        ));
+    }
+    let allow = section
+        .allow
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            parse_prefix(text).ok_or_else(|| {
+                invalid(
+                    format!("xdp.allow[{index}]"),
+                    format!("{text:?} is not an address or CIDR prefix"),
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let rate = &section.rate;
+    for (name, value, max) in [
+        ("packets_per_sec", rate.packets_per_sec, MAX_RATE),
+        ("syn_per_sec", rate.syn_per_sec, MAX_RATE),
+        ("burst", rate.burst, MAX_BURST),
+        ("syn_burst", rate.syn_burst, MAX_BURST),
+    ] {
+        if value > max {
+            return Err(invalid(
+                format!("xdp.rate.{name}"),
+                format!("at most {max}"),
+            ));
+        }
+    }
+    for (name, rate_value, burst) in [
+        ("burst", rate.packets_per_sec, rate.burst),
+        ("syn_burst", rate.syn_per_sec, rate.syn_burst),
+    ] {
+        if rate_value > 0 && burst == 0 {
+            return Err(invalid(
+                format!("xdp.rate.{name}"),
+                "must be at least 1 when its rate is set",
+            ));
+        }
+    }
+    if !(1..=128).contains(&rate.ipv6_prefix_len) {
+        return Err(invalid(
+            "xdp.rate.ipv6_prefix_len",
+            "must be between 1 and 128",
+        ));
+    }
+    let mut program = XdpConfig {
+        flags: if section.dry_run {
+            XdpConfig::FLAG_DRY_RUN
+        } else {
+            0
+        },
+        ipv6_prefix_len: rate.ipv6_prefix_len,
+        packets_per_sec: rate.packets_per_sec,
+        burst: rate.burst,
+        syn_per_sec: rate.syn_per_sec,
+        syn_burst: rate.syn_burst,
+        new_sources_per_sec: rate.new_sources_per_sec,
+        port_count: ports.len() as u32,
+        ..XdpConfig::default()
+    };
+    program.ports[..ports.len()].copy_from_slice(&ports);
+    let pin_dir = (!section.pin_path.as_os_str().is_empty()).then(|| section.pin_path.clone());
+    Ok(XdpSettings {
+        interfaces,
+        mode: section.mode,
+        pin_dir,
+        log: section.log,
+        allow,
+        program,
+    })
+}
+
+/// An address or a CIDR prefix (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).
+pub fn parse_prefix(text: &str) -> Option<IpNet> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+        .map(|net| net.trunc())
+}
+
+pub(super) fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolicy, ConfigError> {
+    for (name, value) in [
+        ("auth_failures", section.auth_failures),
+        ("rate_limited", section.rate_limited),
+        ("malformed", section.malformed),
+        ("packet_rate_events", section.packet_rate_events),
+    ] {
+        if value == 0 {
+            return Err(invalid(format!("blocking.{name}"), "must be at least 1"));
+        }
+    }
+    if section.window_secs == 0 {
+        return Err(invalid("blocking.window_secs", "must be at least 1"));
+    }
+    if section.block_secs == 0 {
+        return Err(invalid("blocking.block_secs", "must be at least 1"));
+    }
+    if section.max_block_secs < section.block_secs {
+        return Err(invalid(
+            "blocking.max_block_secs",
+            "must not be less than block_secs",
+        ));
+    }
+    Ok(BlockingPolicy {
+        enabled: section.enabled,
+        auth_failures: section.auth_failures,
+        rate_limited: section.rate_limited,
+        malformed: section.malformed,
+        packet_rate_events: section.packet_rate_events,
+        window: Duration::from_secs(section.window_secs),
+        block: Duration::from_secs(section.block_secs),
+        max_block: Duration::from_secs(section.max_block_secs),
+    })
+}

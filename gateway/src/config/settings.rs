@@ -1,0 +1,119 @@
+//! The validated configuration, in two parts: what is fixed for the life of the process
+//! ([`NodeSettings`]: addresses, upstream, audit file, XDP) and what a reload may replace while
+//! requests run ([`PolicySettings`]: users and their keys, limits).
+
+use std::{
+    collections::HashMap, net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc,
+    time::Duration,
+};
+
+use hyper::{
+    StatusCode, Uri,
+    header::{HeaderName, HeaderValue},
+};
+use ipnet::IpNet;
+
+use super::file::XdpModeConfig;
+use crate::policy::Sha256Digest;
+
+/// The validated configuration the gateway starts with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub node: NodeSettings,
+    pub policy: PolicySettings,
+}
+
+/// What cannot change without a restart: where the gateway listens, what it forwards to, where it
+/// audits, and how it attaches to the kernel.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub listen: SocketAddr,
+    pub mcp_path: String,
+    pub max_body_bytes: usize,
+    pub idle_timeout: Duration,
+    pub upstream: UpstreamSettings,
+    pub audit: AuditSettings,
+    pub xdp: XdpSettings,
+    pub blocking: BlockingPolicy,
+}
+
+/// Validated `[upstream]` settings.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    pub url: Uri,
+    pub caller_header: HeaderName,
+    pub timeout: Duration,
+    pub authorization: Option<HeaderValue>,
+    /// The legacy HTTP+SSE endpoint's path, when that transport is served.
+    pub legacy_sse_path: Option<Arc<str>>,
+}
+
+/// Validated `[audit]` settings.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub path: PathBuf,
+    pub fsync: bool,
+}
+
+/// What may change while the gateway runs: who may call, and how often.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    pub users: Vec<User>,
+    pub default_limit: RateLimit,
+    /// Limits per caller for `tools/call` of these tools.
+    pub tool_limits: HashMap<String, RateLimit>,
+    pub rate_limit_status: StatusCode,
+}
+
+impl PolicySettings {
+    /// The longest window any caller or tool has: limiter state idle for this long can go.
+    pub fn longest_window(&self) -> Duration {
+        self.users
+            .iter()
+            .filter_map(|user| user.limit)
+            .chain(self.tool_limits.values().copied())
+            .map(|limit| limit.window)
+            .fold(self.default_limit.window, Duration::max)
+    }
+}
+
+/// A user the gateway accepts, with the digest of their key.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub key_digest: Sha256Digest,
+    pub limit: Option<RateLimit>,
+}
+
+/// A request budget: at most `requests` in any window of `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests: NonZeroU32,
+    pub window: Duration,
+}
+
+/// Validated `[xdp]` settings.
+#[derive(Debug, Clone)]
+pub struct XdpSettings {
+    /// The interfaces to attach to; empty when XDP is disabled.
+    pub interfaces: Vec<String>,
+    pub mode: XdpModeConfig,
+    pub pin_dir: Option<PathBuf>,
+    pub log: bool,
+    pub allow: Vec<IpNet>,
+    /// What the program's CONFIG map gets.
+    pub program: gateway_ebpf::XdpConfig,
+}
+
+/// Validated `[blocking]` settings: offenses per source within `window` that lead to a block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockingPolicy {
+    pub enabled: bool,
+    pub auth_failures: u32,
+    pub rate_limited: u32,
+    pub malformed: u32,
+    pub packet_rate_events: u32,
+    pub window: Duration,
+    pub block: Duration,
+    pub max_block: Duration,
+}

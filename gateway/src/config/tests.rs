@@ -1,0 +1,211 @@
+//! The configuration's documented defaults and the errors that name their field.
+
+use std::{path::PathBuf, time::Duration};
+
+use super::*;
+use crate::policy::Sha256Digest;
+
+const KEY_HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
+
+fn settings(toml: &str) -> Result<Settings, ConfigError> {
+    Config::from_toml(toml)
+        .map_err(|message| ConfigError::Parse {
+            path: "test.toml".into(),
+            message,
+        })?
+        .validate(None, None)
+}
+
+fn error(toml: &str) -> String {
+    settings(toml)
+        .expect_err("config should be rejected")
+        .to_string()
+}
+
+fn with_user(rest: &str) -> String {
+    format!(
+        "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n{rest}\n[[users]]\nname = \"alice\"\nkey_sha256 = \"{KEY_HASH}\"\n"
+    )
+}
+
+#[test]
+fn the_legacy_sse_path_is_optional_and_checked() {
+    assert_eq!(
+        settings(&with_user(""))
+            .unwrap()
+            .node
+            .upstream
+            .legacy_sse_path,
+        None
+    );
+    let legacy = settings(&with_user("sse_path = \"/sse\"")).unwrap();
+    assert_eq!(
+        legacy.node.upstream.legacy_sse_path.as_deref(),
+        Some("/sse")
+    );
+    for bad in ["sse", "/sse?x=1", "/mcp"] {
+        let message = error(&with_user(&format!("sse_path = \"{bad}\"")));
+        assert!(message.contains("upstream.sse_path"), "{bad}: {message}");
+    }
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let settings = settings(&with_user("")).expect("valid");
+    assert_eq!(settings.node.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(settings.node.mcp_path, "/mcp");
+    assert_eq!(settings.node.max_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(settings.node.idle_timeout, Duration::from_secs(30));
+    assert_eq!(
+        settings.node.upstream.caller_header.as_str(),
+        "x-mcp-caller"
+    );
+    assert_eq!(settings.node.upstream.timeout, Duration::from_secs(300));
+    assert_eq!(settings.policy.default_limit.requests.get(), 100);
+    assert_eq!(
+        settings.policy.default_limit.window,
+        Duration::from_secs(60)
+    );
+    assert_eq!(
+        settings.policy.rate_limit_status,
+        hyper::StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        settings.node.audit.path,
+        PathBuf::from("logs/mcp-audit.jsonl")
+    );
+    assert!(!settings.node.audit.fsync);
+    assert_eq!(settings.policy.users.len(), 1);
+    // XDP is opt-in; its limits protect the listen port; blocking is on.
+    assert!(settings.node.xdp.interfaces.is_empty());
+    assert_eq!(settings.node.xdp.program.port_count, 1);
+    assert_eq!(settings.node.xdp.program.ports[0], 8080);
+    assert_eq!(settings.node.xdp.program.ipv6_prefix_len, 64);
+    assert_eq!(
+        settings.node.xdp.pin_dir,
+        Some(PathBuf::from("/sys/fs/bpf/mcp-gateway"))
+    );
+    assert!(settings.node.blocking.enabled);
+    assert_eq!(settings.node.blocking.auth_failures, 10);
+    assert_eq!(settings.node.blocking.block, Duration::from_secs(300));
+}
+
+#[test]
+fn xdp_section_fills_the_program_config() {
+    let toml = format!(
+        "{}[xdp]\nenabled = true\ninterface = \"veth0\"\nports = [443, 8443]\ndry_run = true\nallow = [\"10.1.2.3/8\", \"2001:db8::1\"]\n[xdp.rate]\npackets_per_sec = 50\nburst = 100\n",
+        with_user("")
+    );
+    let settings = settings(&toml).expect("valid");
+    let program = settings.node.xdp.program;
+    assert_eq!(&program.ports[..2], &[443, 8443]);
+    assert_eq!(program.port_count, 2);
+    assert_eq!(program.flags, gateway_ebpf::XdpConfig::FLAG_DRY_RUN);
+    assert_eq!((program.packets_per_sec, program.burst), (50, 100));
+    let allow: Vec<String> = settings
+        .node
+        .xdp
+        .allow
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(allow, ["10.0.0.0/8", "2001:db8::1/128"]);
+    assert_eq!(settings.node.xdp.interfaces, ["veth0"]);
+    let two = format!(
+        "{}[xdp]\nenabled = true\ninterface = [\"veth0\", \"veth1\"]\n",
+        with_user("")
+    );
+    assert_eq!(
+        self::settings(&two).expect("valid").node.xdp.interfaces,
+        ["veth0", "veth1"]
+    );
+    let empty = format!("{}[xdp]\nenabled = true\ninterface = []\n", with_user(""));
+    assert!(error(&empty).contains("xdp.interface"));
+}
+
+#[test]
+fn errors_name_the_field() {
+    assert!(error(&with_user("timeout_secs = 0")).contains("upstream.timeout_secs"));
+    assert!(
+        error("[upstream]\nurl = \"https://x/mcp\"\n[[users]]\nname=\"a\"\nkey_sha256=\"00\"")
+            .contains("upstream.url")
+    );
+    let bad_hash =
+        "[upstream]\nurl = \"http://h:1/\"\n[[users]]\nname = \"a\"\nkey_sha256 = \"abc\"";
+    assert!(error(bad_hash).contains("users[0].key_sha256"));
+    assert!(
+        error(&format!("{}[rate_limit]\nrequests = 0\n", with_user("")))
+            .contains("rate_limit.requests")
+    );
+    assert!(
+        error(&format!("{}[rate_limit]\nstatus = 503\n", with_user("")))
+            .contains("rate_limit.status")
+    );
+    // Unknown keys and wrong types name the key, with toml's line information.
+    assert!(error(&format!("{}\nlisten_port = 3\n", with_user(""))).contains("listen_port"));
+    assert!(error(&format!("listen = \"nowhere\"\n{}", with_user(""))).contains("listen"));
+    assert!(
+        error(&format!("idle_timeout_secs = 0\n{}", with_user(""))).contains("idle_timeout_secs")
+    );
+    assert!(error("[upstream]\nurl = \"http://h:1/\"\n").contains("users"));
+    assert!(error(&format!("{}[xdp]\nenabled = true\n", with_user(""))).contains("xdp.interface"));
+}
+
+#[test]
+fn tool_limits_are_read_and_checked() {
+    let toml = format!(
+        "{}[rate_limit.tools]\nsearch = {{ requests = 5, window_secs = 10 }}\n",
+        with_user("")
+    );
+    let settings = settings(&toml).expect("valid");
+    assert_eq!(settings.policy.tool_limits["search"].requests.get(), 5);
+    let bad = format!(
+        "{}[rate_limit.tools]\nsearch = {{ requests = 0, window_secs = 10 }}\n",
+        with_user("")
+    );
+    assert!(error(&bad).contains("rate_limit.tools.search.requests"));
+}
+
+#[test]
+fn env_keys_add_users() {
+    let config = Config::from_toml("[upstream]\nurl = \"http://h:1/mcp\"\n").unwrap();
+    let settings = config
+        .validate(
+            Some("shared-key-0123456789"),
+            Some(r#"{"bob": "bob-key-0123456789", "carol": "carol-key-0123456789"}"#),
+        )
+        .expect("valid");
+    let names: Vec<_> = settings
+        .policy
+        .users
+        .iter()
+        .map(|u| u.name.as_str())
+        .collect();
+    assert_eq!(names, ["default", "bob", "carol"]);
+    assert_eq!(
+        settings.policy.users[1].key_digest,
+        Sha256Digest::of(b"bob-key-0123456789")
+    );
+
+    let config = Config::from_toml("[upstream]\nurl = \"http://h:1/mcp\"\n").unwrap();
+    let err = config
+        .validate(None, Some("[1,2]"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("MCP_USER_KEYS"), "{err}");
+}
+
+#[test]
+fn duplicate_users_and_shared_keys_are_rejected() {
+    let twice = format!(
+        "{}[[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n",
+        with_user(""),
+        "ab".repeat(32)
+    );
+    assert!(error(&twice).contains("defined twice"));
+    let same_key = format!(
+        "{}[[users]]\nname = \"bob\"\nkey_sha256 = \"{KEY_HASH}\"\n",
+        with_user("")
+    );
+    assert!(error(&same_key).contains("same key"));
+}

@@ -1,0 +1,112 @@
+//! `[[users]]` and the users given in the environment (`MCP_API_KEY`, `MCP_USER_KEYS`).
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::{ConfigError, file::UserConfig, invalid, settings::User, validate::rate_limit};
+use crate::policy::Sha256Digest;
+
+/// Every user: those of the file, then the environment's. Names and keys must be unique.
+pub(super) fn users(
+    configured: &[UserConfig],
+    mcp_api_key: Option<&str>,
+    mcp_user_keys: Option<&str>,
+) -> Result<Vec<User>, ConfigError> {
+    let mut users = Vec::with_capacity(configured.len());
+    for (index, user) in configured.iter().enumerate() {
+        let field = |name: &str| format!("users[{index}].{name}");
+        check_user_name(&user.name).map_err(|message| invalid(field("name"), message))?;
+        let key_digest = Sha256Digest::from_hex(&user.key_sha256).ok_or_else(|| {
+            invalid(
+                field("key_sha256"),
+                "must be 64 hex characters (SHA-256 of the key: `gateway hash-key`)",
+            )
+        })?;
+        let limit = user
+            .rate_limit
+            .map(|limit| rate_limit(&field("rate_limit"), limit))
+            .transpose()?;
+        users.push(User {
+            name: user.name.clone(),
+            key_digest,
+            limit,
+        });
+    }
+    if let Some(key) = mcp_api_key {
+        users.push(env_user("MCP_API_KEY", "default", key)?);
+    }
+    if let Some(json) = mcp_user_keys {
+        let keys: BTreeMap<String, String> = serde_json::from_str(json).map_err(|err| {
+            invalid(
+                "MCP_USER_KEYS",
+                // Only the position: serde's message may quote a value, and values are keys.
+                format!(
+                    "must be a JSON object of user name -> key (error at line {}, column {})",
+                    err.line(),
+                    err.column()
+                ),
+            )
+        })?;
+        for (name, key) in &keys {
+            users.push(env_user(&format!("MCP_USER_KEYS.{name}"), name, key)?);
+        }
+    }
+    check_unique(&users)?;
+    if users.is_empty() {
+        return Err(invalid(
+            "users",
+            "no users: add [[users]] entries, or set MCP_API_KEY or MCP_USER_KEYS",
+        ));
+    }
+    Ok(users)
+}
+
+/// Sets, not pairwise scans: configs with 100,000 users must load in moments.
+fn check_unique(users: &[User]) -> Result<(), ConfigError> {
+    let mut names = HashSet::with_capacity(users.len());
+    let mut digests = HashSet::with_capacity(users.len());
+    for user in users {
+        if !names.insert(user.name.as_str()) {
+            return Err(invalid(
+                format!("users ({})", user.name),
+                "user name defined twice",
+            ));
+        }
+        // Sha256Digest compares in constant time.
+        if !digests.insert(user.key_digest) {
+            return Err(invalid(
+                format!("users ({})", user.name),
+                "same key as another user: every user needs their own key",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_user_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > 64 {
+        return Err("must be 1 to 64 characters");
+    }
+    // The name travels upstream in a header and into the audit log.
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+    {
+        return Err("may only contain letters, digits and - _ . @");
+    }
+    Ok(())
+}
+
+fn env_user(field: &str, name: &str, key: &str) -> Result<User, ConfigError> {
+    check_user_name(name).map_err(|message| invalid(field, message))?;
+    if key.len() < 16 {
+        return Err(invalid(
+            field,
+            "key must be at least 16 characters (`gateway gen-key` makes one)",
+        ));
+    }
+    Ok(User {
+        name: name.to_owned(),
+        key_digest: Sha256Digest::of(key.as_bytes()),
+        limit: None,
+    })
+}

@@ -1,0 +1,180 @@
+//! From the file as written to the settings the gateway runs with: each section checked by its
+//! own function, in the order the file documents them, so the first error reported is the first
+//! a reader of the file would meet.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use hyper::{
+    StatusCode, Uri,
+    header::{AUTHORIZATION, HOST, HeaderName, HeaderValue},
+};
+
+use super::{
+    ConfigError,
+    file::{Config, Limit, RateLimitConfig, UpstreamConfig},
+    invalid,
+    protection::{blocking_policy, xdp_settings},
+    settings::{
+        AuditSettings, NodeSettings, PolicySettings, RateLimit, Settings, UpstreamSettings,
+    },
+    users::users,
+};
+
+impl Config {
+    /// Checks every field and adds the users from `MCP_API_KEY` / `MCP_USER_KEYS` (given as
+    /// arguments so tests need not touch the process environment).
+    pub fn validate(
+        self,
+        mcp_api_key: Option<&str>,
+        mcp_user_keys: Option<&str>,
+    ) -> Result<Settings, ConfigError> {
+        if !self.mcp_path.starts_with('/') {
+            return Err(invalid("mcp_path", "must start with '/'"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(invalid("max_body_bytes", "must be at least 1"));
+        }
+        if self.idle_timeout_secs == 0 {
+            return Err(invalid("idle_timeout_secs", "must be at least 1"));
+        }
+        let upstream = upstream(&self.upstream, &self.mcp_path)?;
+        let (default_limit, tool_limits, rate_limit_status) = limits(&self.rate_limit)?;
+        if self.audit.path.as_os_str().is_empty() {
+            return Err(invalid("audit.path", "must not be empty"));
+        }
+        let xdp = xdp_settings(&self.xdp, self.listen.port())?;
+        let blocking = blocking_policy(&self.blocking)?;
+        let users = users(&self.users, mcp_api_key, mcp_user_keys)?;
+        Ok(Settings {
+            node: NodeSettings {
+                listen: self.listen,
+                mcp_path: self.mcp_path,
+                max_body_bytes: self.max_body_bytes,
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+                upstream,
+                audit: AuditSettings {
+                    path: self.audit.path,
+                    fsync: self.audit.fsync,
+                },
+                xdp,
+                blocking,
+            },
+            policy: PolicySettings {
+                users,
+                default_limit,
+                tool_limits,
+                rate_limit_status,
+            },
+        })
+    }
+}
+
+fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings, ConfigError> {
+    let url: Uri = section
+        .url
+        .parse()
+        .map_err(|err| invalid("upstream.url", format!("not a URL: {err}")))?;
+    if url.scheme_str() != Some("http") || url.authority().is_none() {
+        return Err(invalid(
+            "upstream.url",
+            "must be http://host:port/path (the gateway speaks plain HTTP to its upstream)",
+        ));
+    }
+    let legacy_sse_path = match &section.sse_path {
+        None => None,
+        Some(path)
+            if !path.starts_with('/')
+                || path.contains(['?', '#'])
+                || path.parse::<Uri>().is_err() =>
+        {
+            return Err(invalid(
+                "upstream.sse_path",
+                "must be a path starting with '/', without query",
+            ));
+        }
+        Some(path) if path == mcp_path => {
+            return Err(invalid(
+                "upstream.sse_path",
+                "must differ from mcp_path (the gateway serves both)",
+            ));
+        }
+        Some(path) => Some(Arc::from(path.as_str())),
+    };
+    let caller_header = HeaderName::from_bytes(section.caller_header.as_bytes())
+        .map_err(|_| invalid("upstream.caller_header", "not a valid HTTP header name"))?;
+    if caller_header == AUTHORIZATION || caller_header == HOST {
+        return Err(invalid(
+            "upstream.caller_header",
+            "must not be Authorization or Host",
+        ));
+    }
+    if section.timeout_secs == 0 {
+        return Err(invalid("upstream.timeout_secs", "must be at least 1"));
+    }
+    let authorization = section
+        .authorization
+        .as_deref()
+        .map(|value| {
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| invalid("upstream.authorization", "not a valid header value"))?;
+            value.set_sensitive(true);
+            Ok(value)
+        })
+        .transpose()?;
+    Ok(UpstreamSettings {
+        url,
+        caller_header,
+        timeout: Duration::from_secs(section.timeout_secs),
+        authorization,
+        legacy_sse_path,
+    })
+}
+
+/// The `[rate_limit]` section: the default limit, the per-tool limits and the refusal status.
+fn limits(
+    section: &RateLimitConfig,
+) -> Result<(RateLimit, HashMap<String, RateLimit>, StatusCode), ConfigError> {
+    let default_limit = rate_limit(
+        "rate_limit",
+        Limit {
+            requests: section.requests,
+            window_secs: section.window_secs,
+        },
+    )?;
+    let tool_limits = section
+        .tools
+        .iter()
+        .map(|(tool, limit)| {
+            Ok((
+                tool.clone(),
+                rate_limit(&format!("rate_limit.tools.{tool}"), *limit)?,
+            ))
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    let status = match section.status {
+        429 => StatusCode::TOO_MANY_REQUESTS,
+        200 => StatusCode::OK,
+        other => {
+            return Err(invalid(
+                "rate_limit.status",
+                format!("must be 429 or 200, not {other}"),
+            ));
+        }
+    };
+    Ok((default_limit, tool_limits, status))
+}
+
+pub(super) fn rate_limit(field: &str, limit: Limit) -> Result<RateLimit, ConfigError> {
+    let requests = std::num::NonZeroU32::new(limit.requests)
+        .ok_or_else(|| invalid(format!("{field}.requests"), "must be at least 1"))?;
+    if limit.window_secs == 0 || limit.window_secs > 86_400 {
+        return Err(invalid(
+            format!("{field}.window_secs"),
+            "must be between 1 and 86400",
+        ));
+    }
+    Ok(RateLimit {
+        requests,
+        window: Duration::from_secs(limit.window_secs),
+    })
+}

@@ -1,0 +1,56 @@
+//! Request limits per caller and per caller and tool.
+//!
+//! The request path asks a [`Limiter`], which may await: today's [`SlidingWindow`] answers at
+//! once from this process's memory; a limiter shared by a fleet of gateways (on Redis) answers
+//! after a round trip, behind the same method. The limiter is a type parameter of the gateway,
+//! not a trait object, so the local limiter's call stays a direct, inlinable one (no boxed future
+//! per request).
+//!
+//! Limiters key their state by name, not by policy: the limit to apply comes with each call, so a
+//! reloaded policy changes limits without resetting anyone's window.
+
+mod sliding_window;
+
+use std::{sync::Arc, time::Duration};
+
+pub use sliding_window::SlidingWindow;
+
+use crate::config::RateLimit;
+
+/// Counts admissions per key against the limit given with each request.
+pub trait Limiter: Send + Sync + 'static {
+    /// Admits `cost` requests (a JSON-RPC batch costs one per message) for `key` now, or says how
+    /// long to wait. A refused request takes no slot.
+    fn admit(
+        &self,
+        key: &Arc<str>,
+        limit: RateLimit,
+        cost: u32,
+    ) -> impl Future<Output = Result<(), Denied>> + Send;
+
+    /// Forgets keys with no admission within `idle_after`. Called periodically with the longest
+    /// window of the current policy.
+    fn sweep(&self, idle_after: Duration);
+}
+
+/// Refused: the caller must wait `retry_after` for enough slots to free.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Denied {
+    pub retry_after: Duration,
+    pub limit: RateLimit,
+    /// The request alone needs more slots than the limit has; it can never pass.
+    pub exceeds_limit: bool,
+}
+
+impl Denied {
+    /// `Retry-After` in whole seconds, rounded up, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs();
+        let secs = if self.retry_after.subsec_nanos() > 0 {
+            secs + 1
+        } else {
+            secs
+        };
+        secs.max(1)
+    }
+}

@@ -1,0 +1,188 @@
+//! Who may call, and how often: the part of the configuration that may change while the gateway
+//! runs.
+//!
+//! A [`Policy`] is one immutable value. Requests read a snapshot of it; a reload builds a new one
+//! and swaps it in atomically ([`PolicyStore::replace`]), so a request sees either the old policy
+//! or the new one, never a mix. State that must outlive a policy (limiter windows, sessions) lives
+//! outside it, keyed by caller name, so a reload resets nobody's window.
+
+mod authenticate;
+mod digest;
+pub mod keys;
+
+use std::{collections::HashMap, sync::Arc, sync::Mutex, time::Duration};
+
+use arc_swap::ArcSwap;
+use hyper::{HeaderMap, StatusCode};
+
+pub use authenticate::{AuthError, Authenticator, Caller};
+pub use digest::Sha256Digest;
+
+use crate::{
+    config::{PolicySettings, RateLimit},
+    lock,
+};
+
+/// The users, their keys and the limits, as one value.
+pub struct Policy {
+    authenticator: Authenticator,
+    default_limit: RateLimit,
+    tool_limits: HashMap<String, RateLimit>,
+    rate_limit_status: StatusCode,
+    longest_window: Duration,
+}
+
+impl Policy {
+    /// Takes the settings: the users live on only in the authenticator (a second copy would
+    /// double their memory, about 10 MiB with 100,000 users).
+    pub fn new(settings: PolicySettings) -> Self {
+        let longest_window = settings.longest_window();
+        Self {
+            authenticator: Authenticator::new(&settings.users),
+            default_limit: settings.default_limit,
+            tool_limits: settings.tool_limits,
+            rate_limit_status: settings.rate_limit_status,
+            longest_window,
+        }
+    }
+
+    /// The caller whose key the request carries.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Caller, AuthError> {
+        self.authenticator.authenticate(headers)
+    }
+
+    /// The caller's own limit, or the default.
+    pub fn limit_of(&self, caller: &Caller) -> RateLimit {
+        caller.limit.unwrap_or(self.default_limit)
+    }
+
+    /// The limit on one caller's calls of `tool`, if that tool has one.
+    pub fn tool_limit(&self, tool: &str) -> Option<RateLimit> {
+        self.tool_limits.get(tool).copied()
+    }
+
+    pub fn has_tool_limits(&self) -> bool {
+        !self.tool_limits.is_empty()
+    }
+
+    /// The HTTP status of a rate-limited answer (429, or 200 for clients that break on others).
+    pub fn rate_limit_status(&self) -> StatusCode {
+        self.rate_limit_status
+    }
+
+    /// The longest window of any limit: limiter state idle for this long can be dropped.
+    pub fn longest_window(&self) -> Duration {
+        self.longest_window
+    }
+}
+
+/// The current policy, shared by all workers.
+pub struct PolicyStore {
+    current: ArcSwap<Policy>,
+}
+
+impl PolicyStore {
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(policy),
+        }
+    }
+
+    /// Swaps in a new policy. Requests under way finish with the one they started with.
+    pub fn replace(&self, policy: Policy) {
+        self.current.store(Arc::new(policy));
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+}
+
+/// A request's hold on a policy: the worker's own reference to it.
+pub type PolicySnapshot = Arc<Arc<Policy>>;
+
+/// One worker's copy of the pointer to the current policy.
+///
+/// A request holds its policy for as long as it runs. Holding the shared `Arc<Policy>` itself
+/// would count every request on the one reference count that all workers share, moving its cache
+/// line between CPUs twice per request (the cost that per-connection contexts in `server/` avoid
+/// too). Each worker instead wraps the policy once in an `Arc` of its own and counts requests on
+/// that; it only reads the shared pointer, to notice a swap.
+#[derive(Default)]
+pub struct WorkerPolicy {
+    current: Mutex<Option<PolicySnapshot>>,
+}
+
+impl WorkerPolicy {
+    /// The current policy of `store`, for one request.
+    pub fn snapshot(&self, store: &PolicyStore) -> PolicySnapshot {
+        let latest = store.current.load();
+        let mut current = lock(&self.current);
+        match &*current {
+            Some(snapshot) if Arc::ptr_eq(&**snapshot, &*latest) => Arc::clone(snapshot),
+            _ => {
+                let snapshot = Arc::new(arc_swap::Guard::into_inner(latest));
+                *current = Some(Arc::clone(&snapshot));
+                snapshot
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroU32;
+
+    use hyper::header::{AUTHORIZATION, HeaderValue};
+
+    use super::*;
+    use crate::config::User;
+
+    pub(crate) fn policy(users: &[(&str, &str)], requests: u32) -> Policy {
+        Policy::new(PolicySettings {
+            users: users
+                .iter()
+                .map(|(name, key)| User {
+                    name: (*name).into(),
+                    key_digest: Sha256Digest::of(key.as_bytes()),
+                    limit: None,
+                })
+                .collect(),
+            default_limit: RateLimit {
+                requests: NonZeroU32::new(requests).unwrap(),
+                window: Duration::from_secs(60),
+            },
+            tool_limits: HashMap::new(),
+            rate_limit_status: StatusCode::TOO_MANY_REQUESTS,
+        })
+    }
+
+    fn bearer(key: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+        );
+        headers
+    }
+
+    #[test]
+    fn a_swapped_policy_reaches_new_requests_while_old_ones_keep_theirs() {
+        let store = PolicyStore::new(policy(&[("alice", "alice-key")], 10));
+        let worker = WorkerPolicy::default();
+        let before = worker.snapshot(&store);
+        assert!(before.authenticate(&bearer("alice-key")).is_ok());
+        assert!(
+            Arc::ptr_eq(&before, &worker.snapshot(&store)),
+            "one copy per worker until the policy changes"
+        );
+
+        // Alice's key is revoked and Bob's added.
+        store.replace(policy(&[("bob", "bob-key")], 10));
+        let after = worker.snapshot(&store);
+        assert!(after.authenticate(&bearer("alice-key")).is_err());
+        assert!(after.authenticate(&bearer("bob-key")).is_ok());
+        // The request that started before the swap finishes with the policy it had.
+        assert!(before.authenticate(&bearer("alice-key")).is_ok());
+    }
+}

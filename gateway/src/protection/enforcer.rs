@@ -1,0 +1,509 @@
+//! The one task that decides blocks and writes them into the XDP maps.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    net::IpAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use gateway_ebpf::BlockReason;
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+
+use super::{Block, BlockSet, Command, Connections, Offense, Origin, block_set::host_address};
+use crate::{
+    audit::{self, AuditLog},
+    config::BlockingPolicy,
+    kernel::{
+        XdpProgram,
+        events::{RateEvents, forward_program_logs, next_rate_events, poll_rate_events},
+        monotonic_now_ns,
+    },
+};
+
+/// How often expired blocks are swept and idle offense counters dropped.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most sources whose offenses are counted at once (bounds memory under a flood of addresses).
+const MAX_TRACKED_SOURCES: usize = 100_000;
+
+/// Owns the XDP maps (when attached) and decides blocks.
+pub struct Enforcer {
+    policy: BlockingPolicy,
+    program: Option<XdpProgram>,
+    allow: Vec<IpNet>,
+    audit: AuditLog,
+    pub(super) blocked: Arc<BlockSet>,
+    connections: Arc<Connections>,
+    commands: mpsc::Receiver<Command>,
+    /// Recent offenses per source and kind, oldest first.
+    recent: HashMap<(IpAddr, Offense), VecDeque<Instant>>,
+    /// Blocks so far per source and when the last ended, for escalation.
+    history: HashMap<IpAddr, (u32, Instant)>,
+}
+
+impl Enforcer {
+    pub(super) fn new(
+        policy: BlockingPolicy,
+        mut program: Option<XdpProgram>,
+        allow: Vec<IpNet>,
+        audit: AuditLog,
+        blocked: Arc<BlockSet>,
+        connections: Arc<Connections>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Self {
+        if let Some(program) = program.as_mut() {
+            match program.blocks() {
+                Ok(entries) => {
+                    for (ip, entry) in entries {
+                        blocked.insert(IpNet::from(ip), entry.expires_at_ns);
+                    }
+                    if !blocked.is_empty() {
+                        tracing::info!(
+                            blocks = blocked.len(),
+                            "kept the blocks from the pinned map"
+                        );
+                    }
+                }
+                Err(err) => tracing::error!(error = %err, "cannot read the pinned blocklist"),
+            }
+        }
+        Self {
+            policy,
+            program,
+            allow,
+            audit,
+            blocked,
+            connections,
+            commands,
+            recent: HashMap::new(),
+            history: HashMap::new(),
+        }
+    }
+
+    /// Runs until the gateway stops; dropping the task detaches the XDP program (pins stay).
+    pub async fn run(mut self) {
+        if let Some(logger) = self.program.as_mut().and_then(XdpProgram::take_logger) {
+            tokio::spawn(forward_program_logs(logger));
+        }
+        let mut events = self.rate_events();
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => return,
+                },
+                rate_events = next_rate_events(&mut events) => {
+                    for event in rate_events {
+                        self.record(event.source.ip(), Offense::PacketRate).await;
+                    }
+                },
+                _ = sweep.tick() => self.sweep().await,
+            }
+        }
+    }
+
+    fn rate_events(&mut self) -> Option<RateEvents> {
+        let ring = match self.program.as_mut()?.take_events() {
+            Ok(ring) => ring,
+            Err(err) => {
+                tracing::error!(error = %err, "no XDP events ring buffer");
+                return None;
+            }
+        };
+        poll_rate_events(ring)
+            .map_err(|err| tracing::error!(error = %err, "cannot poll the XDP events ring buffer"))
+            .ok()
+    }
+
+    pub(super) async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Offense { source, offense } => self.record(source, offense).await,
+            Command::Block(block) => {
+                if self.covers_allowed(block.target) {
+                    tracing::warn!(target = %block.target, origin = block.origin.as_str(), "not blocking: the target overlaps the allowlist");
+                    return;
+                }
+                self.enforce(&block, None).await;
+            }
+            Command::Unblock { target, origin } => self.unblock(target, origin).await,
+        }
+    }
+
+    async fn record(&mut self, source: IpAddr, offense: Offense) {
+        if !self.policy.enabled || self.is_allowed(source) || self.blocked.is_blocked(source) {
+            return;
+        }
+        if self.recent.len() >= MAX_TRACKED_SOURCES && !self.recent.contains_key(&(source, offense))
+        {
+            return;
+        }
+        let threshold = match offense {
+            Offense::AuthFailure => self.policy.auth_failures,
+            Offense::RateLimited => self.policy.rate_limited,
+            Offense::Malformed => self.policy.malformed,
+            Offense::PacketRate => self.policy.packet_rate_events,
+        } as usize;
+        let now = Instant::now();
+        let window = self.policy.window;
+        let times = self.recent.entry((source, offense)).or_default();
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= window)
+        {
+            times.pop_front();
+        }
+        times.push_back(now);
+        if times.len() >= threshold {
+            self.recent.remove(&(source, offense));
+            self.escalate(source, offense.reason(), threshold).await;
+        }
+    }
+
+    /// Blocks a source of this node's offenses, each repeat twice as long, up to the maximum.
+    async fn escalate(&mut self, source: IpAddr, reason: BlockReason, offenses: usize) {
+        let (previous, _) = self
+            .history
+            .get(&source)
+            .copied()
+            .unwrap_or((0, Instant::now()));
+        let duration = self
+            .policy
+            .block
+            .checked_mul(1u32 << previous.min(20))
+            .unwrap_or(self.policy.max_block)
+            .min(self.policy.max_block);
+        self.history
+            .insert(source, (previous + 1, Instant::now() + duration));
+        let block = Block {
+            target: IpNet::from(source),
+            duration: Some(duration),
+            reason,
+            origin: Origin::Local,
+        };
+        self.enforce(&block, Some(offenses)).await;
+    }
+
+    /// Writes a block into the kernel (when attached) and the accept check, closes the target's
+    /// open connections, and audits it.
+    async fn enforce(&mut self, block: &Block, offenses: Option<usize>) {
+        let expires_at_ns = block.duration.map_or(0, |duration| {
+            monotonic_now_ns() + duration.as_nanos() as u64
+        });
+        let written = self
+            .program
+            .as_mut()
+            .map(|program| match host_address(block.target) {
+                Some(source) => program.block(source, expires_at_ns, block.reason),
+                None => program.block_prefix(block.target, expires_at_ns, block.reason),
+            });
+        let enforced_in = match written {
+            Some(Ok(())) => "xdp",
+            Some(Err(err)) => {
+                tracing::error!(target = %block.target, error = %err, "cannot write the block into the XDP map; enforcing it in userspace only");
+                "userspace"
+            }
+            None => "userspace",
+        };
+        self.blocked.insert(block.target, expires_at_ns);
+        let closed = self.connections.close_within(block.target);
+        let source = audit::BlockTarget::from(block.target);
+        tracing::warn!(
+            %source,
+            reason = block.reason.as_str(),
+            origin = block.origin.as_str(),
+            offenses,
+            duration_secs = block.duration.map(|duration| duration.as_secs()),
+            enforced_in,
+            closed_connections = closed,
+            "source blocked"
+        );
+        let line = audit::block_line(
+            source,
+            block.reason.as_str(),
+            block.duration,
+            enforced_in,
+            block.origin.as_str(),
+        );
+        if let Err(err) = self.audit.write(line).await {
+            tracing::error!(error = %err, "could not audit a block");
+        }
+    }
+
+    async fn unblock(&mut self, target: IpNet, origin: Origin) {
+        let removed_here = self.blocked.remove(target);
+        let removed_in_kernel = match self.program.as_mut().map(|program| {
+            match host_address(target) {
+                Some(source) => program.unblock(source),
+                None => program.unblock_prefix(target),
+            }
+        }) {
+            Some(Ok(removed)) => removed,
+            Some(Err(err)) => {
+                tracing::error!(%target, error = %err, "cannot remove the block from the XDP map");
+                false
+            }
+            None => false,
+        };
+        if !(removed_here || removed_in_kernel) {
+            return;
+        }
+        if let Some(source) = host_address(target) {
+            self.history.remove(&source);
+        }
+        tracing::info!(%target, origin = origin.as_str(), "source unblocked");
+        self.audit_unblock(audit::BlockTarget::from(target), "manual")
+            .await;
+    }
+
+    /// Removes expired blocks (kernel and userspace), audits each, forgets idle offense counters.
+    pub(super) async fn sweep(&mut self) {
+        let now_ns = monotonic_now_ns();
+        let mut expired: Vec<IpNet> = Vec::new();
+        if let Some(program) = self.program.as_mut() {
+            match program.sweep_expired(now_ns) {
+                Ok(entries) => expired.extend(entries.into_iter().map(|(ip, _)| IpNet::from(ip))),
+                Err(err) => tracing::error!(error = %err, "cannot sweep the XDP blocklist"),
+            }
+        }
+        for target in self.blocked.take_expired(now_ns) {
+            if host_address(target).is_none()
+                && let Some(program) = self.program.as_mut()
+                && let Err(err) = program.unblock_prefix(target)
+            {
+                tracing::error!(%target, error = %err, "cannot remove an expired prefix block from the XDP map");
+            }
+            if !expired.contains(&target) {
+                expired.push(target);
+            }
+        }
+        for target in expired {
+            tracing::info!(%target, "block expired");
+            self.audit_unblock(audit::BlockTarget::from(target), "expired")
+                .await;
+        }
+        let now = Instant::now();
+        let window = self.policy.window;
+        self.recent.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|t| now.duration_since(*t) < window)
+        });
+        // A source that behaved for as long as its last block lasted starts afresh.
+        let max_block = self.policy.max_block;
+        self.history
+            .retain(|_, (_, ended)| now < *ended + max_block);
+    }
+
+    async fn audit_unblock(&self, target: audit::BlockTarget, reason: &str) {
+        if let Err(err) = self.audit.write(audit::unblock_line(target, reason)).await {
+            tracing::error!(error = %err, "could not audit an unblock");
+        }
+    }
+
+    fn is_allowed(&self, source: IpAddr) -> bool {
+        self.allow.iter().any(|prefix| prefix.contains(&source))
+    }
+
+    /// Whether blocking `target` would block an allowlisted address.
+    fn covers_allowed(&self, target: IpNet) -> bool {
+        self.allow
+            .iter()
+            .any(|allowed| allowed.contains(&target) || target.contains(allowed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protection::{Protection, start};
+    use tokio_util::sync::CancellationToken;
+
+    fn policy() -> BlockingPolicy {
+        BlockingPolicy {
+            enabled: true,
+            auth_failures: 3,
+            rate_limited: 5,
+            malformed: 2,
+            packet_rate_events: 1,
+            window: Duration::from_secs(60),
+            block: Duration::from_secs(10),
+            max_block: Duration::from_secs(25),
+        }
+    }
+
+    fn enforcer(allow: Vec<IpNet>) -> (Protection, Enforcer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = AuditLog::open(&dir.path().join("audit.jsonl"), false).unwrap();
+        let (protection, enforcer) = start(policy(), None, allow, audit);
+        (protection, enforcer, dir)
+    }
+
+    fn audit_lines(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.path().join("audit.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn threshold_offenses_block_and_close_connections() {
+        let (protection, mut enforcer, dir) = enforcer(Vec::new());
+        let source: IpAddr = "192.0.2.9".parse().unwrap();
+        let connection = protection
+            .connections()
+            .register(source, &CancellationToken::new());
+        for _ in 0..2 {
+            enforcer.record(source, Offense::AuthFailure).await;
+        }
+        assert!(!protection.is_blocked(source));
+        enforcer.record(source, Offense::AuthFailure).await;
+        assert!(protection.is_blocked(source));
+        assert!(
+            connection.closed().is_cancelled(),
+            "open connections are closed"
+        );
+        assert!(!protection.is_blocked("192.0.2.10".parse().unwrap()));
+        let lines = audit_lines(&dir);
+        assert_eq!(lines[0]["event"], "block");
+        assert_eq!(lines[0]["ip"], "192.0.2.9");
+        assert_eq!(lines[0]["reason"], "auth_failures");
+        assert_eq!(lines[0]["duration_secs"], 10);
+        assert_eq!(lines[0]["enforced_in"], "userspace");
+    }
+
+    #[tokio::test]
+    async fn kinds_are_counted_separately() {
+        let (protection, mut enforcer, _dir) = enforcer(Vec::new());
+        let source: IpAddr = "2001:db8::9".parse().unwrap();
+        enforcer.record(source, Offense::AuthFailure).await;
+        enforcer.record(source, Offense::Malformed).await;
+        enforcer.record(source, Offense::AuthFailure).await;
+        assert!(!protection.is_blocked(source));
+        enforcer.record(source, Offense::Malformed).await;
+        assert!(protection.is_blocked(source));
+    }
+
+    #[tokio::test]
+    async fn repeat_offenders_get_longer_blocks_up_to_the_maximum() {
+        let (_protection, mut enforcer, dir) = enforcer(Vec::new());
+        let source: IpAddr = "192.0.2.20".parse().unwrap();
+        for _ in 0..3 {
+            enforcer.record(source, Offense::PacketRate).await;
+            // Let the block lapse so the next offense counts.
+            enforcer.blocked.insert(IpNet::from(source), 1);
+        }
+        let durations: Vec<u64> = audit_lines(&dir)
+            .iter()
+            .filter(|l| l["event"] == "block")
+            .map(|l| l["duration_secs"].as_u64().unwrap())
+            .collect();
+        assert_eq!(durations, [10, 20, 25]);
+    }
+
+    #[tokio::test]
+    async fn allowlisted_sources_are_never_blocked() {
+        let (protection, mut enforcer, _dir) = enforcer(vec!["192.0.2.0/24".parse().unwrap()]);
+        let source: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10 {
+            enforcer.record(source, Offense::AuthFailure).await;
+        }
+        assert!(!protection.is_blocked(source));
+    }
+
+    #[tokio::test]
+    async fn expired_blocks_are_swept_and_audited() {
+        let (protection, mut enforcer, dir) = enforcer(Vec::new());
+        let source: IpAddr = "192.0.2.30".parse().unwrap();
+        enforcer.escalate(source, BlockReason::Manual, 0).await;
+        assert!(protection.is_blocked(source));
+        enforcer.blocked.insert(IpNet::from(source), 1);
+        enforcer.sweep().await;
+        assert!(!protection.is_blocked(source));
+        let lines = audit_lines(&dir);
+        assert_eq!(lines.last().unwrap()["event"], "unblock");
+        assert_eq!(lines.last().unwrap()["reason"], "expired");
+    }
+
+    #[tokio::test]
+    async fn an_operator_block_of_a_prefix_covers_its_addresses_until_unblocked() {
+        let (protection, mut enforcer, dir) = enforcer(Vec::new());
+        let prefix: IpNet = "198.51.100.0/24".parse().unwrap();
+        let inside: IpAddr = "198.51.100.7".parse().unwrap();
+        let connection = protection
+            .connections()
+            .register(inside, &CancellationToken::new());
+        let block = Block {
+            target: prefix,
+            duration: None,
+            reason: BlockReason::Manual,
+            origin: Origin::Operator,
+        };
+        enforcer.handle(Command::Block(block)).await;
+        assert!(protection.is_blocked(inside));
+        assert!(!protection.is_blocked("198.51.101.7".parse().unwrap()));
+        assert!(
+            connection.closed().is_cancelled(),
+            "connections inside the prefix are closed"
+        );
+        enforcer.sweep().await;
+        assert!(
+            protection.is_blocked(inside),
+            "a block without duration does not expire"
+        );
+
+        enforcer
+            .handle(Command::Unblock {
+                target: prefix,
+                origin: Origin::Operator,
+            })
+            .await;
+        assert!(!protection.is_blocked(inside));
+        let lines = audit_lines(&dir);
+        assert_eq!(lines[0]["event"], "block");
+        assert_eq!(lines[0]["prefix"], "198.51.100.0/24");
+        assert_eq!(lines[0]["reason"], "manual");
+        assert_eq!(lines[0]["origin"], "operator");
+        assert!(lines[0].get("duration_secs").is_none());
+        assert_eq!(lines[1]["event"], "unblock");
+        assert_eq!(lines[1]["prefix"], "198.51.100.0/24");
+        assert_eq!(lines[1]["reason"], "manual");
+    }
+
+    #[tokio::test]
+    async fn a_block_from_elsewhere_never_covers_the_allowlist() {
+        let (protection, mut enforcer, dir) = enforcer(vec!["192.0.2.0/28".parse().unwrap()]);
+        for target in ["192.0.2.0/24", "192.0.2.5/32"] {
+            let block = Block {
+                target: target.parse().unwrap(),
+                duration: Some(Duration::from_secs(60)),
+                reason: BlockReason::Manual,
+                origin: Origin::Fleet,
+            };
+            enforcer.handle(Command::Block(block)).await;
+        }
+        assert!(!protection.is_blocked("192.0.2.5".parse().unwrap()));
+        assert!(audit_lines(&dir).is_empty());
+    }
+
+    #[tokio::test]
+    async fn offenses_arrive_as_commands_through_the_handle() {
+        let (protection, enforcer, _dir) = enforcer(Vec::new());
+        let source: IpAddr = "192.0.2.40".parse().unwrap();
+        let task = tokio::spawn(enforcer.run());
+        for _ in 0..3 {
+            protection.offense(source, Offense::AuthFailure);
+        }
+        let blocked = async {
+            while !protection.is_blocked(source) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), blocked)
+            .await
+            .expect("blocked after three failures");
+        task.abort();
+    }
+}

@@ -1,0 +1,161 @@
+//! The feedback loop from the proxy to the kernel: sources that keep failing authentication,
+//! hitting the rate limit, sending malformed requests or tripping the XDP packet limits are blocked
+//! for a while, with longer blocks for repeat offenders.
+//!
+//! One task (the [`Enforcer`]) owns the XDP maps and decides every block; the rest of the gateway
+//! sends it [`Command`]s through a [`Protection`] handle: offenses seen by this node, and blocks or
+//! unblocks decided elsewhere (an operator, another node of a fleet). Blocks are enforced twice: in
+//! the kernel by the XDP program when it is attached, and always in userspace at connection accept
+//! ([`BlockSet`]), so the gateway is never silently unprotected. A block also closes the
+//! connections the source already has open ([`Connections`]).
+
+mod block_set;
+mod connections;
+mod enforcer;
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use gateway_ebpf::BlockReason;
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+
+pub use block_set::BlockSet;
+pub use connections::{ConnectionGuard, Connections};
+pub use enforcer::Enforcer;
+
+use crate::{audit::AuditLog, config::BlockingPolicy, kernel::XdpProgram};
+
+/// Commands queued for the enforcer before new offenses are dropped (never blocks a request).
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// Something a source did that counts towards a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Offense {
+    /// Missing, malformed or unknown key.
+    AuthFailure,
+    /// Answered 429 by the per-caller limit.
+    RateLimited,
+    /// Body not JSON-RPC, too large, or headers contradicting it.
+    Malformed,
+    /// The XDP program started dropping the source for its packet or SYN rate.
+    PacketRate,
+}
+
+impl Offense {
+    fn reason(self) -> BlockReason {
+        match self {
+            Self::AuthFailure => BlockReason::AuthFailures,
+            Self::RateLimited => BlockReason::RateLimited,
+            Self::Malformed => BlockReason::Malformed,
+            Self::PacketRate => BlockReason::PacketRate,
+        }
+    }
+}
+
+/// What the enforcer is asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// A source misbehaved, as this node saw it; enough of these lead to a block.
+    Offense { source: IpAddr, offense: Offense },
+    /// Block an address or a prefix, decided elsewhere.
+    Block(Block),
+    /// End the block of an address or a prefix.
+    Unblock { target: IpNet, origin: Origin },
+}
+
+/// A block decided outside this node's feedback loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// An address (a `/32` or `/128`) or a prefix.
+    pub target: IpNet,
+    /// `None`: until unblocked.
+    pub duration: Option<Duration>,
+    pub reason: BlockReason,
+    pub origin: Origin,
+}
+
+/// Who decided a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// This node's feedback loop.
+    Local,
+    /// An operator, by hand.
+    Operator,
+    /// Another node of the fleet.
+    Fleet,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Operator => "operator",
+            Self::Fleet => "fleet",
+        }
+    }
+}
+
+/// The enforcer has stopped (the gateway is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the enforcer has stopped")]
+pub struct EnforcerStopped;
+
+/// The rest of the gateway's handle on the feedback loop.
+#[derive(Clone)]
+pub struct Protection {
+    blocked: Arc<BlockSet>,
+    connections: Arc<Connections>,
+    commands: mpsc::Sender<Command>,
+}
+
+impl Protection {
+    pub fn is_blocked(&self, source: IpAddr) -> bool {
+        self.blocked.is_blocked(source)
+    }
+
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Reports an offense. Never waits: under a flood the queue may be full, and then the offense
+    /// is dropped (the source is already well on its way to a block).
+    pub fn offense(&self, source: IpAddr, offense: Offense) {
+        let source = source.to_canonical();
+        let _ = self.commands.try_send(Command::Offense { source, offense });
+    }
+
+    /// Sends a command that must not be lost (a block or an unblock): waits for room in the queue.
+    pub async fn command(&self, command: Command) -> Result<(), EnforcerStopped> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| EnforcerStopped)
+    }
+}
+
+/// Creates the handle and the task state. Blocks already in the (pinned) kernel map are taken over.
+pub fn start(
+    policy: BlockingPolicy,
+    program: Option<XdpProgram>,
+    allow: Vec<IpNet>,
+    audit: AuditLog,
+) -> (Protection, Enforcer) {
+    let blocked = Arc::new(BlockSet::default());
+    let connections = Arc::new(Connections::default());
+    let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+    let protection = Protection {
+        blocked: Arc::clone(&blocked),
+        connections: Arc::clone(&connections),
+        commands: sender,
+    };
+    let enforcer = Enforcer::new(
+        policy,
+        program,
+        allow,
+        audit,
+        blocked,
+        connections,
+        receiver,
+    );
+    (protection, enforcer)
+}

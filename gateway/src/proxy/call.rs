@@ -1,0 +1,108 @@
+//! One request as the chain sees it: where it goes, who sent it, its JSON-RPC messages (each
+//! classified once, in `mcp::jsonrpc`), and whether it reached the upstream.
+
+use std::time::Instant;
+
+use hyper::{HeaderMap, Method, Request, body::Incoming, header};
+
+use crate::{
+    audit::{Peer, RequestContext},
+    mcp::{
+        headers::MCP_SESSION_ID,
+        jsonrpc::{Body, Message},
+    },
+};
+
+/// The MCP endpoints the gateway serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Streamable HTTP at `mcp_path`.
+    Mcp,
+    /// A legacy HTTP+SSE stream (`GET upstream.sse_path`).
+    LegacyStream,
+    /// A POST to the message endpoint a legacy stream announced.
+    LegacyMessage,
+}
+
+impl Route {
+    /// The HTTP methods the endpoint accepts, as the `Allow` header lists them.
+    pub fn allowed_methods(self) -> &'static str {
+        match self {
+            Self::Mcp => "POST, GET, DELETE",
+            Self::LegacyStream => "GET",
+            Self::LegacyMessage => "POST",
+        }
+    }
+
+    /// Whether a request with `method` has a body to read (`Some(true)`), has none
+    /// (`Some(false)`), or is not accepted here (`None`).
+    pub fn has_body(self, method: &Method) -> Option<bool> {
+        match (method, self) {
+            (&Method::POST, Self::Mcp | Self::LegacyMessage) => Some(true),
+            (&Method::GET, Self::Mcp | Self::LegacyStream) | (&Method::DELETE, Self::Mcp) => {
+                Some(false)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A request on its way through the chain.
+pub struct Call<'a> {
+    /// The facts every audit line of the request repeats.
+    pub context: RequestContext<'a>,
+    pub route: Route,
+    /// The JSON-RPC messages, once the body was read (POST only).
+    pub body: Option<Body>,
+    /// When the request was sent upstream; `None` while (or if) it was not.
+    pub forwarded_at: Option<Instant>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(
+        request_id: &'a str,
+        peer: &'a Peer,
+        route: Route,
+        request: &Request<Incoming>,
+    ) -> Self {
+        let headers = request.headers();
+        Self {
+            context: RequestContext {
+                request_id,
+                peer,
+                caller: None,
+                user_agent: header_str(headers, &header::USER_AGENT).map(str::to_owned),
+                session: header_str(headers, &MCP_SESSION_ID).map(str::to_owned),
+                http_method: request.method().clone(),
+            },
+            route,
+            body: None,
+            forwarded_at: None,
+        }
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        self.body.as_ref().map_or(&[], |body| &body.messages)
+    }
+
+    /// What the request costs against its caller's limit: one per message, at least one.
+    pub fn cost(&self) -> u32 {
+        self.messages().len().max(1) as u32
+    }
+
+    /// The tools the request calls, each with how many times.
+    pub fn tool_calls(&self) -> Vec<(&str, u32)> {
+        let mut per_tool: Vec<(&str, u32)> = Vec::new();
+        for tool in self.messages().iter().filter_map(Message::called_tool) {
+            match per_tool.iter_mut().find(|(name, _)| *name == tool) {
+                Some((_, count)) => *count += 1,
+                None => per_tool.push((tool, 1)),
+            }
+        }
+        per_tool
+    }
+}
+
+pub fn header_str<'h>(headers: &'h HeaderMap, name: &header::HeaderName) -> Option<&'h str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}

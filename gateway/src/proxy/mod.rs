@@ -1,0 +1,446 @@
+//! The request path, in one place. [`Gateway::chain`] reads top to bottom:
+//!
+//! `authenticate -> read body -> parse -> check ownership -> limit -> audit -> forward`
+//!
+//! and every step refuses with the one error type, [`Refusal`]. [`Gateway::finish`] then closes
+//! every request, whatever its outcome: it writes the response line of a forwarded request, or
+//! reports the offense and writes the audit lines of a refused one, and makes the answer. Metrics
+//! attach there.
+//!
+//! A request reads one snapshot of the [`Policy`] from start to end, so a reload never mixes two
+//! policies in one request; limiter windows and sessions live outside the policy and survive it.
+
+mod call;
+mod refusal;
+mod worker;
+
+use std::{sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::{
+    Method, Request, Response, StatusCode, Uri,
+    body::Incoming,
+    header::HeaderValue,
+    http::{request, uri::PathAndQuery},
+};
+use serde_json::json;
+
+pub use call::{Call, Route};
+pub use refusal::{ProxyBody, Refusal};
+pub use worker::Worker;
+
+use crate::{
+    audit::{self, AuditLog, Decision, Peer},
+    config::{NodeSettings, PolicySettings, Settings},
+    limit::{Limiter, SlidingWindow},
+    mcp::{
+        headers::{MCP_SESSION_ID, check_mcp_headers},
+        jsonrpc::{self, code},
+        legacy_sse::{EndpointWatch, Endpoints},
+        sessions::Sessions,
+    },
+    policy::{Caller, Policy, PolicyStore},
+    protection::Protection,
+    server::idle::{BodyStalled, StallTimeout},
+    upstream::REQUEST_ID,
+};
+
+/// Everything a request needs, shared by all connections. `L` counts the limits: this process's
+/// [`SlidingWindow`] unless a shared limiter is given.
+pub struct Gateway<L: Limiter = SlidingWindow> {
+    settings: NodeSettings,
+    policy: PolicyStore,
+    /// Per caller.
+    caller_limiter: L,
+    /// Per caller and tool, for the tools with a limit of their own.
+    tool_limiter: L,
+    audit: AuditLog,
+    sessions: Sessions,
+    /// Message endpoints of open legacy SSE streams, by caller.
+    legacy_endpoints: Arc<Endpoints>,
+    protection: Protection,
+}
+
+impl Gateway {
+    /// A gateway that counts limits in this process.
+    pub fn new(settings: Settings, audit: AuditLog, protection: Protection) -> Self {
+        Self::with_limiters(
+            settings,
+            SlidingWindow::default(),
+            SlidingWindow::default(),
+            audit,
+            protection,
+        )
+    }
+}
+
+impl<L: Limiter> Gateway<L> {
+    pub fn with_limiters(
+        settings: Settings,
+        caller_limiter: L,
+        tool_limiter: L,
+        audit: AuditLog,
+        protection: Protection,
+    ) -> Self {
+        Self {
+            settings: settings.node,
+            policy: PolicyStore::new(Policy::new(settings.policy)),
+            caller_limiter,
+            tool_limiter,
+            audit,
+            sessions: Sessions::default(),
+            legacy_endpoints: Arc::default(),
+            protection,
+        }
+    }
+
+    pub fn settings(&self) -> &NodeSettings {
+        &self.settings
+    }
+
+    /// The current policy.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.current()
+    }
+
+    /// Swaps in a new policy (users, keys, limits). Requests under way finish with the old one;
+    /// limiter windows carry over.
+    pub fn replace_policy(&self, settings: PolicySettings) {
+        self.policy.replace(Policy::new(settings));
+    }
+
+    /// Drops the limiter state of callers idle for the longest window of the current policy.
+    pub fn sweep_limiters(&self) {
+        let idle_after = self.policy.current().longest_window();
+        self.caller_limiter.sweep(idle_after);
+        self.tool_limiter.sweep(idle_after);
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    pub fn protection(&self) -> &Protection {
+        &self.protection
+    }
+
+    /// Answers one HTTP request. Never fails: every problem becomes a precise HTTP answer.
+    pub async fn handle(
+        &self,
+        worker: &Worker,
+        request: Request<Incoming>,
+        peer: &Peer,
+    ) -> Response<ProxyBody> {
+        let mut id_buffer = uuid::Uuid::encode_buffer();
+        let request_id: &str = uuid::Uuid::now_v7()
+            .hyphenated()
+            .encode_lower(&mut id_buffer);
+        let request_id_header = HeaderValue::from_str(request_id)
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        let mut response = match self.route(&request) {
+            Some(route) => {
+                let policy = worker.policy.snapshot(&self.policy);
+                let mut call = Call::new(request_id, peer, route, &request);
+                let outcome = self
+                    .chain(worker, &policy, request, &mut call, &request_id_header)
+                    .await;
+                self.finish(worker, &call, outcome).await
+            }
+            None => self.not_served(request.uri().path()),
+        };
+        response.headers_mut().insert(REQUEST_ID, request_id_header);
+        response
+    }
+
+    /// The MCP endpoints: the gateway's chain of steps.
+    async fn chain<'a>(
+        &self,
+        worker: &Worker,
+        policy: &'a Policy,
+        request: Request<Incoming>,
+        call: &mut Call<'a>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let caller = policy.authenticate(request.headers())?;
+        call.context.caller = Some(&caller.name);
+        let (parts, body) = request.into_parts();
+        let body = self.read_body(call.route, &parts.method, body).await?;
+        parse_messages(call, &parts, &body)?;
+        self.check_ownership(call, &parts.uri, &caller.name)?;
+        self.limit(policy, caller, call).await?;
+        self.audit_before_forwarding(worker, call).await?;
+        self.forward(worker, parts, body, &caller.name, call, request_id)
+            .await
+    }
+
+    /// The closing step, for every outcome: the response line of a forwarded request, or the
+    /// offense and audit lines of a refused one; then the answer.
+    async fn finish(
+        &self,
+        worker: &Worker,
+        call: &Call<'_>,
+        outcome: Result<Response<ProxyBody>, Refusal>,
+    ) -> Response<ProxyBody> {
+        if let Some(started) = call.forwarded_at {
+            let status = match &outcome {
+                Ok(response) => response.status(),
+                Err(refusal) => refusal.status,
+            };
+            let line = audit::response_line(&call.context, status.as_u16(), started.elapsed());
+            worker.audit.write_in_background(line);
+        }
+        let refusal = match outcome {
+            Ok(response) => return response,
+            Err(refusal) => refusal,
+        };
+        // Refused before forwarding: its lines were not written yet (unless the audit log itself
+        // failed, which only the gateway's own log can tell). A refusal is answered even if its
+        // audit fails.
+        if call.forwarded_at.is_none() && refusal.decision != Decision::AuditFailed {
+            if let Some(offense) = refusal.offense() {
+                self.protection.offense(call.context.peer.ip, offense);
+            }
+            let lines = audit::request_lines(&call.context, call.messages(), refusal.decision);
+            if let Err(err) = worker.audit.write(lines).await {
+                tracing::error!(request_id = %call.context.request_id, error = %err, "could not audit a refused request");
+            }
+        }
+        refusal.into_response(call.body.as_ref())
+    }
+
+    fn route(&self, request: &Request<Incoming>) -> Option<Route> {
+        let path = request.uri().path();
+        if path == self.settings.mcp_path {
+            return Some(Route::Mcp);
+        }
+        let legacy_sse_path = self.settings.upstream.legacy_sse_path.as_deref()?;
+        if path == legacy_sse_path {
+            Some(Route::LegacyStream)
+        } else if request.method() == Method::POST {
+            // Which endpoints exist is told only to their callers, after authentication.
+            Some(Route::LegacyMessage)
+        } else {
+            None
+        }
+    }
+
+    fn not_served(&self, path: &str) -> Response<ProxyBody> {
+        let description = if path.starts_with("/.well-known/oauth-") {
+            // Static keys only: advertising OAuth makes some clients ignore configured headers.
+            "this gateway uses static bearer keys, not OAuth".to_owned()
+        } else {
+            self.served_paths()
+        };
+        refusal::json_response(
+            StatusCode::NOT_FOUND,
+            json!({"error": "not_found", "error_description": description}),
+        )
+    }
+
+    fn served_paths(&self) -> String {
+        let mcp_path = &self.settings.mcp_path;
+        match &self.settings.upstream.legacy_sse_path {
+            Some(sse_path) => {
+                format!("only {mcp_path} and {sse_path} (legacy SSE) are served here")
+            }
+            None => format!("only {mcp_path} is served here"),
+        }
+    }
+
+    /// The request body of a POST, within `max_body_bytes` and `idle_timeout_secs`.
+    async fn read_body(
+        &self,
+        route: Route,
+        method: &Method,
+        body: Incoming,
+    ) -> Result<Bytes, Refusal> {
+        match route.has_body(method) {
+            Some(true) => {}
+            Some(false) => return Ok(Bytes::new()),
+            None => return Err(Refusal::method_not_allowed(route.allowed_methods())),
+        }
+        let limit = self.settings.max_body_bytes;
+        let body = StallTimeout::new(body, self.settings.idle_timeout);
+        match Limited::new(body, limit).collect().await {
+            Ok(collected) => Ok(collected.to_bytes()),
+            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Decision::TooLarge,
+                code::BODY_TOO_LARGE,
+                format!("request body larger than max_body_bytes ({limit} bytes)"),
+            )),
+            Err(err) if err.is::<BodyStalled>() => Err(Refusal::new(
+                StatusCode::REQUEST_TIMEOUT,
+                Decision::BadRequest,
+                code::REQUEST_TIMEOUT,
+                format!("{err} (idle_timeout_secs)"),
+            )),
+            Err(err) => Err(Refusal::bad_request(
+                code::INVALID_REQUEST,
+                format!("could not read the request body: {err}"),
+            )),
+        }
+    }
+
+    /// A legacy message may go only to an endpoint announced to its caller on a stream still
+    /// open, and a session only to the caller it belongs to.
+    fn check_ownership(
+        &self,
+        call: &Call<'_>,
+        uri: &Uri,
+        caller: &Arc<str>,
+    ) -> Result<(), Refusal> {
+        if call.route == Route::LegacyMessage {
+            let endpoint = uri
+                .path_and_query()
+                .map_or(uri.path(), PathAndQuery::as_str);
+            match self.legacy_endpoints.owner(endpoint) {
+                Some(owner) if *owner == **caller => {}
+                Some(_) => {
+                    return Err(Refusal::new(
+                        StatusCode::FORBIDDEN,
+                        Decision::Forbidden,
+                        code::FORBIDDEN,
+                        "this legacy SSE session belongs to another caller",
+                    ));
+                }
+                None => {
+                    return Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        Decision::NotFound,
+                        code::INVALID_REQUEST,
+                        format!(
+                            "not found: neither {} nor the endpoint of an open legacy SSE stream",
+                            self.settings.mcp_path
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(session) = &call.context.session {
+            self.sessions.claim(session, caller)?;
+        }
+        Ok(())
+    }
+
+    /// Per caller and tool, then per caller: a batch costs one per message. Tool limits go first,
+    /// so a call they refuse takes no slot of the caller's own limit.
+    async fn limit(
+        &self,
+        policy: &Policy,
+        caller: &Caller,
+        call: &Call<'_>,
+    ) -> Result<(), Refusal> {
+        let status = policy.rate_limit_status();
+        if policy.has_tool_limits() {
+            for (tool, count) in call.tool_calls() {
+                let Some(limit) = policy.tool_limit(tool) else {
+                    continue;
+                };
+                let key: Arc<str> = format!("{}\u{1f}{tool}", caller.name).into();
+                self.tool_limiter
+                    .admit(&key, limit, count)
+                    .await
+                    .map_err(|denied| Refusal::rate_limited(&denied, Some(tool), status))?;
+            }
+        }
+        self.caller_limiter
+            .admit(&caller.name, policy.limit_of(caller), call.cost())
+            .await
+            .map_err(|denied| Refusal::rate_limited(&denied, None, status))
+    }
+
+    /// Writes the request's lines and waits for the write: nothing reaches the upstream unaudited.
+    async fn audit_before_forwarding(
+        &self,
+        worker: &Worker,
+        call: &Call<'_>,
+    ) -> Result<(), Refusal> {
+        let lines = audit::request_lines(&call.context, call.messages(), Decision::Forwarded);
+        worker.audit.write(lines).await.map_err(|err| {
+            tracing::error!(request_id = %call.context.request_id, error = %err, "refusing a request that could not be audited");
+            Refusal::audit_unavailable()
+        })
+    }
+
+    /// Sends the request upstream and streams the answer back as it arrives.
+    async fn forward(
+        &self,
+        worker: &Worker,
+        parts: request::Parts,
+        body: Bytes,
+        caller: &Arc<str>,
+        call: &mut Call<'_>,
+        request_id: &HeaderValue,
+    ) -> Result<Response<ProxyBody>, Refusal> {
+        let is_delete = parts.method == Method::DELETE;
+        // A legacy message goes to the endpoint its stream announced, which the client posted to.
+        let client_path = (call.route == Route::LegacyMessage).then(|| parts.uri.path().to_owned());
+        let upstream_path = match call.route {
+            Route::Mcp => None,
+            Route::LegacyStream => self.settings.upstream.legacy_sse_path.as_deref(),
+            Route::LegacyMessage => client_path.as_deref(),
+        };
+        call.forwarded_at = Some(Instant::now());
+        let response = worker
+            .upstream
+            .send(parts, body, upstream_path, caller, &call.context.peer.ip_text, request_id)
+            .await
+            .map_err(|err| {
+                tracing::warn!(request_id = %call.context.request_id, error = %err, "upstream request failed");
+                Refusal::from(err)
+            })?;
+        Ok(self.track_sessions(call, caller, is_delete, response))
+    }
+
+    /// What the upstream's answer tells about sessions: a new session belongs to its caller, a
+    /// deleted one is forgotten, a legacy stream's endpoint is bound to its caller.
+    fn track_sessions(
+        &self,
+        call: &Call<'_>,
+        caller: &Arc<str>,
+        is_delete: bool,
+        response: Response<crate::upstream::PooledBody>,
+    ) -> Response<ProxyBody> {
+        // (The request's own session was claimed before forwarding.)
+        if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID)
+            && call.context.session.as_deref() != Some(session)
+        {
+            self.sessions.bind(session, caller);
+        }
+        if is_delete
+            && response.status().is_success()
+            && let Some(session) = &call.context.session
+        {
+            self.sessions.forget(session);
+        }
+        if let (Route::LegacyStream, Some(sse_path)) =
+            (call.route, &self.settings.upstream.legacy_sse_path)
+            && response.status().is_success()
+        {
+            let endpoints = Arc::clone(&self.legacy_endpoints);
+            let (caller, sse_path) = (Arc::clone(caller), Arc::clone(sse_path));
+            return response
+                .map(|body| EndpointWatch::new(body, endpoints, caller, sse_path).boxed());
+        }
+        response.map(BodyExt::boxed)
+    }
+}
+
+/// The JSON-RPC messages of a POST, which must agree with MCP's method and name headers.
+fn parse_messages(
+    call: &mut Call<'_>,
+    parts: &request::Parts,
+    body: &Bytes,
+) -> Result<(), Refusal> {
+    if parts.method != Method::POST {
+        return Ok(());
+    }
+    let messages = call.body.insert(jsonrpc::inspect(body)?);
+    check_mcp_headers(&parts.headers, messages)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! The one error type of the chain: every step that refuses a request says so with a [`Refusal`],
+//! which knows its HTTP status, its JSON-RPC error, the decision the audit log records and the
+//! offense it counts as. Answers are made here and nowhere else.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{
+    Response, StatusCode,
+    header::{self, HeaderName, HeaderValue},
+};
+use serde_json::{Value, json};
+
+use crate::{
+    audit::Decision,
+    limit::Denied,
+    mcp::{
+        headers::HeaderMismatch,
+        jsonrpc::{self, Body, InspectError, code},
+        sessions::NotOwner,
+    },
+    policy::AuthError,
+    protection::Offense,
+    upstream::ForwardError,
+};
+
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+const REALM: &str = "Bearer realm=\"mcp-gateway\"";
+
+/// A request the gateway answers itself, with the decision the audit log records.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub decision: Decision,
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Refusal {
+    pub fn new(
+        status: StatusCode,
+        decision: Decision,
+        code: i64,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            status,
+            decision,
+            code,
+            message: message.into(),
+            data: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn bad_request(code: i64, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, Decision::BadRequest, code, message)
+    }
+
+    /// `method` is not served at this endpoint.
+    pub fn method_not_allowed(allowed: &'static str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Decision::BadRequest,
+            code::INVALID_REQUEST,
+            format!("this MCP endpoint accepts {allowed}"),
+        )
+        .header(header::ALLOW, HeaderValue::from_static(allowed))
+    }
+
+    /// Over a limit: the caller's own (`tool` = `None`) or that of one tool.
+    pub fn rate_limited(denied: &Denied, tool: Option<&str>, status: StatusCode) -> Self {
+        let retry_after = denied.retry_after_secs();
+        let what = if tool.is_some() {
+            "calls of this tool"
+        } else {
+            "requests"
+        };
+        let limit = format!(
+            "{} {what} per {} s",
+            denied.limit.requests,
+            denied.limit.window.as_secs()
+        );
+        let limit = match tool {
+            Some(tool) => format!("{limit} for tool {tool:?}"),
+            None => limit,
+        };
+        let message = if denied.exceeds_limit {
+            format!(
+                "rate limit exceeded: this batch alone has more messages than the limit of {limit}; send smaller batches"
+            )
+        } else {
+            format!("rate limit exceeded: {limit}; retry in {retry_after} s")
+        };
+        let mut refusal = Self::new(status, Decision::RateLimited, code::RATE_LIMITED, message)
+            .header(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        refusal.data = Some(json!({"retryAfterSeconds": retry_after}));
+        refusal
+    }
+
+    /// The audit log could not be written, so the request was not forwarded.
+    pub fn audit_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Decision::AuditFailed,
+            code::AUDIT_UNAVAILABLE,
+            "the gateway cannot write its audit log; the call was not forwarded",
+        )
+    }
+
+    /// What the refusal counts as towards a block of its source.
+    pub fn offense(&self) -> Option<Offense> {
+        match self.decision {
+            Decision::Unauthenticated | Decision::InvalidKey => Some(Offense::AuthFailure),
+            Decision::RateLimited => Some(Offense::RateLimited),
+            Decision::BadRequest | Decision::TooLarge => Some(Offense::Malformed),
+            Decision::Forwarded
+            | Decision::Forbidden
+            | Decision::NotFound
+            | Decision::AuditFailed => None,
+        }
+    }
+
+    /// The answer: a JSON-RPC error echoing the ids of `body`'s requests.
+    pub fn into_response(self, body: Option<&Body>) -> Response<ProxyBody> {
+        let payload = jsonrpc::error_body(body, self.code, &self.message, self.data);
+        let mut response = bytes_response(self.status, payload);
+        for (name, value) in self.headers {
+            response.headers_mut().insert(name, value);
+        }
+        response
+    }
+}
+
+impl From<AuthError> for Refusal {
+    fn from(err: AuthError) -> Self {
+        let (decision, challenge) = match err {
+            AuthError::Missing | AuthError::Malformed => {
+                (Decision::Unauthenticated, HeaderValue::from_static(REALM))
+            }
+            AuthError::InvalidKey => (
+                Decision::InvalidKey,
+                HeaderValue::from_static("Bearer realm=\"mcp-gateway\", error=\"invalid_token\""),
+            ),
+        };
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            decision,
+            code::UNAUTHENTICATED,
+            err.to_string(),
+        )
+        .header(header::WWW_AUTHENTICATE, challenge)
+    }
+}
+
+impl From<InspectError> for Refusal {
+    fn from(err: InspectError) -> Self {
+        Self::bad_request(err.code(), err.to_string())
+    }
+}
+
+impl From<HeaderMismatch> for Refusal {
+    fn from(err: HeaderMismatch) -> Self {
+        Self::bad_request(code::HEADER_MISMATCH, err.to_string())
+    }
+}
+
+impl From<NotOwner> for Refusal {
+    fn from(err: NotOwner) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            Decision::Forbidden,
+            code::FORBIDDEN,
+            err.to_string(),
+        )
+    }
+}
+
+/// The upstream failed: the request was forwarded (and audited as such), the answer is the
+/// gateway's.
+impl From<ForwardError> for Refusal {
+    fn from(err: ForwardError) -> Self {
+        let (status, code) = match err {
+            ForwardError::Unavailable(_) => (StatusCode::BAD_GATEWAY, code::UPSTREAM_UNAVAILABLE),
+            ForwardError::Timeout(_) => (StatusCode::GATEWAY_TIMEOUT, code::UPSTREAM_TIMEOUT),
+        };
+        Self::new(status, Decision::Forwarded, code, err.to_string())
+    }
+}
+
+/// A JSON answer that is not JSON-RPC (paths the gateway does not serve).
+pub fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
+    bytes_response(status, Bytes::from(value.to_string()))
+}
+
+fn bytes_response(status: StatusCode, payload: Bytes) -> Response<ProxyBody> {
+    let mut response = Response::new(Full::new(payload).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_keys_get_the_invalid_token_challenge() {
+        let refusal = Refusal::from(AuthError::InvalidKey);
+        assert_eq!(refusal.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(refusal.decision, Decision::InvalidKey);
+        assert!(
+            refusal.headers[0]
+                .1
+                .to_str()
+                .unwrap()
+                .contains("error=\"invalid_token\"")
+        );
+        let refusal = Refusal::from(AuthError::Missing);
+        assert_eq!(refusal.headers[0].1, REALM);
+    }
+
+    #[test]
+    fn mcp_headers_that_contradict_the_body_are_a_bad_request() {
+        let body = jsonrpc::inspect(br#"{"id":1,"method":"tools/call","params":{"name":"echo"}}"#)
+            .unwrap();
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert("mcp-method", HeaderValue::from_static("tools/list"));
+        let refusal =
+            Refusal::from(crate::mcp::headers::check_mcp_headers(&headers, &body).unwrap_err());
+        assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
+        assert_eq!(refusal.code, code::HEADER_MISMATCH);
+        assert_eq!(refusal.offense(), Some(Offense::Malformed));
+    }
+}

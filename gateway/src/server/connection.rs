@@ -1,0 +1,137 @@
+//! Serving one client connection, whatever carries it: a TCP stream today, a TLS stream over it
+//! tomorrow. The connection is closed when the gateway shuts down, when its source gets blocked,
+//! or when its client goes idle or stops reading.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::idle::{Activity, InProgressBody, Stale, WatchedWrites};
+use crate::{
+    audit::Peer,
+    protection::ConnectionGuard,
+    proxy::{Gateway, Worker},
+};
+
+/// Longest wait for open connections to finish after shutdown was asked for.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the response in flight when the gateway closes a connection of its own accord
+/// (its source got blocked, or it was idle), before the connection is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// The HTTP/1.1 and HTTP/2 server settings every connection of a worker shares.
+pub fn http_builder() -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        // Slow and idle clients are closed by `idle::Activity` instead, at less cost per request.
+        .header_read_timeout(None)
+        // As for upstream requests (upstream/pool.rs): answers and SSE events are small.
+        .writev(false);
+    builder.http2().timer(TokioTimer::new());
+    builder
+}
+
+/// What every request on one client connection needs.
+struct ConnectionContext {
+    gateway: Arc<Gateway>,
+    worker: Arc<Worker>,
+    client: Peer,
+    activity: Arc<Activity>,
+}
+
+/// One accepted connection, ready to be served.
+pub struct Connection<IO> {
+    pub io: IO,
+    pub peer: SocketAddr,
+    /// Cancelled when the source gets blocked or the gateway shuts down.
+    pub registration: ConnectionGuard,
+}
+
+/// Serving HTTP on `connection` until it ends or must be closed, as a future to spawn.
+pub fn serve<IO>(
+    builder: &auto::Builder<TokioExecutor>,
+    connection: Connection<IO>,
+    gateway: Arc<Gateway>,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Connection {
+        io,
+        peer,
+        registration,
+    } = connection;
+    let activity = Activity::new();
+    let idle_timeout = gateway.settings().idle_timeout;
+    // Reference counts per request only on this connection's own cache lines (the context
+    // and its activity): counting on the gateway's, which every worker shares, would move
+    // that line between CPUs.
+    let context = Arc::new(ConnectionContext {
+        gateway,
+        worker,
+        client: Peer::new(peer.ip()),
+        activity: Arc::clone(&activity),
+    });
+    let service = service_fn(move |request| {
+        let context = Arc::clone(&context);
+        async move {
+            let ConnectionContext {
+                gateway,
+                worker,
+                client,
+                activity,
+            } = &*context;
+            let in_progress = activity.start();
+            let http2 = request.version() == hyper::Version::HTTP_2;
+            let response = gateway.handle(worker, request, client).await;
+            Ok::<_, Infallible>(response.map(|body| InProgressBody::new(body, in_progress, http2)))
+        }
+    });
+    let connection = builder
+        .serve_connection(
+            TokioIo::new(WatchedWrites::new(io, Arc::clone(&activity))),
+            service,
+        )
+        .into_owned();
+    async move {
+        tokio::pin!(connection);
+        // One token for both reasons to stop (shutdown, blocked source): it is polled whenever
+        // the connection is.
+        tokio::select! {
+            biased;
+            result = connection.as_mut() => {
+                if let Err(err) = result {
+                    tracing::debug!(%peer, error = %err, "connection ended with an error");
+                }
+                return;
+            }
+            () = registration.closed().cancelled() => {}
+            stale = activity.stale_for(idle_timeout) => match stale {
+                Stale::Idle => tracing::debug!(%peer, "closing a connection idle for {idle_timeout:?}"),
+                Stale::NotReading => tracing::debug!(%peer, "closing a connection whose client has not read for {idle_timeout:?}"),
+            }
+        }
+        // Shutting down: let requests finish. The source got blocked: finish the response in
+        // flight (the one that may have triggered the block deserves its answer), then close.
+        // Idle: nothing is in flight, or only a request head that never completed. Not reading:
+        // the response in flight cannot be delivered, and is cut after the grace period.
+        let grace = if shutdown.is_cancelled() {
+            DRAIN_TIMEOUT
+        } else {
+            CLOSE_GRACE
+        };
+        connection.as_mut().graceful_shutdown();
+        if tokio::time::timeout(grace, connection).await.is_err() {
+            tracing::debug!(%peer, "connection cut after the grace period");
+        }
+    }
+}
