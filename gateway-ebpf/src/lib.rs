@@ -1,10 +1,16 @@
 //! Types shared by the XDP program (kernel) and the gateway (userspace).
 //!
 //! Everything here is `#[repr(C)]` and plain data, because both sides read the same bytes out of
-//! the same BPF maps. The kernel program itself lives in `main.rs` and only builds for the BPF target.
+//! the same BPF maps; their sizes are checked at compile time below, so a field added on one side
+//! cannot silently shift the other's view. The kernel program itself lives in `program.rs` (with
+//! its packet parsing in `parse.rs`) and only builds for the BPF target.
 #![no_std]
 
+mod token_bucket;
+
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use token_bucket::{MAX_BURST, MAX_RATE, MAX_REFILL_NS, TOKEN, TokenBucket};
 
 /// Name of the XDP program in the object file.
 pub const PROGRAM_NAME: &str = "mcp_gateway";
@@ -51,15 +57,6 @@ pub const RATE_CAPACITY: u32 = 262_144;
 pub const EVENTS_BYTES: u32 = 256 * 1024;
 /// Most protected destination ports.
 pub const MAX_PORTS: usize = 8;
-/// One token, in the bucket's fixed-point unit: tokens are counted in billionths, so refill is
-/// `elapsed_ns * rate_per_sec` without division.
-pub const TOKEN: u64 = 1_000_000_000;
-/// Longest refill credited at once (bounds the multiplication; any bucket is full by then).
-pub const MAX_REFILL_NS: u64 = 60 * 1_000_000_000;
-/// Highest rate (per second) and burst a bucket accepts: with [`MAX_REFILL_NS`] and [`TOKEN`] the
-/// products stay below `u64::MAX` (BPF has no 128-bit multiply for a saturating one).
-pub const MAX_RATE: u64 = 100_000_000;
-pub const MAX_BURST: u64 = 1_000_000_000;
 /// A source that keeps being rate-dropped raises at most one event per this interval.
 pub const EVENT_INTERVAL_NS: u64 = 1_000_000_000;
 
@@ -185,60 +182,6 @@ impl XdpConfig {
             i += 1;
         }
         false
-    }
-}
-
-/// A token bucket in fixed point ([`TOKEN`] per token).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TokenBucket {
-    pub tokens: u64,
-    pub last_ns: u64,
-}
-
-impl TokenBucket {
-    /// A full bucket at `now_ns`.
-    pub const fn full(burst: u64, now_ns: u64) -> Self {
-        let burst = if burst > MAX_BURST { MAX_BURST } else { burst };
-        Self {
-            tokens: burst * TOKEN,
-            last_ns: now_ns,
-        }
-    }
-
-    /// Refills for the time since the last packet, then takes one token if there is one.
-    /// `rate_per_sec == 0` means unlimited.
-    #[inline(always)]
-    pub fn take(&mut self, now_ns: u64, rate_per_sec: u64, burst: u64) -> bool {
-        if rate_per_sec == 0 {
-            return true;
-        }
-        let elapsed = now_ns.saturating_sub(self.last_ns);
-        let elapsed = if elapsed > MAX_REFILL_NS {
-            MAX_REFILL_NS
-        } else {
-            elapsed
-        };
-        let rate = if rate_per_sec > MAX_RATE {
-            MAX_RATE
-        } else {
-            rate_per_sec
-        };
-        let burst = if burst > MAX_BURST { MAX_BURST } else { burst };
-        let capacity = burst * TOKEN;
-        let refilled = self.tokens.saturating_add(elapsed * rate);
-        self.tokens = if refilled > capacity {
-            capacity
-        } else {
-            refilled
-        };
-        self.last_ns = now_ns;
-        if self.tokens >= TOKEN {
-            self.tokens -= TOKEN;
-            true
-        } else {
-            false
-        }
     }
 }
 
@@ -410,14 +353,36 @@ impl Verdict {
     }
 }
 
+// The layouts both sides rely on: each size is the sum of the fields', so no type has padding
+// (explicit `_pad` fields fill the gaps), and any change to a shared type fails the build here.
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<SourceKey>() == 16);
+    assert!(size_of::<BlockEntry>() == 16);
+    assert!(size_of::<TokenBucket>() == 16);
+    assert!(size_of::<RateState>() == 40);
+    assert!(size_of::<InsertBudget>() == 16);
+    assert!(size_of::<RateEvent>() == 32);
+    assert!(size_of::<XdpConfig>() == 80);
+    assert!(size_of::<Verdict>() == 4 && size_of::<BlockReason>() == 4);
+};
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain `#[repr(C)]` data without padding holes or invalid bit patterns.
+    // For every impl here: `#[repr(C)]` integers and integer arrays only, no padding (sizes checked
+    // above), so every bit pattern is a valid value.
+
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::SourceKey {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::BlockEntry {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::XdpConfig {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RateState {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::InsertBudget {}
+    // SAFETY: see above.
     unsafe impl aya::Pod for super::RateEvent {}
 }
 
@@ -460,24 +425,6 @@ mod tests {
         let v4 = SourceKey::from(IpAddr::from([192, 0, 2, 7]));
         assert!(v4.is_ipv4_mapped() && !a.is_ipv4_mapped());
         assert_eq!(v4.rate_key(64), v4);
-    }
-
-    #[test]
-    fn token_bucket_allows_burst_then_rate() {
-        let mut bucket = TokenBucket::full(3, 0);
-        // Burst of 3, then empty.
-        assert!((0..3).all(|_| bucket.take(0, 10, 3)));
-        assert!(!bucket.take(0, 10, 3));
-        // 10 per second: one token per 100 ms.
-        assert!(!bucket.take(99_999_999, 10, 3));
-        assert!(bucket.take(100_000_000, 10, 3));
-        assert!(!bucket.take(100_000_001, 10, 3));
-        // A long pause refills to the burst, not beyond.
-        let later = 3_600 * 1_000_000_000;
-        assert!((0..3).all(|_| bucket.take(later, 10, 3)));
-        assert!(!bucket.take(later, 10, 3));
-        // Rate 0 means unlimited.
-        assert!((0..100).all(|_| bucket.take(later, 0, 0)));
     }
 
     #[test]

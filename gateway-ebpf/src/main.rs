@@ -3,7 +3,9 @@
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod xdp;
+mod parse;
+#[cfg(target_arch = "bpf")]
+mod program;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -1,6 +1,7 @@
 //! XDP cost per packet: the real program run with BPF_PROG_TEST_RUN and `repeat` on crafted
 //! frames, one verdict path at a time, against a pass-everything baseline program from the same
 //! object. Needs root. Prints one JSON object per measurement (`cargo xtask bench xdp` reads them).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should stop it loudly
 
 #[path = "../tests/frames/mod.rs"]
 mod frames;

@@ -1,6 +1,7 @@
 //! The real XDP program, loaded into the kernel and run on crafted frames with BPF_PROG_TEST_RUN:
 //! every verdict, every header shape it must parse. Needs root (or CAP_BPF + CAP_NET_ADMIN):
 //! `cargo xtask test` runs these when root and reports them as ignored otherwise.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a failure should stop it loudly
 
 use std::net::IpAddr;
 

@@ -3,11 +3,12 @@
 
 use std::time::Duration;
 
+use gateway_ebpf::{MAX_BURST, MAX_PORTS, MAX_RATE, XdpConfig};
 use ipnet::IpNet;
 
 use super::{
     ConfigError,
-    file::{BlockingSection, Interfaces, XdpSection},
+    file::{BlockingSection, Interfaces, XdpRateSection, XdpSection},
     invalid,
     settings::{BlockingPolicy, XdpSettings},
 };
@@ -16,20 +17,7 @@ pub(super) fn xdp_settings(
     section: &XdpSection,
     listen_port: u16,
 ) -> Result<XdpSettings, ConfigError> {
-    use gateway_ebpf::{MAX_BURST, MAX_PORTS, MAX_RATE, XdpConfig};
-
-    let interfaces = match (&section.interface, section.enabled) {
-        (_, false) => Vec::new(),
-        (Some(Interfaces::One(interface)), true) => vec![interface.clone()],
-        (Some(Interfaces::Many(interfaces)), true) => interfaces.clone(),
-        (None, true) => Vec::new(),
-    };
-    if section.enabled && (interfaces.is_empty() || interfaces.iter().any(String::is_empty)) {
-        return Err(invalid(
-            "xdp.interface",
-            "required when xdp.enabled = true: a name (\"eth0\") or a list of names",
-        ));
-    }
+    let interfaces = interfaces(section)?;
     let ports = if section.ports.is_empty() {
         vec![listen_port]
     } else {
@@ -54,7 +42,36 @@ pub(super) fn xdp_settings(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let rate = &section.rate;
+    check_rates(&section.rate)?;
+    let pin_dir = (!section.pin_path.as_os_str().is_empty()).then(|| section.pin_path.clone());
+    Ok(XdpSettings {
+        interfaces,
+        mode: section.mode,
+        pin_dir,
+        log: section.log,
+        allow,
+        program: program_config(section, &ports),
+    })
+}
+
+/// The interfaces to attach to: none when XDP is off, at least one when it is on.
+fn interfaces(section: &XdpSection) -> Result<Vec<String>, ConfigError> {
+    let interfaces = match (&section.interface, section.enabled) {
+        (_, false) | (None, true) => Vec::new(),
+        (Some(Interfaces::One(interface)), true) => vec![interface.clone()],
+        (Some(Interfaces::Many(interfaces)), true) => interfaces.clone(),
+    };
+    if section.enabled && (interfaces.is_empty() || interfaces.iter().any(String::is_empty)) {
+        return Err(invalid(
+            "xdp.interface",
+            "required when xdp.enabled = true: a name (\"eth0\") or a list of names",
+        ));
+    }
+    Ok(interfaces)
+}
+
+/// `[xdp.rate]` within what the program's fixed-point token buckets can hold.
+fn check_rates(rate: &XdpRateSection) -> Result<(), ConfigError> {
     for (name, value, max) in [
         ("packets_per_sec", rate.packets_per_sec, MAX_RATE),
         ("syn_per_sec", rate.syn_per_sec, MAX_RATE),
@@ -85,6 +102,12 @@ pub(super) fn xdp_settings(
             "must be between 1 and 128",
         ));
     }
+    Ok(())
+}
+
+/// What the program's CONFIG map gets (`ports` already checked to fit).
+fn program_config(section: &XdpSection, ports: &[u16]) -> XdpConfig {
+    let rate = &section.rate;
     let mut program = XdpConfig {
         flags: if section.dry_run {
             XdpConfig::FLAG_DRY_RUN
@@ -100,16 +123,8 @@ pub(super) fn xdp_settings(
         port_count: ports.len() as u32,
         ..XdpConfig::default()
     };
-    program.ports[..ports.len()].copy_from_slice(&ports);
-    let pin_dir = (!section.pin_path.as_os_str().is_empty()).then(|| section.pin_path.clone());
-    Ok(XdpSettings {
-        interfaces,
-        mode: section.mode,
-        pin_dir,
-        log: section.log,
-        allow,
-        program,
-    })
+    program.ports[..ports.len()].copy_from_slice(ports);
+    program
 }
 
 /// An address or a CIDR prefix (`10.0.0.0/8`, `2001:db8::/32`, `192.0.2.7`).

@@ -48,6 +48,47 @@ struct Run {
     count: u32,
 }
 
+impl Window {
+    /// Forgets admissions that left the window (now - window, now].
+    fn forget_left(&mut self, now_ns: u64, window_ns: u64) {
+        while let Some(&run) = self.admitted.front()
+            && run.leaves_at(window_ns) <= now_ns
+        {
+            self.admitted.pop_front();
+            self.total -= u64::from(run.count);
+        }
+    }
+
+    /// When enough of the oldest admissions have left the window to free `needed` slots.
+    fn frees_at(&self, needed: u64, window_ns: u64) -> Option<u64> {
+        let mut freed = 0;
+        self.admitted
+            .iter()
+            .find(|run| {
+                freed += u64::from(run.count);
+                freed >= needed
+            })
+            .map(|run| run.leaves_at(window_ns))
+    }
+
+    fn admit(&mut self, now_ns: u64, cost: u32) {
+        match self.admitted.back_mut() {
+            // (Workers read the clock before taking the caller's lock, so `now` may be a little
+            // older than the newest entry.)
+            Some(run) if now_ns.saturating_sub(run.first) < RUN_NS => {
+                run.last_offset = run.last_offset.max(now_ns.saturating_sub(run.first) as u32);
+                run.count += cost;
+            }
+            _ => self.admitted.push_back(Run {
+                first: now_ns,
+                last_offset: 0,
+                count: cost,
+            }),
+        }
+        self.total += u64::from(cost);
+    }
+}
+
 impl Run {
     /// When the run leaves a window of `window_ns`: with its latest admission.
     fn leaves_at(self, window_ns: u64) -> u64 {
@@ -107,46 +148,19 @@ impl SlidingWindow {
             Some(window) => window,
             None => self.windows.entry(Arc::clone(caller)).or_default(),
         };
-        let window = &mut *window;
-        // Forget admissions that left the window (now - window, now].
-        while let Some(&run) = window.admitted.front()
-            && run.leaves_at(window_ns) <= now_ns
-        {
-            window.admitted.pop_front();
-            window.total -= u64::from(run.count);
-        }
+        window.forget_left(now_ns, window_ns);
         let needed_free = (window.total + cost as u64).saturating_sub(max as u64);
         if needed_free > 0 {
-            // The request fits once the `needed_free` oldest admissions have left the window.
-            let mut freed = 0;
             let frees_at = window
-                .admitted
-                .iter()
-                .find(|run| {
-                    freed += u64::from(run.count);
-                    freed >= needed_free
-                })
-                .map_or(now_ns + window_ns, |run| run.leaves_at(window_ns));
+                .frees_at(needed_free, window_ns)
+                .unwrap_or(now_ns + window_ns);
             return Err(Denied {
                 retry_after: Duration::from_nanos(frees_at.saturating_sub(now_ns)),
                 limit,
                 exceeds_limit: false,
             });
         }
-        match window.admitted.back_mut() {
-            // (Workers read the clock before taking the caller's lock, so `now` may be a little
-            // older than the newest entry.)
-            Some(run) if now_ns.saturating_sub(run.first) < RUN_NS => {
-                run.last_offset = run.last_offset.max(now_ns.saturating_sub(run.first) as u32);
-                run.count += cost as u32;
-            }
-            _ => window.admitted.push_back(Run {
-                first: now_ns,
-                last_offset: 0,
-                count: cost as u32,
-            }),
-        }
-        window.total += cost as u64;
+        window.admit(now_ns, cost as u32);
         Ok(())
     }
 

@@ -129,8 +129,9 @@ impl WorkerPolicy {
     }
 }
 
+/// Policies for tests: users `name` with key `"{name}-key"`.
 #[cfg(test)]
-mod tests {
+pub(crate) mod test_support {
     use std::num::NonZeroU32;
 
     use hyper::header::{AUTHORIZATION, HeaderValue};
@@ -138,13 +139,13 @@ mod tests {
     use super::*;
     use crate::config::User;
 
-    pub(crate) fn policy(users: &[(&str, &str)], requests: u32) -> Policy {
-        Policy::new(PolicySettings {
+    pub fn settings(users: &[&str], requests: u32) -> PolicySettings {
+        PolicySettings {
             users: users
                 .iter()
-                .map(|(name, key)| User {
+                .map(|name| User {
                     name: (*name).into(),
-                    key_digest: Sha256Digest::of(key.as_bytes()),
+                    key_digest: Sha256Digest::of(format!("{name}-key").as_bytes()),
                     limit: None,
                 })
                 .collect(),
@@ -154,35 +155,44 @@ mod tests {
             },
             tool_limits: HashMap::new(),
             rate_limit_status: StatusCode::TOO_MANY_REQUESTS,
-        })
+        }
     }
 
-    fn bearer(key: &str) -> HeaderMap {
+    /// The headers of a request with `name`'s key.
+    pub fn bearer(name: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
         headers.insert(
             AUTHORIZATION,
-            HeaderValue::from_str(&format!("Bearer {key}")).unwrap(),
+            HeaderValue::from_str(&format!("Bearer {name}-key")).unwrap(),
         );
         headers
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        test_support::{bearer, settings},
+        *,
+    };
 
     #[test]
     fn a_swapped_policy_reaches_new_requests_while_old_ones_keep_theirs() {
-        let store = PolicyStore::new(policy(&[("alice", "alice-key")], 10));
+        let store = PolicyStore::new(Policy::new(settings(&["alice"], 10)));
         let worker = WorkerPolicy::default();
         let before = worker.snapshot(&store);
-        assert!(before.authenticate(&bearer("alice-key")).is_ok());
+        assert!(before.authenticate(&bearer("alice")).is_ok());
         assert!(
             Arc::ptr_eq(&before, &worker.snapshot(&store)),
             "one copy per worker until the policy changes"
         );
 
         // Alice's key is revoked and Bob's added.
-        store.replace(policy(&[("bob", "bob-key")], 10));
+        store.replace(Policy::new(settings(&["bob"], 10)));
         let after = worker.snapshot(&store);
-        assert!(after.authenticate(&bearer("alice-key")).is_err());
-        assert!(after.authenticate(&bearer("bob-key")).is_ok());
+        assert!(after.authenticate(&bearer("alice")).is_err());
+        assert!(after.authenticate(&bearer("bob")).is_ok());
         // The request that started before the swap finishes with the policy it had.
-        assert!(before.authenticate(&bearer("alice-key")).is_ok());
+        assert!(before.authenticate(&bearer("alice")).is_ok());
     }
 }

@@ -34,7 +34,7 @@ pub struct Enforcer {
     allow: Vec<IpNet>,
     audit: AuditLog,
     pub(super) blocked: Arc<BlockSet>,
-    connections: Arc<Connections>,
+    pub(super) connections: Arc<Connections>,
     commands: mpsc::Receiver<Command>,
     /// Recent offenses per source and kind, oldest first.
     recent: HashMap<(IpAddr, Offense), VecDeque<Instant>>,
@@ -48,10 +48,9 @@ impl Enforcer {
         mut program: Option<XdpProgram>,
         allow: Vec<IpNet>,
         audit: AuditLog,
-        blocked: Arc<BlockSet>,
-        connections: Arc<Connections>,
         commands: mpsc::Receiver<Command>,
     ) -> Self {
+        let blocked = Arc::new(BlockSet::default());
         if let Some(program) = program.as_mut() {
             match program.blocks() {
                 Ok(entries) => {
@@ -74,7 +73,7 @@ impl Enforcer {
             allow,
             audit,
             blocked,
-            connections,
+            connections: Arc::new(Connections::default()),
             commands,
             recent: HashMap::new(),
             history: HashMap::new(),

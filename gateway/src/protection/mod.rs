@@ -140,22 +140,12 @@ pub fn start(
     allow: Vec<IpNet>,
     audit: AuditLog,
 ) -> (Protection, Enforcer) {
-    let blocked = Arc::new(BlockSet::default());
-    let connections = Arc::new(Connections::default());
-    let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+    let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
+    let enforcer = Enforcer::new(policy, program, allow, audit, receiver);
     let protection = Protection {
-        blocked: Arc::clone(&blocked),
-        connections: Arc::clone(&connections),
-        commands: sender,
+        blocked: Arc::clone(&enforcer.blocked),
+        connections: Arc::clone(&enforcer.connections),
+        commands,
     };
-    let enforcer = Enforcer::new(
-        policy,
-        program,
-        allow,
-        audit,
-        blocked,
-        connections,
-        receiver,
-    );
     (protection, enforcer)
 }

@@ -1,39 +1,12 @@
 //! The chain's steps on their own, with the real limiter and policy store.
 
-use std::{collections::HashMap, num::NonZeroU32, time::Duration};
-
-use hyper::header::{AUTHORIZATION, HeaderMap};
-
 use super::*;
 use crate::{
-    config::{BlockingPolicy, RateLimit, User},
+    config::BlockingPolicy,
     mcp::jsonrpc::inspect,
-    policy::Sha256Digest,
+    policy::test_support::{bearer, settings},
     protection,
 };
-
-fn limit(requests: u32) -> RateLimit {
-    RateLimit {
-        requests: NonZeroU32::new(requests).unwrap(),
-        window: Duration::from_secs(60),
-    }
-}
-
-fn policy_settings(users: &[&str], requests: u32) -> PolicySettings {
-    PolicySettings {
-        users: users
-            .iter()
-            .map(|name| User {
-                name: (*name).into(),
-                key_digest: Sha256Digest::of(format!("{name}-key").as_bytes()),
-                limit: None,
-            })
-            .collect(),
-        default_limit: limit(requests),
-        tool_limits: HashMap::new(),
-        rate_limit_status: StatusCode::TOO_MANY_REQUESTS,
-    }
-}
 
 fn gateway(policy: PolicySettings, dir: &tempfile::TempDir) -> Gateway {
     let config = crate::config::Config::from_toml(
@@ -48,15 +21,6 @@ fn gateway(policy: PolicySettings, dir: &tempfile::TempDir) -> Gateway {
     };
     let (protection, _enforcer) = protection::start(blocking, None, Vec::new(), audit.clone());
     Gateway::new(Settings { node, policy }, audit, protection)
-}
-
-fn bearer(name: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        AUTHORIZATION,
-        HeaderValue::from_str(&format!("Bearer {name}-key")).unwrap(),
-    );
-    headers
 }
 
 /// Runs the chain's limit step for one single-message call of `name`.
@@ -85,7 +49,7 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
 #[tokio::test]
 async fn a_callers_limiter_window_survives_a_policy_swap() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = gateway(policy_settings(&["alice"], 2), &dir);
+    let gateway = gateway(settings(&["alice"], 2), &dir);
     assert!(limit_one_call(&gateway, "alice").await.is_ok());
     assert!(limit_one_call(&gateway, "alice").await.is_ok());
     assert_eq!(
@@ -97,13 +61,13 @@ async fn a_callers_limiter_window_survives_a_policy_swap() {
     );
 
     // A reload adds Bob and keeps Alice's limit: her window is still full.
-    gateway.replace_policy(policy_settings(&["alice", "bob"], 2));
+    gateway.replace_policy(settings(&["alice", "bob"], 2));
     let refusal = limit_one_call(&gateway, "alice").await.unwrap_err();
     assert_eq!(refusal.decision, Decision::RateLimited);
     assert!(limit_one_call(&gateway, "bob").await.is_ok());
 
     // A reload that raises her limit lets her on at once, counting what she already used.
-    gateway.replace_policy(policy_settings(&["alice", "bob"], 3));
+    gateway.replace_policy(settings(&["alice", "bob"], 3));
     assert!(limit_one_call(&gateway, "alice").await.is_ok());
     assert!(limit_one_call(&gateway, "alice").await.is_err());
 }
@@ -111,7 +75,7 @@ async fn a_callers_limiter_window_survives_a_policy_swap() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_can_be_swapped_while_requests_run() {
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Arc::new(gateway(policy_settings(&["alice"], 1_000_000), &dir));
+    let gateway = Arc::new(gateway(settings(&["alice"], 1_000_000), &dir));
     let requests: Vec<_> = (0..4)
         .map(|_| {
             let gateway = Arc::clone(&gateway);
@@ -124,7 +88,7 @@ async fn a_policy_can_be_swapped_while_requests_run() {
         })
         .collect();
     for generation in 0..200 {
-        gateway.replace_policy(policy_settings(
+        gateway.replace_policy(settings(
             &["alice", &format!("user{generation}")],
             1_000_000,
         ));

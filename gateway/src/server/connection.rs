@@ -4,7 +4,7 @@
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
 
-use hyper::service::service_fn;
+use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
@@ -16,7 +16,7 @@ use super::idle::{Activity, InProgressBody, Stale, WatchedWrites};
 use crate::{
     audit::Peer,
     protection::ConnectionGuard,
-    proxy::{Gateway, Worker},
+    proxy::{Gateway, ProxyBody, Worker},
 };
 
 /// Longest wait for open connections to finish after shutdown was asked for.
@@ -44,6 +44,24 @@ struct ConnectionContext {
     worker: Arc<Worker>,
     client: Peer,
     activity: Arc<Activity>,
+}
+
+/// One request of the connection, through the gateway's chain; the connection counts as busy
+/// until the answer's body is done.
+async fn respond(
+    context: Arc<ConnectionContext>,
+    request: Request<Incoming>,
+) -> Result<Response<InProgressBody<ProxyBody>>, Infallible> {
+    let ConnectionContext {
+        gateway,
+        worker,
+        client,
+        activity,
+    } = &*context;
+    let in_progress = activity.start();
+    let http2 = request.version() == hyper::Version::HTTP_2;
+    let response = gateway.handle(worker, request, client).await;
+    Ok(response.map(|body| InProgressBody::new(body, in_progress, http2)))
 }
 
 /// One accepted connection, ready to be served.
@@ -81,21 +99,7 @@ where
         client: Peer::new(peer.ip()),
         activity: Arc::clone(&activity),
     });
-    let service = service_fn(move |request| {
-        let context = Arc::clone(&context);
-        async move {
-            let ConnectionContext {
-                gateway,
-                worker,
-                client,
-                activity,
-            } = &*context;
-            let in_progress = activity.start();
-            let http2 = request.version() == hyper::Version::HTTP_2;
-            let response = gateway.handle(worker, request, client).await;
-            Ok::<_, Infallible>(response.map(|body| InProgressBody::new(body, in_progress, http2)))
-        }
-    });
+    let service = service_fn(move |request| respond(Arc::clone(&context), request));
     let connection = builder
         .serve_connection(
             TokioIo::new(WatchedWrites::new(io, Arc::clone(&activity))),

@@ -156,7 +156,7 @@ async fn generate(args: LoadArgs, keys: Arc<Vec<String>>) -> Result<serde_json::
             );
             let (from, once) = (args.from, args.each_key_once);
             tokio::spawn(async move {
-                let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+                let mut latencies = Histogram::<u64>::new(3)?;
                 let mut sender = None;
                 loop {
                     let index = next_key.fetch_add(1, Ordering::Relaxed);
@@ -180,8 +180,7 @@ async fn generate(args: LoadArgs, keys: Arc<Vec<String>>) -> Result<serde_json::
                         .header("authorization", format!("Bearer {key}"))
                         .header("content-type", "application/json")
                         .header("accept", "application/json, text/event-stream")
-                        .body(Full::new(body.clone()))
-                        .expect("request");
+                        .body(Full::new(body.clone()))?;
                     let sent = Instant::now();
                     let outcome = match sender.as_mut() {
                         Some(s) => match s.send_request(request).await {
@@ -201,13 +200,13 @@ async fn generate(args: LoadArgs, keys: Arc<Vec<String>>) -> Result<serde_json::
                         sender = None;
                     }
                 }
-                latencies
+                anyhow::Ok(latencies)
             })
         })
         .collect();
-    let mut all = Histogram::<u64>::new(3).expect("histogram");
+    let mut all = Histogram::<u64>::new(3)?;
     for worker in workers {
-        all.add(worker.await?)?;
+        all.add(worker.await??)?;
     }
     let secs = started.elapsed().as_secs_f64();
     Ok(json!({

@@ -9,7 +9,7 @@ use std::{
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, channel::Channel};
-use hyper::{Request, Response, server::conn::http1, service::service_fn};
+use hyper::{Request, Response, header::HeaderValue, server::conn::http1, service::service_fn};
 use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
@@ -146,9 +146,10 @@ async fn start_sse_upstream() -> Result<std::net::SocketAddr> {
                         }
                     });
                     let mut response = Response::new(body);
-                    response
-                        .headers_mut()
-                        .insert("content-type", "text/event-stream".parse().expect("header"));
+                    response.headers_mut().insert(
+                        "content-type",
+                        HeaderValue::from_static("text/event-stream"),
+                    );
                     Ok::<_, Infallible>(response)
                 });
                 let _ = http1::Builder::new()
