@@ -2,13 +2,13 @@
 //! interfaces, and the only one with `unsafe` code besides the allocator's release call in
 //! `main.rs`.
 //!
-//! [`program`] loads and attaches the program and owns its maps, [`pins`] keeps them under bpffs
+//! [`xdp_program`] loads and attaches the program and owns its maps, [`pins`] keeps them under bpffs
 //! across restarts, [`events`] reads what the program reports, [`clock`] is the clock it uses.
 
 mod clock;
 pub mod events;
 mod pins;
-mod program;
+mod xdp_program;
 
 use std::path::PathBuf;
 
@@ -16,7 +16,7 @@ use aya::{maps::MapError, programs::ProgramError};
 
 pub use clock::monotonic_now_ns;
 pub use pins::unpin_all;
-pub use program::{EBPF_OBJECT, ProgramLogger, Stats, XdpProgram, pinned_status, prefix_key};
+pub use xdp_program::{EBPF_OBJECT, ProgramLogger, Stats, XdpProgram, pinned_status, prefix_key};
 
 #[derive(Debug, thiserror::Error)]
 pub enum XdpError {
