@@ -52,6 +52,10 @@ enum Command {
         /// Seconds per load run.
         #[arg(long, default_value_t = 10)]
         secs: u64,
+        /// Another gateway binary (an older build, say) to measure side by side with this one in
+        /// the proxy scenario, so the two compare within one run's noise.
+        #[arg(long)]
+        compare_with: Option<PathBuf>,
     },
     /// The benchmarks' own load generator (per-key and per-source load).
     #[command(hide = true)]
@@ -108,12 +112,14 @@ fn run(command: Command) -> Result<()> {
             scenario,
             runs,
             secs,
+            compare_with,
         } => bench::run(
             &root,
             scenario,
             bench::Plan {
                 runs: runs.max(1),
                 secs: secs.max(1),
+                compare_with,
             },
         ),
         Command::Load(args) => bench::load::run(args),

@@ -157,12 +157,18 @@ pub fn run(bench: &Bench) -> Result<Section> {
             let floods = start_flood(bench, &net, bench.plan.secs + 4)?;
             // Let the feedback loop see the wrong keys and block the flooder.
             std::thread::sleep(Duration::from_secs(2));
-            let flooder_cpu = || floods.0.cpu_time() + floods.1.cpu_time();
-            let (cpu_before, flooder_before, drops_before) =
-                (gateway.cpu_time(), flooder_cpu(), net.xdp_drops(bench));
+            let flooder_cpu = || floods.0.cpu_time().total() + floods.1.cpu_time().total();
+            let (cpu_before, flooder_before, drops_before) = (
+                gateway.cpu_time().total(),
+                flooder_cpu(),
+                net.xdp_drops(bench),
+            );
             let legit = bench.load(Some(&net.client), &legit)?;
-            let (cpu_after, flooder_after, drops_after) =
-                (gateway.cpu_time(), flooder_cpu(), net.xdp_drops(bench));
+            let (cpu_after, flooder_after, drops_after) = (
+                gateway.cpu_time().total(),
+                flooder_cpu(),
+                net.xdp_drops(bench),
+            );
             drop(floods);
             measured.rps.push(legit.rps);
             measured.p99_ms.push(legit.p99_us / 1000.0);

@@ -44,11 +44,13 @@ pub enum Scenario {
     Flood,
 }
 
-/// How long and how often each measurement runs.
-#[derive(Clone, Copy)]
+/// How long and how often each measurement runs, and what else to measure.
+#[derive(Clone)]
 pub struct Plan {
     pub runs: usize,
     pub secs: u64,
+    /// Another gateway binary for the proxy scenario to measure beside this one.
+    pub compare_with: Option<PathBuf>,
 }
 
 const OHA_VERSION: &str = "1.16.0";
@@ -224,26 +226,63 @@ impl Service {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
-    /// CPU time (user + system) used so far.
-    pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
-        // Fields after the command name (which may contain spaces) start after the last ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map_or("", |(_, rest)| rest)
-            .split_whitespace()
-            .collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
-        // SAFETY: sysconf has no preconditions.
-        let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Duration::from_secs_f64((ticks(11) + ticks(12)) as f64 / per_sec)
+    /// CPU time used so far by the process and its direct children (nginx's workers).
+    pub fn cpu_time(&self) -> CpuTime {
+        let pid = self.pid();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        std::iter::once(pid)
+            .chain(children.split_whitespace().filter_map(|p| p.parse().ok()))
+            .map(process_cpu_time)
+            .fold(CpuTime::default(), |sum, cpu| CpuTime {
+                user: sum.user + cpu.user,
+                system: sum.system + cpu.system,
+            })
+    }
+}
+
+/// User and system CPU time of a process.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuTime {
+    pub user: Duration,
+    pub system: Duration,
+}
+
+impl CpuTime {
+    pub fn total(self) -> Duration {
+        self.user + self.system
+    }
+
+    /// The time used since `earlier`.
+    pub fn since(self, earlier: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user.saturating_sub(earlier.user),
+            system: self.system.saturating_sub(earlier.system),
+        }
+    }
+}
+
+fn process_cpu_time(pid: u32) -> CpuTime {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let time = |i: usize| {
+        let ticks = fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        Duration::from_secs_f64(ticks as f64 / per_sec)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    CpuTime {
+        user: time(11),
+        system: time(12),
     }
 }
 

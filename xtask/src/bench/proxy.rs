@@ -6,26 +6,53 @@ use std::{net::SocketAddr, process::Command};
 use anyhow::{Context, Result, bail};
 
 use super::{
-    Bench, CALL_BODY, Service, Spread, bench_keys, demo_upstream, free_addr, gateway_config,
-    report::Section, start_gateway,
+    Bench, CALL_BODY, CpuTime, Service, Spread, bench_keys, demo_upstream, free_addr,
+    gateway_config, report::Section, start_gateway,
 };
 
 const CONNECTIONS: u32 = 64;
 const CONTROL: &str = "gateway again (noise control)";
+const OTHER_BUILD: &str = "gateway, --compare-with build";
 
-/// What oha measured in one run.
+/// What oha measured in one run, and the CPU time the contender's processes used meanwhile.
 #[derive(Clone, Copy, Default)]
 struct Run {
     rps: f64,
+    /// Requests completed in the run.
+    requests: f64,
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    cpu: Option<CpuTime>,
+}
+
+impl Run {
+    /// CPU time per request in microseconds: user, system.
+    fn cpu_us_per_request(&self) -> Option<(f64, f64)> {
+        let cpu = self.cpu?;
+        let per_request = |time: std::time::Duration| time.as_secs_f64() * 1e6 / self.requests;
+        (self.requests > 0.0).then(|| (per_request(cpu.user), per_request(cpu.system)))
+    }
 }
 
 struct Contender {
     name: &'static str,
     url: String,
-    _service: Option<Service>,
+    service: Option<Service>,
+}
+
+impl Contender {
+    /// One oha run against the contender, with the CPU time its processes used meanwhile.
+    fn measure(&self, bench: &Bench, key: &str, rate: Option<u64>) -> Result<Run> {
+        let before = self.service.as_ref().map(Service::cpu_time);
+        let mut run = oha(bench, &self.url, key, rate)?;
+        run.cpu = self
+            .service
+            .as_ref()
+            .zip(before)
+            .map(|(service, before)| service.cpu_time().since(before));
+        Ok(run)
+    }
 }
 
 pub fn run(bench: &Bench) -> Result<Section> {
@@ -38,24 +65,32 @@ pub fn run(bench: &Bench) -> Result<Section> {
     let mut contenders = vec![Contender {
         name: "direct",
         url: upstream_url.clone(),
-        _service: None,
+        service: None,
     }];
     let nginx_addr = free_addr()?;
     contenders.push(Contender {
         name: "nginx",
         url: format!("http://{nginx_addr}/mcp"),
-        _service: Some(start_nginx(bench, nginx_addr, upstream_addr, &key)?),
+        service: Some(start_nginx(bench, nginx_addr, upstream_addr, &key)?),
     });
     // The audit log cannot be switched off; writing it to /dev/null keeps everything but the
     // file I/O, which is what the audit costs beyond formatting its lines.
     // The last contender is the first one again, as a control: how far its figures lie from the
     // first's shows how much of a difference between contenders is run-to-run noise.
-    for (name, fsync, null_audit) in [
-        ("gateway", false, false),
-        ("gateway fsync", true, false),
-        ("gateway, audit to /dev/null", false, true),
-        (CONTROL, false, false),
-    ] {
+    let other_build = bench
+        .plan
+        .compare_with
+        .as_ref()
+        .map(|other| (OTHER_BUILD, other));
+    for (name, binary, fsync, null_audit) in [
+        ("gateway", &bench.gateway, false, false),
+        ("gateway fsync", &bench.gateway, true, false),
+        ("gateway, audit to /dev/null", &bench.gateway, false, true),
+        (CONTROL, &bench.gateway, false, false),
+    ]
+    .into_iter()
+    .chain(other_build.map(|(name, binary)| (name, binary, false, false)))
+    {
         let addr = free_addr()?;
         let dir = bench.dir(&name.replace([' ', ',', '/'], "-"));
         let audit = if null_audit {
@@ -74,7 +109,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         contenders.push(Contender {
             name,
             url: format!("http://{addr}/mcp"),
-            _service: Some(start_gateway(&bench.gateway, &dir, &config, None)?),
+            service: Some(start_gateway(binary, &dir, &config, None)?),
         });
     }
 
@@ -82,7 +117,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
     let mut saturation: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
     for _ in 0..bench.plan.runs {
         for (i, contender) in contenders.iter().enumerate() {
-            saturation[i].push(oha(bench, &contender.url, &key, None)?);
+            saturation[i].push(contender.measure(bench, &key, None)?);
         }
     }
     let median_rps =
@@ -96,7 +131,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
         for _ in 0..bench.plan.runs {
             for (i, contender) in contenders.iter().enumerate() {
-                runs[i].push(oha(bench, &contender.url, &key, Some(rate))?);
+                runs[i].push(contender.measure(bench, &key, Some(rate))?);
             }
         }
         Ok(runs)
@@ -121,6 +156,8 @@ pub fn run(bench: &Bench) -> Result<Section> {
             &format!("at {light_rate} req/s: p50 / p99 / p99.9 ms"),
             "req/s vs nginx",
             "req/s vs direct",
+            "CPU µs/request at saturation: user + system",
+            &format!("CPU µs/request at {light_rate} req/s: user + system"),
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -144,10 +181,87 @@ pub fn run(bench: &Bench) -> Result<Section> {
             latencies(&light[i]),
             format!("{:.2}", rps[i].median / rps[1].median),
             format!("{:.2}", rps[i].median / rps[0].median),
+            cpu_per_request(&saturation[i]),
+            cpu_per_request(&light[i]),
         ]);
     }
     let p99 = |i: usize| spread(&saturation[i], |r| r.p99_ms).median;
+    let cpu_median = |runs: &[Run]| {
+        let totals: Vec<f64> = runs
+            .iter()
+            .filter_map(Run::cpu_us_per_request)
+            .map(|(user, system)| user + system)
+            .collect();
+        Spread::of(&totals).median
+    };
     let light_p99 = |i: usize| spread(&light[i], |r| r.p99_ms).median;
+    let mut headline = vec![
+        (
+            "gateway / nginx, req/s".into(),
+            rps[2].median / rps[1].median,
+            1.0,
+        ),
+        (
+            "nginx p99 / gateway p99".into(),
+            p99(1) / p99(2).max(f64::MIN_POSITIVE),
+            1.0,
+        ),
+        (
+            "nginx p99 / gateway p99, at half of nginx's rate".into(),
+            light_p99(1) / light_p99(2).max(f64::MIN_POSITIVE),
+            1.0,
+        ),
+        (
+            "gateway again p99 / gateway p99, at half of nginx's rate (noise)".into(),
+            light_p99(5) / light_p99(2).max(f64::MIN_POSITIVE),
+            0.0,
+        ),
+        (
+            "gateway / direct, req/s".into(),
+            rps[2].median / rps[0].median,
+            0.0,
+        ),
+        (
+            "gateway fsync / gateway, req/s".into(),
+            rps[3].median / rps[2].median,
+            0.5,
+        ),
+        (
+            "audit to file / to /dev/null, req/s".into(),
+            rps[2].median / rps[4].median,
+            0.9,
+        ),
+        (
+            "nginx CPU / gateway CPU per request, at saturation".into(),
+            cpu_median(&saturation[1]) / cpu_median(&saturation[2]).max(f64::MIN_POSITIVE),
+            0.0,
+        ),
+    ];
+    if contenders.len() > 6 {
+        // The --compare-with build, against this one and against this one's noise control.
+        headline.extend([
+            (
+                "this build / --compare-with build, req/s".into(),
+                rps[2].median / rps[6].median,
+                0.0,
+            ),
+            (
+                "gateway again / gateway, req/s (noise)".into(),
+                rps[5].median / rps[2].median,
+                0.0,
+            ),
+            (
+                "--compare-with build / this build, CPU per request at saturation".into(),
+                cpu_median(&saturation[6]) / cpu_median(&saturation[2]).max(f64::MIN_POSITIVE),
+                0.0,
+            ),
+            (
+                "gateway again / gateway, CPU per request at saturation (noise)".into(),
+                cpu_median(&saturation[5]) / cpu_median(&saturation[2]).max(f64::MIN_POSITIVE),
+                0.0,
+            ),
+        ]);
+    }
     Ok(Section {
         title: "Proxy overhead (scenario 1)".into(),
         intro: format!(
@@ -159,43 +273,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
             bench.plan.secs
         ),
         table,
-        headline: vec![
-            (
-                "gateway / nginx, req/s".into(),
-                rps[2].median / rps[1].median,
-                1.0,
-            ),
-            (
-                "nginx p99 / gateway p99".into(),
-                p99(1) / p99(2).max(f64::MIN_POSITIVE),
-                1.0,
-            ),
-            (
-                "nginx p99 / gateway p99, at half of nginx's rate".into(),
-                light_p99(1) / light_p99(2).max(f64::MIN_POSITIVE),
-                1.0,
-            ),
-            (
-                "gateway again p99 / gateway p99, at half of nginx's rate (noise)".into(),
-                light_p99(5) / light_p99(2).max(f64::MIN_POSITIVE),
-                0.0,
-            ),
-            (
-                "gateway / direct, req/s".into(),
-                rps[2].median / rps[0].median,
-                0.0,
-            ),
-            (
-                "gateway fsync / gateway, req/s".into(),
-                rps[3].median / rps[2].median,
-                0.5,
-            ),
-            (
-                "audit to file / to /dev/null, req/s".into(),
-                rps[2].median / rps[4].median,
-                0.9,
-            ),
-        ],
+        headline,
         notes: vec![
             String::from(
                 "Targets: gateway >= 1.0x nginx throughput and p99 <= nginx p99; fsync >= 0.5x non-fsync; the audit file costs <= 10% (audit to file >= 0.9x audit to /dev/null).",
@@ -205,10 +283,24 @@ pub fn run(bench: &Bench) -> Result<Section> {
                  figures around the first's is the noise in a comparison between contenders."
             ),
             String::from(
+                "CPU per request: the user and system time the contender's processes (nginx: master and workers) used during the run, from /proc, over the requests oha completed. The load generator and the upstream are not counted.",
+            ),
+            String::from(
                 "Every process here is started by the bench, in one session (nginx with `daemon off`): with the kernel's scheduler autogroups, a process in a session of its own (a daemonized nginx, say) gets a CPU share of its own, which lowered nginx's figure here by about 25% when tried (the gateway's ratio then looked better than it is).",
             ),
         ],
     })
+}
+
+/// The median CPU time per request of the runs, as `user + system` µs.
+fn cpu_per_request(runs: &[Run]) -> String {
+    let (user, system): (Vec<f64>, Vec<f64>) =
+        runs.iter().filter_map(Run::cpu_us_per_request).unzip();
+    if user.is_empty() {
+        return "—".into();
+    }
+    let (user, system) = (Spread::of(&user).median, Spread::of(&system).median);
+    format!("{:.1} ({user:.1} + {system:.1})", user + system)
 }
 
 fn oha(bench: &Bench, url: &str, key: &str, rate: Option<u64>) -> Result<Run> {
@@ -250,11 +342,14 @@ fn oha(bench: &Bench, url: &str, key: &str, rate: Option<u64>) -> Result<Run> {
             .unwrap_or(f64::NAN)
             * 1000.0
     };
+    let rps = value["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0);
     Ok(Run {
-        rps: value["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        rps,
+        requests: rps * value["summary"]["total"].as_f64().unwrap_or(0.0),
         p50_ms: ms("p50"),
         p99_ms: ms("p99"),
         p999_ms: ms("p99.9"),
+        cpu: None,
     })
 }
 
