@@ -40,15 +40,13 @@ impl BlockSet {
 
     fn blocked_by_prefix(&self, ip: IpAddr) -> bool {
         let now_ns = monotonic_now_ns();
-        self.prefixes
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.prefixes()
             .iter()
             .any(|(prefix, expires)| prefix.contains(&ip) && is_active(*expires, now_ns))
     }
 
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.prefixes_mut(|prefixes| prefixes.len())
+        self.addresses.len() + self.prefixes().len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -100,6 +98,12 @@ impl BlockSet {
             });
         });
         expired
+    }
+
+    fn prefixes(&self) -> std::sync::RwLockReadGuard<'_, Vec<(IpNet, u64)>> {
+        self.prefixes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn prefixes_mut<R>(&self, with: impl FnOnce(&mut Vec<(IpNet, u64)>) -> R) -> R {

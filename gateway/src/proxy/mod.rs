@@ -43,7 +43,7 @@ use crate::{
     policy::{Caller, Policy, PolicyStore},
     protection::Protection,
     server::idle::{BodyStalled, StallTimeout},
-    upstream::REQUEST_ID,
+    upstream::{PooledBody, REQUEST_ID},
 };
 
 /// Everything a request needs, shared by all connections. `L` counts the limits: this process's
@@ -401,7 +401,7 @@ impl<L: Limiter> Gateway<L> {
         call: &Call<'_>,
         caller: &Arc<str>,
         is_delete: bool,
-        response: Response<crate::upstream::PooledBody>,
+        response: Response<PooledBody>,
     ) -> Response<ProxyBody> {
         // (The request's own session was claimed before forwarding.)
         if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID)

@@ -46,6 +46,19 @@ struct ConnectionContext {
     activity: Arc<Activity>,
 }
 
+/// How long a connection being closed may take to finish. Shutting down: let requests finish.
+/// The source got blocked: finish the response in flight (the one that may have triggered the
+/// block deserves its answer), then close. Idle: nothing is in flight, or only a request head that
+/// never completed. Not reading: the response in flight cannot be delivered, and is cut after the
+/// grace period.
+fn grace_period(shutdown: &CancellationToken) -> Duration {
+    if shutdown.is_cancelled() {
+        DRAIN_TIMEOUT
+    } else {
+        CLOSE_GRACE
+    }
+}
+
 /// One request of the connection, through the gateway's chain; the connection counts as busy
 /// until the answer's body is done.
 async fn respond(
@@ -124,17 +137,11 @@ where
                 Stale::NotReading => tracing::debug!(%peer, "closing a connection whose client has not read for {idle_timeout:?}"),
             }
         }
-        // Shutting down: let requests finish. The source got blocked: finish the response in
-        // flight (the one that may have triggered the block deserves its answer), then close.
-        // Idle: nothing is in flight, or only a request head that never completed. Not reading:
-        // the response in flight cannot be delivered, and is cut after the grace period.
-        let grace = if shutdown.is_cancelled() {
-            DRAIN_TIMEOUT
-        } else {
-            CLOSE_GRACE
-        };
         connection.as_mut().graceful_shutdown();
-        if tokio::time::timeout(grace, connection).await.is_err() {
+        if tokio::time::timeout(grace_period(&shutdown), connection)
+            .await
+            .is_err()
+        {
             tracing::debug!(%peer, "connection cut after the grace period");
         }
     }
