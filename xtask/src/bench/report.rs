@@ -104,6 +104,14 @@ impl Report {
             }
             let _ = writeln!(out);
         }
+        let others = self.untargeted();
+        if !others.is_empty() {
+            let _ = writeln!(out, "Other ratios (no target):\n");
+            for other in others {
+                let _ = writeln!(out, "- {other}");
+            }
+            let _ = writeln!(out);
+        }
         for section in &self.sections {
             let _ = writeln!(out, "### {}\n\n{}\n", section.title, section.intro);
             for (i, row) in section.table.iter().enumerate() {
@@ -137,6 +145,16 @@ impl Report {
                 };
                 format!("{label}: {value:.2} (target >= {target}): {verdict}")
             })
+            .collect()
+    }
+
+    /// The headline ratios without a target (comparisons, noise controls), for the record.
+    fn untargeted(&self) -> Vec<String> {
+        self.sections
+            .iter()
+            .flat_map(|section| &section.headline)
+            .filter(|(_, _, target)| *target <= 0.0)
+            .map(|(label, value, _)| format!("{label}: {value:.2}"))
             .collect()
     }
 
@@ -259,5 +277,6 @@ mod tests {
                 "c / d: 0.70 (target >= 0.5): met"
             ]
         );
+        assert_eq!(report.untargeted(), ["no target: 0.40"]);
     }
 }
