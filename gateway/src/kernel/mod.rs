@@ -1,6 +1,6 @@
 //! The XDP program from userspace: the only place in this crate that talks to the kernel's BPF
-//! interfaces, and the only one with `unsafe` code besides the allocator's release call in
-//! `main.rs`.
+//! interfaces, and the only one with `unsafe` code besides two C calls in `main.rs` (the
+//! allocator's release of unused memory, `geteuid`).
 //!
 //! [`xdp_program`] loads and attaches the program and owns its maps, [`pins`] keeps them under bpffs
 //! across restarts, [`events`] reads what the program reports, [`clock`] is the clock it uses.
