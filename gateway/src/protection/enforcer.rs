@@ -503,6 +503,22 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), blocked)
             .await
             .expect("blocked after three failures");
+        // An operator's unblock takes the same way in.
+        protection
+            .command(Command::Unblock {
+                target: IpNet::from(source),
+                origin: Origin::Operator,
+            })
+            .await
+            .unwrap();
+        let unblocked = async {
+            while protection.is_blocked(source) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), unblocked)
+            .await
+            .expect("unblocked by the command");
         task.abort();
     }
 }
