@@ -12,7 +12,7 @@ use std::{
 use dashmap::DashMap;
 use ipnet::IpNet;
 
-use crate::kernel::monotonic_now_ns;
+use crate::{audit::BlockTarget, kernel::monotonic_now_ns};
 
 /// Blocked addresses and prefixes, with their CLOCK_MONOTONIC expiry in ns (0 = until unblocked).
 #[derive(Default)]
@@ -119,9 +119,12 @@ impl BlockSet {
 }
 
 /// The address of a prefix that covers exactly one (`/32`, `/128`), as the accept check sees
-/// sources (IPv4-mapped IPv6 as IPv4).
+/// sources (IPv4-mapped IPv6 as IPv4). The audit log draws the same line ([`BlockTarget`]).
 pub fn host_address(target: IpNet) -> Option<IpAddr> {
-    (target.prefix_len() == target.max_prefix_len()).then(|| target.addr().to_canonical())
+    match BlockTarget::from(target) {
+        BlockTarget::Address(ip) => Some(ip),
+        BlockTarget::Prefix(_) => None,
+    }
 }
 
 #[cfg(test)]

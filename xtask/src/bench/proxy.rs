@@ -186,13 +186,17 @@ pub fn run(bench: &Bench) -> Result<Section> {
         ]);
     }
     let p99 = |i: usize| spread(&saturation[i], |r| r.p99_ms).median;
-    let cpu_median = |runs: &[Run]| {
-        let totals: Vec<f64> = runs
-            .iter()
-            .filter_map(Run::cpu_us_per_request)
-            .map(|(user, system)| user + system)
-            .collect();
-        Spread::of(&totals).median
+    // Median CPU per request at saturation of contender `i` over that of `j`.
+    let cpu_ratio = |i: usize, j: usize| {
+        let median = |runs: &[Run]| {
+            let totals: Vec<f64> = runs
+                .iter()
+                .filter_map(Run::cpu_us_per_request)
+                .map(|(user, system)| user + system)
+                .collect();
+            Spread::of(&totals).median
+        };
+        median(&saturation[i]) / median(&saturation[j]).max(f64::MIN_POSITIVE)
     };
     let light_p99 = |i: usize| spread(&light[i], |r| r.p99_ms).median;
     let mut headline = vec![
@@ -233,7 +237,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         ),
         (
             "nginx CPU / gateway CPU per request, at saturation".into(),
-            cpu_median(&saturation[1]) / cpu_median(&saturation[2]).max(f64::MIN_POSITIVE),
+            cpu_ratio(1, 2),
             0.0,
         ),
     ];
@@ -252,12 +256,12 @@ pub fn run(bench: &Bench) -> Result<Section> {
             ),
             (
                 "--compare-with build / this build, CPU per request at saturation".into(),
-                cpu_median(&saturation[6]) / cpu_median(&saturation[2]).max(f64::MIN_POSITIVE),
+                cpu_ratio(6, 2),
                 0.0,
             ),
             (
                 "gateway again / gateway, CPU per request at saturation (noise)".into(),
-                cpu_median(&saturation[5]) / cpu_median(&saturation[2]).max(f64::MIN_POSITIVE),
+                cpu_ratio(5, 2),
                 0.0,
             ),
         ]);

@@ -96,21 +96,17 @@ impl Report {
             let _ = writeln!(out, "- {line}");
         }
         let _ = writeln!(out, "\n![headline ratios]({chart})\n");
-        let verdicts = self.verdicts();
-        if !verdicts.is_empty() {
-            let _ = writeln!(out, "Headline ratios against their targets:\n");
-            for verdict in verdicts {
-                let _ = writeln!(out, "- {verdict}");
+        for (title, lines) in [
+            ("Headline ratios against their targets", self.verdicts()),
+            ("Other ratios (no target)", self.untargeted()),
+        ] {
+            if !lines.is_empty() {
+                let _ = writeln!(out, "{title}:\n");
+                for line in lines {
+                    let _ = writeln!(out, "- {line}");
+                }
+                let _ = writeln!(out);
             }
-            let _ = writeln!(out);
-        }
-        let others = self.untargeted();
-        if !others.is_empty() {
-            let _ = writeln!(out, "Other ratios (no target):\n");
-            for other in others {
-                let _ = writeln!(out, "- {other}");
-            }
-            let _ = writeln!(out);
         }
         for section in &self.sections {
             let _ = writeln!(out, "### {}\n\n{}\n", section.title, section.intro);
