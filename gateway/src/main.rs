@@ -187,14 +187,15 @@ fn xdp_status(pin_path: &std::path::Path) -> anyhow::Result<()> {
     }
     let now = kernel::monotonic_now_ns();
     let _ = writeln!(output, "blocked sources: {}", blocks.len());
-    for (ip, entry) in blocks {
+    for (target, entry) in blocks {
+        let target = gateway::audit::BlockTarget::from(target).to_string();
         let reason = BlockReason::from_u32(entry.reason).map_or("unknown", BlockReason::as_str);
         let left = match entry.expires_at_ns {
             0 => "permanent".to_owned(),
             at if at > now => format!("{} s left", (at - now) / 1_000_000_000),
             _ => "expired".to_owned(),
         };
-        let _ = writeln!(output, "  {ip:<40} {reason:<14} {left}");
+        let _ = writeln!(output, "  {target:<43} {reason:<14} {left}");
     }
     print_output(&output)
 }

@@ -5,6 +5,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 mod frames;
 
 use aya::programs::{TestRun, TestRunOptions};
@@ -302,23 +304,23 @@ fn expired_blocks_no_longer_drop_and_are_swept() {
         .sweep_expired(monotonic_now_ns())
         .expect("sweep");
     assert_eq!(swept.len(), 1);
-    assert_eq!(swept[0].0, source);
+    assert_eq!(swept[0].0, IpNet::from(source));
     // Active blocks stay.
-    let left: Vec<IpAddr> = program
+    let left: Vec<IpNet> = program
         .kernel
         .blocks()
         .expect("blocks")
         .into_iter()
-        .map(|(ip, _)| ip)
+        .map(|(target, _)| target)
         .collect();
     assert!(
-        left.contains(&IpAddr::from(BLOCKED_V4)) && left.len() == 2,
+        left.contains(&IpNet::from(IpAddr::from(BLOCKED_V4))) && left.len() == 2,
         "{left:?}"
     );
     assert!(
         program
             .kernel
-            .unblock(IpAddr::from(BLOCKED_V4))
+            .remove_block(IpNet::from(IpAddr::from(BLOCKED_V4)))
             .expect("unblock")
     );
     assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_PASS);
@@ -333,27 +335,99 @@ fn prefix_blocks_drop_whole_ranges() {
         XDP_PASS,
         "prefix list empty"
     );
-    program
-        .kernel
-        .block_prefix(
-            "203.0.113.0/24".parse().expect("prefix"),
-            0,
-            BlockReason::Manual,
-        )
-        .expect("block");
-    program
-        .kernel
-        .block_prefix(
-            "2001:db8:bad::/48".parse().expect("prefix"),
-            0,
-            BlockReason::Manual,
-        )
-        .expect("block");
+    for prefix in ["203.0.113.0/24", "2001:db8:bad::/48", "fd00:7::/64"] {
+        program
+            .kernel
+            .block_prefix(prefix.parse().expect("prefix"), 0, BlockReason::Manual)
+            .expect("block");
+    }
     assert_eq!(program.run(&v4_tcp([203, 0, 113, 9], PORT)), XDP_DROP);
     assert_eq!(program.run(&v4_tcp([203, 0, 114, 9], PORT)), XDP_PASS);
     assert_eq!(program.run(&v6_tcp("2001:db8:bad:1::5", PORT)), XDP_DROP);
     assert_eq!(program.run(&v6_tcp("2001:db8:bae::5", PORT)), XDP_PASS);
-    assert_eq!(program.count(Verdict::DropPrefix), 2);
+    // An IPv6 offender's /64: every neighbour inside it, nobody in the next /64.
+    assert_eq!(program.run(&v6_tcp("fd00:7::2", PORT)), XDP_DROP);
+    assert_eq!(program.run(&v6_tcp("fd00:7::ffff:3", PORT)), XDP_DROP);
+    assert_eq!(program.run(&v6_tcp("fd00:7:0:1::2", PORT)), XDP_PASS);
+    assert_eq!(program.count(Verdict::DropPrefix), 4);
+    let mut listed: Vec<String> = program
+        .kernel
+        .blocks()
+        .expect("blocks")
+        .into_iter()
+        .map(|(target, _)| target.to_string())
+        .collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "198.51.100.7/32",
+            "2001:db8::bad/128",
+            "2001:db8:bad::/48",
+            "203.0.113.0/24",
+            "fd00:7::/64"
+        ]
+    );
+    assert!(
+        program
+            .kernel
+            .remove_block("fd00:7::/64".parse().expect("prefix"))
+            .expect("unblock")
+    );
+    assert_eq!(program.run(&v6_tcp("fd00:7::2", PORT)), XDP_PASS);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn an_allowlisted_network_inside_a_blocked_prefix_is_served() {
+    let mut program = Program::new();
+    program
+        .kernel
+        .allow("fd00:7:0:9::/64".parse().expect("prefix"))
+        .expect("allow");
+    program
+        .kernel
+        .allow("192.0.2.128/25".parse().expect("prefix"))
+        .expect("allow");
+    for prefix in ["fd00:7::/48", "192.0.2.0/24"] {
+        program
+            .kernel
+            .block_prefix(
+                prefix.parse().expect("prefix"),
+                0,
+                BlockReason::AuthFailures,
+            )
+            .expect("block");
+    }
+    assert_eq!(program.run(&v6_tcp("fd00:7:0:9::5", PORT)), XDP_PASS);
+    assert_eq!(program.run(&v6_tcp("fd00:7:0:8::5", PORT)), XDP_DROP);
+    assert_eq!(program.run(&v4_tcp([192, 0, 2, 200], PORT)), XDP_PASS);
+    assert_eq!(program.run(&v4_tcp([192, 0, 2, 100], PORT)), XDP_DROP);
+    program.assert_counts(&[(Verdict::Allowlisted, 2), (Verdict::DropPrefix, 2)]);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn expired_prefix_blocks_no_longer_drop_and_are_swept() {
+    let mut program = Program::new();
+    let prefix: IpNet = "fd00:7::/64".parse().expect("prefix");
+    program
+        .kernel
+        .block_prefix(prefix, 1, BlockReason::AuthFailures)
+        .expect("block");
+    assert_eq!(program.run(&v6_tcp("fd00:7::2", PORT)), XDP_PASS);
+    let swept = program
+        .kernel
+        .sweep_expired(monotonic_now_ns())
+        .expect("sweep");
+    assert_eq!(
+        swept.iter().map(|(target, _)| *target).collect::<Vec<_>>(),
+        [prefix]
+    );
+    assert!(
+        !program.kernel.remove_block(prefix).expect("remove"),
+        "already gone"
+    );
 }
 
 #[test]

@@ -244,6 +244,21 @@ impl std::fmt::Display for BlockTarget {
     }
 }
 
+/// A block as the audit log records it.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockRecord<'a> {
+    pub target: BlockTarget,
+    pub reason: &'a str,
+    /// `None`: until unblocked.
+    pub duration: Option<Duration>,
+    /// "xdp" or "userspace".
+    pub enforced_in: &'a str,
+    /// Who decided it ("local" is not written).
+    pub origin: &'a str,
+    /// Narrower blocks this one replaced when abuse spread over its network.
+    pub folded: usize,
+}
+
 #[derive(Serialize)]
 struct BlockLine<'a> {
     #[serde(serialize_with = "rfc3339")]
@@ -261,49 +276,52 @@ struct BlockLine<'a> {
     /// Who decided the block, when not this node's feedback loop.
     #[serde(skip_serializing_if = "Option::is_none")]
     origin: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    folded: Option<usize>,
 }
 
-/// `event: "block"`: a source or prefix was blocked for `duration` (`None`: until unblocked), in
-/// `enforced_in` ("xdp" or "userspace"), decided by `origin` ("local" is not written).
-pub fn block_line(
-    target: BlockTarget,
-    reason: &str,
-    duration: Option<Duration>,
-    enforced_in: &str,
-    origin: &str,
-) -> Vec<u8> {
-    let origin = (origin != "local").then_some(origin);
-    block_event("block", target, reason, duration, Some(enforced_in), origin)
-}
-
-/// `event: "unblock"`: a block ended (`reason` is "expired" or "manual").
-pub fn unblock_line(target: BlockTarget, reason: &str) -> Vec<u8> {
-    block_event("unblock", target, reason, None, None, None)
-}
-
-fn block_event(
-    event: &'static str,
-    target: BlockTarget,
-    reason: &str,
-    duration: Option<Duration>,
-    enforced_in: Option<&str>,
-    origin: Option<&str>,
-) -> Vec<u8> {
-    let (ip, prefix) = match target {
-        BlockTarget::Address(ip) => (Some(ip), None),
-        BlockTarget::Prefix(prefix) => (None, Some(prefix)),
-    };
-    let line = BlockLine {
+/// `event: "block"`.
+pub fn block_line(block: &BlockRecord<'_>) -> Vec<u8> {
+    let (ip, prefix) = split(block.target);
+    finish_line(&BlockLine {
         ts: SystemTime::now(),
-        event,
+        event: "block",
+        ip,
+        prefix,
+        reason: block.reason,
+        duration_secs: block.duration.map(|d| d.as_secs()),
+        enforced_in: Some(block.enforced_in),
+        origin: (block.origin != "local").then_some(block.origin),
+        folded: (block.folded > 0).then_some(block.folded),
+    })
+}
+
+/// `event: "unblock"`: a block ended (`reason`: "expired", "manual", or "folded" into a block
+/// of its wider network).
+pub fn unblock_line(target: BlockTarget, reason: &str) -> Vec<u8> {
+    let (ip, prefix) = split(target);
+    finish_line(&BlockLine {
+        ts: SystemTime::now(),
+        event: "unblock",
         ip,
         prefix,
         reason,
-        duration_secs: duration.map(|d| d.as_secs()),
-        enforced_in,
-        origin,
-    };
-    let mut out = serde_json::to_vec(&line).unwrap_or_default();
+        duration_secs: None,
+        enforced_in: None,
+        origin: None,
+        folded: None,
+    })
+}
+
+fn split(target: BlockTarget) -> (Option<IpAddr>, Option<IpNet>) {
+    match target {
+        BlockTarget::Address(ip) => (Some(ip), None),
+        BlockTarget::Prefix(prefix) => (None, Some(prefix)),
+    }
+}
+
+fn finish_line(line: &BlockLine<'_>) -> Vec<u8> {
+    let mut out = serde_json::to_vec(line).unwrap_or_default();
     out.push(b'\n');
     out
 }

@@ -223,6 +223,37 @@ pub struct BlockingSection {
     pub block_secs: u64,
     #[serde(default = "defaults::max_block_secs")]
     pub max_block_secs: u64,
+    /// IPv6 offenses are counted, and blocks set, per prefix of this length (IPv4: per address).
+    #[serde(default = "defaults::blocking_ipv6_prefix_len")]
+    pub ipv6_prefix_len: u32,
+    #[serde(default)]
+    pub escalation: EscalationSection,
+}
+
+/// `[blocking.escalation]`: when this many blocks lie inside one network of the given length,
+/// that network is blocked instead (0 blocks = off).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscalationSection {
+    #[serde(default = "defaults::escalation_ipv6_blocks")]
+    pub ipv6_blocks: u32,
+    #[serde(default = "defaults::escalation_ipv6_prefix_len")]
+    pub ipv6_prefix_len: u32,
+    #[serde(default)]
+    pub ipv4_blocks: u32,
+    #[serde(default = "defaults::escalation_ipv4_prefix_len")]
+    pub ipv4_prefix_len: u32,
+}
+
+impl Default for EscalationSection {
+    fn default() -> Self {
+        Self {
+            ipv6_blocks: defaults::escalation_ipv6_blocks(),
+            ipv6_prefix_len: defaults::escalation_ipv6_prefix_len(),
+            ipv4_blocks: 0,
+            ipv4_prefix_len: defaults::escalation_ipv4_prefix_len(),
+        }
+    }
 }
 
 impl Default for BlockingSection {
@@ -236,6 +267,8 @@ impl Default for BlockingSection {
             window_secs: defaults::window_secs(),
             block_secs: defaults::block_secs(),
             max_block_secs: defaults::max_block_secs(),
+            ipv6_prefix_len: defaults::blocking_ipv6_prefix_len(),
+            escalation: EscalationSection::default(),
         }
     }
 }
@@ -331,5 +364,19 @@ mod defaults {
     }
     pub fn max_block_secs() -> u64 {
         86_400
+    }
+    /// An IPv6 customer's usual allocation.
+    pub fn blocking_ipv6_prefix_len() -> u32 {
+        64
+    }
+    pub fn escalation_ipv6_blocks() -> u32 {
+        8
+    }
+    /// A site's usual allocation.
+    pub fn escalation_ipv6_prefix_len() -> u32 {
+        48
+    }
+    pub fn escalation_ipv4_prefix_len() -> u32 {
+        24
     }
 }

@@ -14,12 +14,12 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use file::{
-    AuditConfig, BlockingSection, Config, Interfaces, Limit, RateLimitConfig, UpstreamConfig,
-    UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
+    AuditConfig, BlockingSection, Config, EscalationSection, Interfaces, Limit, RateLimitConfig,
+    UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
 };
 pub use protection::parse_prefix;
 pub use settings::{
-    AuditSettings, BlockingPolicy, NodeSettings, PolicySettings, RateLimit, Settings,
+    AuditSettings, BlockingPolicy, Escalation, NodeSettings, PolicySettings, RateLimit, Settings,
     UpstreamSettings, User, XdpSettings,
 };
 

@@ -10,7 +10,7 @@ use super::{
     ConfigError,
     file::{BlockingSection, Interfaces, XdpRateSection, XdpSection},
     invalid,
-    settings::{BlockingPolicy, XdpSettings},
+    settings::{BlockingPolicy, Escalation, XdpSettings},
 };
 
 pub(super) fn xdp_settings(
@@ -159,6 +159,25 @@ pub(super) fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolic
             "must not be less than block_secs",
         ));
     }
+    if !(1..=128).contains(&section.ipv6_prefix_len) {
+        return Err(invalid(
+            "blocking.ipv6_prefix_len",
+            "must be between 1 and 128",
+        ));
+    }
+    let escalation = &section.escalation;
+    let ipv4_escalation = escalation_level(
+        "ipv4",
+        escalation.ipv4_blocks,
+        escalation.ipv4_prefix_len,
+        32,
+    )?;
+    let ipv6_escalation = escalation_level(
+        "ipv6",
+        escalation.ipv6_blocks,
+        escalation.ipv6_prefix_len,
+        section.ipv6_prefix_len,
+    )?;
     Ok(BlockingPolicy {
         enabled: section.enabled,
         auth_failures: section.auth_failures,
@@ -168,5 +187,40 @@ pub(super) fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolic
         window: Duration::from_secs(section.window_secs),
         block: Duration::from_secs(section.block_secs),
         max_block: Duration::from_secs(section.max_block_secs),
+        ipv6_prefix_len: section.ipv6_prefix_len as u8,
+        ipv4_escalation,
+        ipv6_escalation,
     })
+}
+
+/// One family's `[blocking.escalation]`: off with 0 blocks; else a network wider than the blocks
+/// it gathers (`narrowest`: the length of those blocks).
+fn escalation_level(
+    family: &str,
+    blocks: u32,
+    prefix_len: u32,
+    narrowest: u32,
+) -> Result<Option<Escalation>, ConfigError> {
+    if blocks == 0 {
+        return Ok(None);
+    }
+    if blocks < 2 {
+        return Err(invalid(
+            format!("blocking.escalation.{family}_blocks"),
+            "must be 0 (off) or at least 2",
+        ));
+    }
+    if !(1..narrowest).contains(&prefix_len) {
+        return Err(invalid(
+            format!("blocking.escalation.{family}_prefix_len"),
+            format!(
+                "must be between 1 and {} (wider than the blocks it gathers)",
+                narrowest - 1
+            ),
+        ));
+    }
+    Ok(Some(Escalation {
+        prefix_len: prefix_len as u8,
+        blocks: blocks as usize,
+    }))
 }

@@ -116,4 +116,15 @@ pub struct BlockingPolicy {
     pub window: Duration,
     pub block: Duration,
     pub max_block: Duration,
+    /// IPv6 offenders are counted and blocked per prefix of this length.
+    pub ipv6_prefix_len: u8,
+    pub ipv4_escalation: Option<Escalation>,
+    pub ipv6_escalation: Option<Escalation>,
+}
+
+/// Blocks inside one network of `prefix_len` bits that get the whole network blocked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Escalation {
+    pub prefix_len: u8,
+    pub blocks: usize,
 }

@@ -88,6 +88,59 @@ fn minimal_config_gets_documented_defaults() {
     assert!(settings.node.blocking.enabled);
     assert_eq!(settings.node.blocking.auth_failures, 10);
     assert_eq!(settings.node.blocking.block, Duration::from_secs(300));
+    // IPv6 offenders are /64s, escalating to their /48; IPv4 does not escalate unless asked.
+    assert_eq!(settings.node.blocking.ipv6_prefix_len, 64);
+    assert_eq!(
+        settings.node.blocking.ipv6_escalation,
+        Some(Escalation {
+            prefix_len: 48,
+            blocks: 8
+        })
+    );
+    assert_eq!(settings.node.blocking.ipv4_escalation, None);
+}
+
+#[test]
+fn escalation_settings_are_checked_against_the_blocks_they_gather() {
+    let on = settings(&with_user(
+        "[blocking]\nipv6_prefix_len = 56\n[blocking.escalation]\nipv4_blocks = 4\nipv4_prefix_len = 20\nipv6_blocks = 0",
+    ))
+    .expect("valid");
+    assert_eq!(
+        on.node.blocking.ipv4_escalation,
+        Some(Escalation {
+            prefix_len: 20,
+            blocks: 4
+        })
+    );
+    assert_eq!(on.node.blocking.ipv6_escalation, None, "0 blocks: off");
+    assert_eq!(on.node.blocking.ipv6_prefix_len, 56);
+    for (toml, field) in [
+        (
+            "[blocking]\nipv6_prefix_len = 0",
+            "blocking.ipv6_prefix_len",
+        ),
+        (
+            "[blocking]\nipv6_prefix_len = 129",
+            "blocking.ipv6_prefix_len",
+        ),
+        (
+            "[blocking]\nipv6_prefix_len = 48\n[blocking.escalation]\nipv6_prefix_len = 48",
+            "blocking.escalation.ipv6_prefix_len",
+        ),
+        (
+            "[blocking.escalation]\nipv4_blocks = 3\nipv4_prefix_len = 32",
+            "blocking.escalation.ipv4_prefix_len",
+        ),
+        (
+            "[blocking.escalation]\nipv4_blocks = 1",
+            "blocking.escalation.ipv4_blocks",
+        ),
+        ("[blocking.escalation]\nipv5_blocks = 1", "ipv5_blocks"),
+    ] {
+        let message = error(&with_user(toml));
+        assert!(message.contains(field), "{toml}: {message}");
+    }
 }
 
 #[test]

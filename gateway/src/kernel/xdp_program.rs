@@ -3,7 +3,7 @@
 
 use std::{
     borrow::Borrow,
-    net::IpAddr,
+    net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -17,7 +17,7 @@ use gateway_ebpf::{
     CONFIG_MAP, EVENTS_MAP, PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, STATS_MAP, SourceKey, Verdict,
     XdpConfig,
 };
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use super::{XdpError, pins::ensure_pin_dir};
 
@@ -146,36 +146,39 @@ impl XdpProgram {
             .map_err(XdpError::Map)
     }
 
-    /// Removes a block; `false` if there was none.
-    pub fn unblock(&mut self, source: IpAddr) -> Result<bool, XdpError> {
-        match self.blocklist()?.remove(&SourceKey::from(source)) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(err) => Err(XdpError::Map(err)),
-        }
-    }
-
-    /// Every blocklist entry.
-    pub fn blocks(&mut self) -> Result<Vec<(IpAddr, BlockEntry)>, XdpError> {
-        list_blocks(&self.blocklist()?)
+    /// Every block: addresses from the blocklist, prefixes from the prefix blocklist.
+    pub fn blocks(&mut self) -> Result<Vec<(IpNet, BlockEntry)>, XdpError> {
+        let mut blocks = list_blocks(&self.blocklist()?)?;
+        blocks.extend(list_prefix_blocks(&self.prefix_blocklist()?)?);
+        Ok(blocks)
     }
 
     /// Removes entries that expired before `now_ns` and returns them (the program already ignores
     /// them; this frees their slots).
-    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<Vec<(IpAddr, BlockEntry)>, XdpError> {
+    pub fn sweep_expired(&mut self, now_ns: u64) -> Result<Vec<(IpNet, BlockEntry)>, XdpError> {
         let expired: Vec<_> = self
             .blocks()?
             .into_iter()
             .filter(|(_, entry)| !entry.is_active(now_ns))
             .collect();
-        let mut blocklist = self.blocklist()?;
-        for (ip, _) in &expired {
-            match blocklist.remove(&SourceKey::from(*ip)) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(err) => return Err(XdpError::Map(err)),
-            }
+        for (target, _) in &expired {
+            self.remove_block(*target)?;
         }
         Ok(expired)
+    }
+
+    /// Removes the block of an address (`/32`, `/128`) or a prefix; `false` if there was none.
+    pub fn remove_block(&mut self, target: IpNet) -> Result<bool, XdpError> {
+        let removed = if target.prefix_len() == target.max_prefix_len() {
+            self.blocklist()?.remove(&SourceKey::from(target.addr()))
+        } else {
+            self.prefix_blocklist()?.remove(&prefix_key(target))
+        };
+        match removed {
+            Ok(()) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(XdpError::Map(err)),
+        }
     }
 
     /// Never drops sources in `prefix`.
@@ -193,31 +196,16 @@ impl XdpProgram {
         expires_at_ns: u64,
         reason: BlockReason,
     ) -> Result<(), XdpError> {
-        let mut trie =
-            LpmTrie::<_, [u8; 16], BlockEntry>::try_from(self.map_mut(PREFIX_BLOCKLIST_MAP)?)
-                .map_err(XdpError::Map)?;
-        trie.insert(
-            &prefix_key(prefix),
-            BlockEntry::new(expires_at_ns, reason),
-            0,
-        )
-        .map_err(XdpError::Map)?;
+        self.prefix_blocklist()?
+            .insert(
+                &prefix_key(prefix),
+                BlockEntry::new(expires_at_ns, reason),
+                0,
+            )
+            .map_err(XdpError::Map)?;
         let mut config = self.config()?;
         config.flags |= XdpConfig::FLAG_PREFIX_BLOCKLIST;
         self.set_config(&config)
-    }
-
-    /// Removes a prefix block; `false` if there was none. The program keeps consulting the prefix
-    /// blocklist (an empty trie costs one lookup).
-    pub fn unblock_prefix(&mut self, prefix: IpNet) -> Result<bool, XdpError> {
-        let mut trie =
-            LpmTrie::<_, [u8; 16], BlockEntry>::try_from(self.map_mut(PREFIX_BLOCKLIST_MAP)?)
-                .map_err(XdpError::Map)?;
-        match trie.remove(&prefix_key(prefix)) {
-            Ok(()) => Ok(true),
-            Err(MapError::KeyNotFound) => Ok(false),
-            Err(err) => Err(XdpError::Map(err)),
-        }
     }
 
     /// The ring buffer of rate-limit events, for a reader task (can be taken once).
@@ -231,6 +219,12 @@ impl XdpProgram {
 
     fn blocklist(&mut self) -> Result<HashMap<&mut MapData, SourceKey, BlockEntry>, XdpError> {
         HashMap::try_from(self.map_mut(BLOCKLIST_MAP)?).map_err(XdpError::Map)
+    }
+
+    fn prefix_blocklist(
+        &mut self,
+    ) -> Result<LpmTrie<&mut MapData, [u8; 16], BlockEntry>, XdpError> {
+        LpmTrie::try_from(self.map_mut(PREFIX_BLOCKLIST_MAP)?).map_err(XdpError::Map)
     }
 
     fn map(&self, name: &'static str) -> Result<&Map, XdpError> {
@@ -256,11 +250,15 @@ pub fn prefix_key(prefix: IpNet) -> Key<[u8; 16]> {
 
 /// Counters and blocks read from the pinned maps (`gateway xdp status`), whether or not a gateway
 /// is running.
-pub fn pinned_status(dir: &Path) -> Result<(Stats, Vec<(IpAddr, BlockEntry)>), XdpError> {
+pub fn pinned_status(dir: &Path) -> Result<(Stats, Vec<(IpNet, BlockEntry)>), XdpError> {
     let open = |name: &str| MapData::from_pin(dir.join(name)).map_err(XdpError::Map);
     let stats = PerCpuArray::try_from(Map::PerCpuArray(open(STATS_MAP)?)).map_err(XdpError::Map)?;
     let blocklist = HashMap::try_from(Map::HashMap(open(BLOCKLIST_MAP)?)).map_err(XdpError::Map)?;
-    Ok((sum_stats(&stats)?, list_blocks(&blocklist)?))
+    let prefixes =
+        LpmTrie::try_from(Map::LpmTrie(open(PREFIX_BLOCKLIST_MAP)?)).map_err(XdpError::Map)?;
+    let mut blocks = list_blocks(&blocklist)?;
+    blocks.extend(list_prefix_blocks(&prefixes)?);
+    Ok((sum_stats(&stats)?, blocks))
 }
 
 /// Each verdict's counter, summed over CPUs.
@@ -278,14 +276,46 @@ fn sum_stats<T: Borrow<MapData>>(stats: &PerCpuArray<T, u64>) -> Result<Stats, X
 
 fn list_blocks<T: Borrow<MapData>>(
     blocklist: &HashMap<T, SourceKey, BlockEntry>,
-) -> Result<Vec<(IpAddr, BlockEntry)>, XdpError> {
+) -> Result<Vec<(IpNet, BlockEntry)>, XdpError> {
     blocklist
         .iter()
         .map(|item| {
-            item.map(|(key, entry)| (key.ip(), entry))
+            item.map(|(key, entry)| (IpNet::from(key.ip()), entry))
                 .map_err(XdpError::Map)
         })
         .collect()
+}
+
+fn list_prefix_blocks<T: Borrow<MapData>>(
+    trie: &LpmTrie<T, [u8; 16], BlockEntry>,
+) -> Result<Vec<(IpNet, BlockEntry)>, XdpError> {
+    trie.iter()
+        .map(|item| {
+            item.map(|(key, entry)| (prefix_of(&key), entry))
+                .map_err(XdpError::Map)
+        })
+        .collect()
+}
+
+/// The prefix an LPM key stands for (the inverse of [`prefix_key`]).
+fn prefix_of(key: &Key<[u8; 16]>) -> IpNet {
+    let v6 = Ipv6Addr::from(key.data());
+    let len = key.prefix_len().min(128) as u8;
+    let prefix = match v6.to_ipv4_mapped() {
+        Some(v4) if len >= 96 => Ipv4Net::new(v4, len - 96).map(IpNet::V4),
+        _ => Ipv6Net::new(v6, len).map(IpNet::V6),
+    };
+    prefix.map_or_else(|_| IpNet::from(IpAddr::V6(v6)), |prefix| prefix.trunc())
+}
+
+/// Whether a removal failed only because the key was absent: aya reports it as `KeyNotFound` for
+/// hash maps and as the raw ENOENT for LPM tries.
+fn is_not_found(err: &MapError) -> bool {
+    match err {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(err) => err.io_error.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, XdpError> {
@@ -325,5 +355,19 @@ mod tests {
         assert_eq!(key.prefix_len(), 48);
         assert_eq!(key.data()[..6], [0x20, 0x01, 0x0d, 0xb8, 0, 0]);
         assert!(key.data()[6..].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn a_prefix_read_back_from_its_key_is_the_prefix_written() {
+        for text in [
+            "198.51.100.0/24",
+            "2001:db8::/48",
+            "fd00:7::/64",
+            "0.0.0.0/0",
+            "::/0",
+        ] {
+            let prefix: IpNet = text.parse().unwrap();
+            assert_eq!(prefix_of(&prefix_key(prefix)), prefix, "{text}");
+        }
     }
 }

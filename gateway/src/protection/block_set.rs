@@ -1,15 +1,20 @@
 //! The sources blocked right now, as userspace sees them: checked at every accept, so blocks hold
 //! even without XDP.
+//!
+//! Addresses and prefixes live in one ordered map. A lookup masks the source once per prefix
+//! length in use (an IPv4 address and an IPv6 /64 are two lengths, whatever the number of blocks),
+//! and the order lets the enforcer find every block inside a wider network with one range scan,
+//! which escalation and folding need.
 
 use std::{
+    collections::BTreeMap,
     net::IpAddr,
     sync::{
-        RwLock,
+        RwLock, RwLockReadGuard,
         atomic::{AtomicBool, Ordering},
     },
 };
 
-use dashmap::DashMap;
 use ipnet::IpNet;
 
 use crate::{audit::BlockTarget, kernel::monotonic_now_ns};
@@ -17,11 +22,55 @@ use crate::{audit::BlockTarget, kernel::monotonic_now_ns};
 /// Blocked addresses and prefixes, with their CLOCK_MONOTONIC expiry in ns (0 = until unblocked).
 #[derive(Default)]
 pub struct BlockSet {
-    addresses: DashMap<IpAddr, u64>,
-    /// Prefix blocks are few (an operator's or a fleet's); a scan is cheaper than a trie.
-    prefixes: RwLock<Vec<(IpNet, u64)>>,
-    /// Whether `prefixes` has entries, so an accept without prefix blocks takes no lock.
-    any_prefix: AtomicBool,
+    blocks: RwLock<Blocks>,
+    /// Whether there is any block, so an accept on a node without blocks takes no lock.
+    any: AtomicBool,
+}
+
+#[derive(Default)]
+struct Blocks {
+    by_target: BTreeMap<IpNet, u64>,
+    /// Blocks per prefix length, IPv4 then IPv6 (index `33 + len`).
+    lengths: Lengths,
+}
+
+/// How many blocks have each prefix length, so a lookup tries only the lengths in use.
+struct Lengths([u32; 33 + 129]);
+
+impl Default for Lengths {
+    fn default() -> Self {
+        Self([0; 33 + 129])
+    }
+}
+
+impl Lengths {
+    fn slot(target: &IpNet) -> usize {
+        match target {
+            IpNet::V4(net) => usize::from(net.prefix_len()),
+            IpNet::V6(net) => 33 + usize::from(net.prefix_len()),
+        }
+    }
+
+    fn add(&mut self, target: &IpNet) {
+        self.0[Self::slot(target)] += 1;
+    }
+
+    fn subtract(&mut self, target: &IpNet) {
+        let count = &mut self.0[Self::slot(target)];
+        *count = count.saturating_sub(1);
+    }
+
+    /// The prefix lengths in use for `ip`'s family, longest first.
+    fn in_use(&self, ip: IpAddr) -> impl Iterator<Item = u8> + '_ {
+        let counts = match ip {
+            IpAddr::V4(_) => &self.0[..33],
+            IpAddr::V6(_) => &self.0[33..],
+        };
+        (0..counts.len())
+            .rev()
+            .filter(move |len| counts[*len] > 0)
+            .map(|len| len as u8)
+    }
 }
 
 fn is_active(expires_at_ns: u64, now_ns: u64) -> bool {
@@ -30,91 +79,122 @@ fn is_active(expires_at_ns: u64, now_ns: u64) -> bool {
 
 impl BlockSet {
     pub fn is_blocked(&self, ip: IpAddr) -> bool {
+        if !self.any.load(Ordering::Relaxed) {
+            return false;
+        }
         let ip = ip.to_canonical();
-        let by_address = self
-            .addresses
-            .get(&ip)
-            .is_some_and(|expires| is_active(*expires, monotonic_now_ns()));
-        by_address || (self.any_prefix.load(Ordering::Relaxed) && self.blocked_by_prefix(ip))
-    }
-
-    fn blocked_by_prefix(&self, ip: IpAddr) -> bool {
         let now_ns = monotonic_now_ns();
-        self.prefixes()
-            .iter()
-            .any(|(prefix, expires)| prefix.contains(&ip) && is_active(*expires, now_ns))
+        let blocks = self.read();
+        blocks.lengths.in_use(ip).any(|len| {
+            IpNet::new(ip, len).is_ok_and(|net| {
+                blocks
+                    .by_target
+                    .get(&net.trunc())
+                    .is_some_and(|expires| is_active(*expires, now_ns))
+            })
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.addresses.len() + self.prefixes().len()
+        self.read().by_target.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Blocks `target` until `expires_at_ns`: a host prefix blocks its address.
-    pub(super) fn insert(&self, target: IpNet, expires_at_ns: u64) {
-        match host_address(target) {
-            Some(ip) => {
-                self.addresses.insert(ip, expires_at_ns);
+    /// Blocks `target` until `expires_at_ns` (a host prefix blocks its address); `false` if it
+    /// was blocked already (the expiry is updated).
+    pub(super) fn insert(&self, target: IpNet, expires_at_ns: u64) -> bool {
+        let target = normalized(target);
+        self.write(|blocks| {
+            let new = blocks.by_target.insert(target, expires_at_ns).is_none();
+            if new {
+                blocks.lengths.add(&target);
             }
-            None => self.prefixes_mut(|prefixes| {
-                prefixes.retain(|(prefix, _)| *prefix != target);
-                prefixes.push((target, expires_at_ns));
-            }),
-        }
+            new
+        })
     }
 
     /// Ends a block; `false` if there was none.
     pub(super) fn remove(&self, target: IpNet) -> bool {
-        match host_address(target) {
-            Some(ip) => self.addresses.remove(&ip).is_some(),
-            None => self.prefixes_mut(|prefixes| {
-                let before = prefixes.len();
-                prefixes.retain(|(prefix, _)| *prefix != target);
-                prefixes.len() != before
-            }),
-        }
+        let target = normalized(target);
+        self.write(|blocks| {
+            let removed = blocks.by_target.remove(&target).is_some();
+            if removed {
+                blocks.lengths.subtract(&target);
+            }
+            removed
+        })
     }
 
     /// Removes the blocks that expired by `now_ns` and returns them.
     pub(super) fn take_expired(&self, now_ns: u64) -> Vec<IpNet> {
-        let mut expired = Vec::new();
-        self.addresses.retain(|ip, expires| {
-            let active = is_active(*expires, now_ns);
-            if !active {
-                expired.push(IpNet::from(*ip));
-            }
-            active
-        });
-        self.prefixes_mut(|prefixes| {
-            prefixes.retain(|(prefix, expires)| {
+        self.write(|blocks| {
+            let mut expired = Vec::new();
+            blocks.by_target.retain(|target, expires| {
                 let active = is_active(*expires, now_ns);
                 if !active {
-                    expired.push(*prefix);
+                    expired.push(*target);
                 }
                 active
             });
-        });
-        expired
+            for target in &expired {
+                blocks.lengths.subtract(target);
+            }
+            expired
+        })
     }
 
-    fn prefixes(&self) -> std::sync::RwLockReadGuard<'_, Vec<(IpNet, u64)>> {
-        self.prefixes
+    /// The blocks strictly inside `network` (narrower than it), with their expiry.
+    pub(super) fn within(&self, network: IpNet) -> Vec<(IpNet, u64)> {
+        let network = network.trunc();
+        let (first, last) = match network {
+            IpNet::V4(net) => (
+                IpNet::from(IpAddr::V4(net.network())),
+                IpNet::from(IpAddr::V4(net.broadcast())),
+            ),
+            IpNet::V6(net) => (
+                IpNet::from(IpAddr::V6(net.network())),
+                IpNet::from(IpAddr::V6(net.broadcast())),
+            ),
+        };
+        // Ordered by address, then length: every prefix whose first address lies in `network`.
+        let start = IpNet::new(first.addr(), 0).unwrap_or(first);
+        self.read()
+            .by_target
+            .range(start..=last)
+            .filter(|(target, _)| {
+                target.prefix_len() > network.prefix_len() && network.contains(*target)
+            })
+            .map(|(target, expires)| (*target, *expires))
+            .collect()
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Blocks> {
+        self.blocks
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn prefixes_mut<R>(&self, with: impl FnOnce(&mut Vec<(IpNet, u64)>) -> R) -> R {
-        let mut prefixes = self
-            .prefixes
+    fn write<R>(&self, with: impl FnOnce(&mut Blocks) -> R) -> R {
+        let mut blocks = self
+            .blocks
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let result = with(&mut prefixes);
-        self.any_prefix
-            .store(!prefixes.is_empty(), Ordering::Relaxed);
+        let result = with(&mut blocks);
+        self.any
+            .store(!blocks.by_target.is_empty(), Ordering::Relaxed);
         result
+    }
+}
+
+/// One spelling per target: truncated, and an IPv4-mapped IPv6 address as IPv4 (as sources are
+/// looked up).
+fn normalized(target: IpNet) -> IpNet {
+    match BlockTarget::from(target) {
+        BlockTarget::Address(ip) => IpNet::from(ip),
+        BlockTarget::Prefix(prefix) => prefix,
     }
 }
 
@@ -131,12 +211,16 @@ pub fn host_address(target: IpNet) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
+    fn net(text: &str) -> IpNet {
+        text.parse().unwrap()
+    }
+
     #[test]
     fn an_address_or_a_prefix_blocks_until_it_expires_or_is_removed() {
         let blocks = BlockSet::default();
         let inside: IpAddr = "198.51.100.77".parse().unwrap();
-        blocks.insert("192.0.2.1/32".parse().unwrap(), 0);
-        blocks.insert("198.51.100.0/24".parse().unwrap(), 0);
+        blocks.insert(net("192.0.2.1/32"), 0);
+        blocks.insert(net("198.51.100.0/24"), 0);
         assert!(blocks.is_blocked("192.0.2.1".parse().unwrap()));
         assert!(
             blocks.is_blocked("::ffff:192.0.2.1".parse().unwrap()),
@@ -146,15 +230,67 @@ mod tests {
         assert!(!blocks.is_blocked("198.51.101.1".parse().unwrap()));
         assert_eq!(blocks.len(), 2);
 
-        assert!(blocks.remove("198.51.100.0/24".parse().unwrap()));
+        assert!(blocks.remove(net("198.51.100.0/24")));
         assert!(!blocks.is_blocked(inside));
-        blocks.insert("198.51.100.0/24".parse().unwrap(), 1);
+        blocks.insert(net("198.51.100.0/24"), 1);
         assert!(
             !blocks.is_blocked(inside),
             "an expired block blocks nothing"
         );
         let expired = blocks.take_expired(monotonic_now_ns());
-        assert_eq!(expired, ["198.51.100.0/24".parse::<IpNet>().unwrap()]);
+        assert_eq!(expired, [net("198.51.100.0/24")]);
         assert_eq!(blocks.len(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_prefix_block_covers_every_address_inside_it_and_no_other() {
+        let blocks = BlockSet::default();
+        blocks.insert(net("2001:db8:7::/64"), 0);
+        blocks.insert(net("2001:db8:9::5/128"), 0);
+        assert!(blocks.is_blocked("2001:db8:7::2".parse().unwrap()));
+        assert!(blocks.is_blocked("2001:db8:7::ffff:1".parse().unwrap()));
+        assert!(blocks.is_blocked("2001:db8:9::5".parse().unwrap()));
+        assert!(!blocks.is_blocked("2001:db8:7:1::2".parse().unwrap()));
+        assert!(!blocks.is_blocked("2001:db8:9::6".parse().unwrap()));
+        assert!(
+            !blocks.is_blocked("192.0.2.1".parse().unwrap()),
+            "lengths are counted per family"
+        );
+        assert!(!blocks.insert(net("2001:db8:7::/64"), 5), "already there");
+        assert!(blocks.remove(net("2001:db8:9::5/128")));
+        assert!(!blocks.is_blocked("2001:db8:9::5".parse().unwrap()));
+    }
+
+    #[test]
+    fn within_lists_exactly_the_narrower_blocks_inside_a_network() {
+        let blocks = BlockSet::default();
+        for target in [
+            "2001:db8:7::/64",
+            "2001:db8:7:ffff::/64",
+            "2001:db8:7::/48",
+            "2001:db8:8::/64",
+            "2001:db8:6:ffff::/64",
+            "10.0.0.1/32",
+            "10.0.0.255/32",
+            "10.0.1.0/32",
+        ] {
+            blocks.insert(net(target), 0);
+        }
+        let mut inside: Vec<IpNet> = blocks
+            .within(net("2001:db8:7::/48"))
+            .into_iter()
+            .map(|(target, _)| target)
+            .collect();
+        inside.sort();
+        assert_eq!(
+            inside,
+            [net("2001:db8:7::/64"), net("2001:db8:7:ffff::/64")]
+        );
+        let inside: Vec<IpNet> = blocks
+            .within(net("10.0.0.0/24"))
+            .into_iter()
+            .map(|(target, _)| target)
+            .collect();
+        assert_eq!(inside, [net("10.0.0.1/32"), net("10.0.0.255/32")]);
     }
 }

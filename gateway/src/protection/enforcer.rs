@@ -1,17 +1,21 @@
 //! The one task that decides blocks and writes them into the XDP maps.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use gateway_ebpf::BlockReason;
+use gateway_ebpf::{BLOCKLIST_CAPACITY, BlockReason, PREFIX_CAPACITY};
 use ipnet::IpNet;
 use tokio::sync::mpsc;
 
-use super::{Block, BlockSet, Command, Connections, Offense, Origin, block_set::host_address};
+use super::{
+    Block, BlockSet, Command, Connections, Offense, Origin,
+    block_set::host_address,
+    networks::{offender_of, outside_allowlist, wider_network},
+};
 use crate::{
     audit::{self, AuditLog},
     config::BlockingPolicy,
@@ -24,8 +28,12 @@ use crate::{
 
 /// How often expired blocks are swept and idle offense counters dropped.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
-/// Most sources whose offenses are counted at once (bounds memory under a flood of addresses).
+/// Most offenders whose offenses are counted at once (bounds memory under a flood of addresses);
+/// offenses of further ones are ignored until counters go idle.
 const MAX_TRACKED_SOURCES: usize = 100_000;
+/// Most blocks at once, as many as the kernel's two blocklists hold; further local blocks are
+/// refused (logged) until some expire, and the sources are still refused by the proxy itself.
+const MAX_BLOCKS: usize = (BLOCKLIST_CAPACITY + PREFIX_CAPACITY) as usize;
 
 /// Owns the XDP maps (when attached) and decides blocks.
 pub struct Enforcer {
@@ -36,10 +44,11 @@ pub struct Enforcer {
     pub(super) blocked: Arc<BlockSet>,
     pub(super) connections: Arc<Connections>,
     commands: mpsc::Receiver<Command>,
-    /// Recent offenses per source and kind, oldest first.
-    recent: HashMap<(IpAddr, Offense), VecDeque<Instant>>,
-    /// Blocks so far per source and when the last ended, for escalation.
-    history: HashMap<IpAddr, (u32, Instant)>,
+    /// Recent offenses per offender (an address, or an IPv6 prefix) and kind, oldest first.
+    recent: HashMap<(IpNet, Offense), VecDeque<Instant>>,
+    /// Blocks so far per offender or escalated network, and when the last ends: repeats last
+    /// longer.
+    history: HashMap<IpNet, (u32, Instant)>,
 }
 
 impl Enforcer {
@@ -54,8 +63,8 @@ impl Enforcer {
         if let Some(program) = program.as_mut() {
             match program.blocks() {
                 Ok(entries) => {
-                    for (ip, entry) in entries {
-                        blocked.insert(IpNet::from(ip), entry.expires_at_ns);
+                    for (target, entry) in entries {
+                        blocked.insert(target, entry.expires_at_ns);
                     }
                     if !blocked.is_empty() {
                         tracing::info!(
@@ -124,7 +133,7 @@ impl Enforcer {
                     tracing::warn!(target = %block.target, origin = block.origin.as_str(), "not blocking: the target overlaps the allowlist");
                     return;
                 }
-                self.enforce(&block, None).await;
+                self.enforce(&block, None, 0).await;
             }
             Command::Unblock { target, origin } => self.unblock(target, origin).await,
         }
@@ -134,8 +143,9 @@ impl Enforcer {
         if !self.policy.enabled || self.is_allowed(source) || self.blocked.is_blocked(source) {
             return;
         }
-        if self.recent.len() >= MAX_TRACKED_SOURCES && !self.recent.contains_key(&(source, offense))
-        {
+        let offender = offender_of(source, &self.policy);
+        let key = (offender, offense);
+        if self.recent.len() >= MAX_TRACKED_SOURCES && !self.recent.contains_key(&key) {
             return;
         }
         let threshold = match offense {
@@ -146,7 +156,7 @@ impl Enforcer {
         } as usize;
         let now = Instant::now();
         let window = self.policy.window;
-        let times = self.recent.entry((source, offense)).or_default();
+        let times = self.recent.entry(key).or_default();
         while times
             .front()
             .is_some_and(|t| now.duration_since(*t) >= window)
@@ -155,16 +165,68 @@ impl Enforcer {
         }
         times.push_back(now);
         if times.len() >= threshold {
-            self.recent.remove(&(source, offense));
-            self.escalate(source, offense.reason(), threshold).await;
+            self.recent.remove(&key);
+            self.block_offender(offender, offense.reason(), threshold)
+                .await;
         }
     }
 
-    /// Blocks a source of this node's offenses, each repeat twice as long, up to the maximum.
-    async fn escalate(&mut self, source: IpAddr, reason: BlockReason, offenses: usize) {
+    /// Blocks an offender of this node's feedback loop, each repeat twice as long up to the
+    /// maximum; then its wider network, if blocks now pile up there.
+    async fn block_offender(&mut self, offender: IpNet, reason: BlockReason, offenses: usize) {
+        let duration = self.next_duration(offender);
+        self.block_outside_allowlist(offender, duration, reason, Some(offenses), 0)
+            .await;
+        let Some((network, escalation)) = wider_network(offender, &self.policy) else {
+            return;
+        };
+        let inside = self.blocked.within(network);
+        if inside.len() >= escalation.blocks {
+            self.block_network(network, reason, inside).await;
+        }
+    }
+
+    /// Blocks a whole network for its own escalating time (at least as long as any block it
+    /// replaces), then folds the narrower blocks inside it into it: the maps keep one entry, and
+    /// the wide block's expiry ends them all. Blocks until unblocked are left alone.
+    async fn block_network(
+        &mut self,
+        network: IpNet,
+        reason: BlockReason,
+        inside: Vec<(IpNet, u64)>,
+    ) {
+        let now_ns = monotonic_now_ns();
+        let own = self.next_duration(network);
+        let longest_inside = inside
+            .iter()
+            .map(|(_, expires)| Duration::from_nanos(expires.saturating_sub(now_ns)))
+            .max()
+            .unwrap_or_default();
+        let duration = own.max(longest_inside);
+        let folded: Vec<IpNet> = inside
+            .into_iter()
+            .filter(|(_, expires)| *expires != 0)
+            .map(|(target, _)| target)
+            .collect();
+        let placed = self
+            .block_outside_allowlist(network, duration, reason, None, folded.len())
+            .await;
+        if !placed {
+            return;
+        }
+        for target in folded {
+            self.remove_block(target);
+            self.audit_unblock(audit::BlockTarget::from(target), "folded")
+                .await;
+        }
+    }
+
+    /// How long the next block of `target` lasts, recording it: twice the last one, up to the
+    /// maximum.
+    fn next_duration(&mut self, target: IpNet) -> Duration {
         let (previous, _) = self
             .history
-            .get(&source)
+            .get(&target)
             .copied()
             .unwrap_or((0, Instant::now()));
         let duration = self
@@ -174,19 +236,43 @@ impl Enforcer {
             .unwrap_or(self.policy.max_block)
             .min(self.policy.max_block);
         self.history
-            .insert(source, (previous + 1, Instant::now() + duration));
-        let block = Block {
-            target: IpNet::from(source),
-            duration: Some(duration),
-            reason,
-            origin: Origin::Local,
+            .insert(target, (previous + 1, Instant::now() + duration));
+        duration
+    }
+
+    /// Blocks the parts of `target` outside the allowlist (all of it, unless an allowlisted
+    /// network lies inside); `false` if nothing could be blocked.
+    async fn block_outside_allowlist(
+        &mut self,
+        target: IpNet,
+        duration: Duration,
+        reason: BlockReason,
+        offenses: Option<usize>,
+        folded: usize,
+    ) -> bool {
+        let Some(pieces) = outside_allowlist(target, &self.allow) else {
+            tracing::warn!(%target, "not blocking: too many allowlisted networks inside it");
+            return false;
         };
-        self.enforce(&block, Some(offenses)).await;
+        if self.blocked.len() + pieces.len() > MAX_BLOCKS {
+            tracing::warn!(%target, blocks = self.blocked.len(), "not blocking: the block table is full");
+            return false;
+        }
+        for piece in &pieces {
+            let block = Block {
+                target: *piece,
+                duration: Some(duration),
+                reason,
+                origin: Origin::Local,
+            };
+            self.enforce(&block, offenses, folded).await;
+        }
+        !pieces.is_empty()
     }
 
     /// Writes a block into the kernel (when attached) and the accept check, closes the target's
     /// open connections, and audits it.
-    async fn enforce(&mut self, block: &Block, offenses: Option<usize>) {
+    async fn enforce(&mut self, block: &Block, offenses: Option<usize>, folded: usize) {
         let expires_at_ns = block.duration.map_or(0, |duration| {
             monotonic_now_ns() + duration.as_nanos() as u64
         });
@@ -216,28 +302,36 @@ impl Enforcer {
             duration_secs = block.duration.map(|duration| duration.as_secs()),
             enforced_in,
             closed_connections = closed,
+            folded,
             "source blocked"
         );
-        let line = audit::block_line(
-            source,
-            block.reason.as_str(),
-            block.duration,
+        let line = audit::block_line(&audit::BlockRecord {
+            target: source,
+            reason: block.reason.as_str(),
+            duration: block.duration,
             enforced_in,
-            block.origin.as_str(),
-        );
+            origin: block.origin.as_str(),
+            folded,
+        });
         if let Err(err) = self.audit.write(line).await {
             tracing::error!(error = %err, "could not audit a block");
         }
     }
 
     async fn unblock(&mut self, target: IpNet, origin: Origin) {
+        if !self.remove_block(target) {
+            return;
+        }
+        self.history.remove(&target);
+        tracing::info!(%target, origin = origin.as_str(), "source unblocked");
+        self.audit_unblock(audit::BlockTarget::from(target), "manual")
+            .await;
+    }
+
+    /// Removes a block from the kernel and the accept check; `false` if neither had it.
+    fn remove_block(&mut self, target: IpNet) -> bool {
         let removed_here = self.blocked.remove(target);
-        let removed_in_kernel = match self.program.as_mut().map(|program| {
-            match host_address(target) {
-                Some(source) => program.unblock(source),
-                None => program.unblock_prefix(target),
-            }
-        }) {
+        let removed_in_kernel = match self.program.as_mut().map(|p| p.remove_block(target)) {
             Some(Ok(removed)) => removed,
             Some(Err(err)) => {
                 tracing::error!(%target, error = %err, "cannot remove the block from the XDP map");
@@ -245,38 +339,20 @@ impl Enforcer {
             }
             None => false,
         };
-        if !(removed_here || removed_in_kernel) {
-            return;
-        }
-        if let Some(source) = host_address(target) {
-            self.history.remove(&source);
-        }
-        tracing::info!(%target, origin = origin.as_str(), "source unblocked");
-        self.audit_unblock(audit::BlockTarget::from(target), "manual")
-            .await;
+        removed_here || removed_in_kernel
     }
 
     /// Removes expired blocks (kernel and userspace), audits each, forgets idle offense counters.
     pub(super) async fn sweep(&mut self) {
         let now_ns = monotonic_now_ns();
-        let mut expired: Vec<IpNet> = Vec::new();
+        let mut expired = BTreeSet::new();
         if let Some(program) = self.program.as_mut() {
             match program.sweep_expired(now_ns) {
-                Ok(entries) => expired.extend(entries.into_iter().map(|(ip, _)| IpNet::from(ip))),
+                Ok(entries) => expired.extend(entries.into_iter().map(|(target, _)| target)),
                 Err(err) => tracing::error!(error = %err, "cannot sweep the XDP blocklist"),
             }
         }
-        for target in self.blocked.take_expired(now_ns) {
-            if host_address(target).is_none()
-                && let Some(program) = self.program.as_mut()
-                && let Err(err) = program.unblock_prefix(target)
-            {
-                tracing::error!(%target, error = %err, "cannot remove an expired prefix block from the XDP map");
-            }
-            if !expired.contains(&target) {
-                expired.push(target);
-            }
-        }
+        expired.extend(self.blocked.take_expired(now_ns));
         for target in expired {
             tracing::info!(%target, "block expired");
             self.audit_unblock(audit::BlockTarget::from(target), "expired")
@@ -289,7 +365,7 @@ impl Enforcer {
                 .back()
                 .is_some_and(|t| now.duration_since(*t) < window)
         });
-        // A source that behaved for as long as its last block lasted starts afresh.
+        // An offender that behaved for as long as its last block lasted starts afresh.
         let max_block = self.policy.max_block;
         self.history
             .retain(|_, (_, ended)| now < *ended + max_block);

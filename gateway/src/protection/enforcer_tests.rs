@@ -14,14 +14,49 @@ fn policy() -> BlockingPolicy {
         window: Duration::from_secs(60),
         block: Duration::from_secs(10),
         max_block: Duration::from_secs(25),
+        ipv6_prefix_len: 64,
+        ipv4_escalation: None,
+        ipv6_escalation: None,
     }
 }
 
 fn enforcer(allow: Vec<IpNet>) -> (Protection, Enforcer, tempfile::TempDir) {
+    enforcer_with(policy(), allow)
+}
+
+fn enforcer_with(
+    policy: BlockingPolicy,
+    allow: Vec<IpNet>,
+) -> (Protection, Enforcer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let audit = AuditLog::open(&dir.path().join("audit.jsonl"), false).unwrap();
-    let (protection, enforcer) = start(policy(), None, allow, audit);
+    let (protection, enforcer) = start(policy, None, allow, audit);
     (protection, enforcer, dir)
+}
+
+/// Blocks inside one network of `prefix_len` bits that escalate to it.
+fn escalating(ipv4: Option<(u8, usize)>, ipv6: Option<(u8, usize)>) -> BlockingPolicy {
+    let level = |(prefix_len, blocks)| crate::config::Escalation { prefix_len, blocks };
+    BlockingPolicy {
+        ipv4_escalation: ipv4.map(level),
+        ipv6_escalation: ipv6.map(level),
+        ..policy()
+    }
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+fn net(text: &str) -> IpNet {
+    text.parse().unwrap()
+}
+
+/// Three failed authentications (the test policy's threshold) from `source`.
+async fn fail_three_times(enforcer: &mut Enforcer, source: &str) {
+    for _ in 0..3 {
+        enforcer.record(ip(source), Offense::AuthFailure).await;
+    }
 }
 
 fn audit_lines(dir: &tempfile::TempDir) -> Vec<serde_json::Value> {
@@ -61,7 +96,7 @@ async fn threshold_offenses_block_and_close_connections() {
 #[tokio::test]
 async fn kinds_are_counted_separately() {
     let (protection, mut enforcer, _dir) = enforcer(Vec::new());
-    let source: IpAddr = "2001:db8::9".parse().unwrap();
+    let source: IpAddr = "192.0.2.9".parse().unwrap();
     enforcer.record(source, Offense::AuthFailure).await;
     enforcer.record(source, Offense::Malformed).await;
     enforcer.record(source, Offense::AuthFailure).await;
@@ -101,7 +136,9 @@ async fn allowlisted_sources_are_never_blocked() {
 async fn expired_blocks_are_swept_and_audited() {
     let (protection, mut enforcer, dir) = enforcer(Vec::new());
     let source: IpAddr = "192.0.2.30".parse().unwrap();
-    enforcer.escalate(source, BlockReason::Manual, 0).await;
+    enforcer
+        .block_offender(IpNet::from(source), BlockReason::Manual, 0)
+        .await;
     assert!(protection.is_blocked(source));
     enforcer.blocked.insert(IpNet::from(source), 1);
     enforcer.sweep().await;
@@ -205,4 +242,137 @@ async fn offenses_arrive_as_commands_through_the_handle() {
         .await
         .expect("unblocked by the command");
     task.abort();
+}
+
+#[tokio::test]
+async fn offenses_spread_over_one_ipv6_64_add_up_to_a_block_of_the_64() {
+    let (protection, mut enforcer, dir) = enforcer(Vec::new());
+    let neighbour = protection
+        .connections()
+        .register(ip("fd00:7::99"), &CancellationToken::new());
+    for source in ["fd00:7::2", "fd00:7::3"] {
+        enforcer.record(ip(source), Offense::AuthFailure).await;
+    }
+    assert!(!protection.is_blocked(ip("fd00:7::2")));
+    enforcer.record(ip("fd00:7::4"), Offense::AuthFailure).await;
+    for inside in ["fd00:7::2", "fd00:7::5", "fd00:7::ffff:ffff:ffff"] {
+        assert!(protection.is_blocked(ip(inside)), "{inside}");
+    }
+    assert!(!protection.is_blocked(ip("fd00:7:0:1::2")), "another /64");
+    assert!(
+        neighbour.closed().is_cancelled(),
+        "the whole /64's connections close"
+    );
+    let lines = audit_lines(&dir);
+    assert_eq!(lines[0]["event"], "block");
+    assert_eq!(lines[0]["prefix"], "fd00:7::/64");
+    assert!(lines[0].get("ip").is_none());
+}
+
+#[tokio::test]
+async fn blocks_piling_up_in_one_48_become_one_block_of_the_48() {
+    let (protection, mut enforcer, dir) =
+        enforcer_with(escalating(None, Some((48, 3))), Vec::new());
+    fail_three_times(&mut enforcer, "fd00:7:0:1::2").await;
+    fail_three_times(&mut enforcer, "fd00:7:0:2::2").await;
+    assert_eq!(enforcer.blocked.len(), 2);
+    assert!(!protection.is_blocked(ip("fd00:7:0:5::2")));
+    fail_three_times(&mut enforcer, "fd00:7:0:3::2").await;
+    assert!(protection.is_blocked(ip("fd00:7:0:5::2")), "the whole /48");
+    assert!(!protection.is_blocked(ip("fd00:8::2")), "not the next /48");
+    assert_eq!(enforcer.blocked.len(), 1, "the /64s are folded into it");
+
+    let lines = audit_lines(&dir);
+    let wide = lines
+        .iter()
+        .find(|l| l["prefix"] == "fd00:7::/48")
+        .expect("a block of the /48");
+    assert_eq!(wide["event"], "block");
+    assert_eq!(wide["folded"], 3);
+    assert_eq!(wide["duration_secs"], 10);
+    let folded: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["event"] == "unblock" && l["reason"] == "folded")
+        .map(|l| l["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        folded,
+        ["fd00:7:0:1::/64", "fd00:7:0:2::/64", "fd00:7:0:3::/64"]
+    );
+
+    // When the /48's block expires, nothing comes back: the /64s were folded.
+    enforcer.blocked.insert(net("fd00:7::/48"), 1);
+    enforcer.sweep().await;
+    assert!(enforcer.blocked.is_empty());
+    assert!(!protection.is_blocked(ip("fd00:7:0:1::2")));
+}
+
+#[tokio::test]
+async fn an_escalated_block_is_cut_around_an_allowlisted_network_inside_it() {
+    let allowed = net("fd00:7:0:9::/64");
+    let (protection, mut enforcer, _dir) =
+        enforcer_with(escalating(None, Some((48, 2))), vec![allowed]);
+    fail_three_times(&mut enforcer, "fd00:7:0:1::2").await;
+    fail_three_times(&mut enforcer, "fd00:7:0:2::2").await;
+    assert!(protection.is_blocked(ip("fd00:7:0:8::1")));
+    assert!(protection.is_blocked(ip("fd00:7:0:ff00::1")));
+    assert!(
+        !protection.is_blocked(ip("fd00:7:0:9::1")),
+        "the allowlist wins"
+    );
+    assert_eq!(
+        enforcer.blocked.len(),
+        16,
+        "the /48 less one /64, in 16 prefixes"
+    );
+}
+
+#[tokio::test]
+async fn a_64_around_an_allowlisted_address_is_narrowed_rather_than_cover_it() {
+    let (protection, mut enforcer, _dir) = enforcer_with(policy(), vec![net("fd00:7::10/128")]);
+    fail_three_times(&mut enforcer, "fd00:7::2").await;
+    assert!(protection.is_blocked(ip("fd00:7::2")));
+    assert!(protection.is_blocked(ip("fd00:7::11")));
+    assert!(!protection.is_blocked(ip("fd00:7::10")));
+}
+
+#[tokio::test]
+async fn ipv4_escalates_to_its_24_only_when_asked() {
+    let (protection, mut enforcer, _dir) = enforcer(Vec::new());
+    for source in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        fail_three_times(&mut enforcer, source).await;
+    }
+    assert_eq!(enforcer.blocked.len(), 3, "by default each address alone");
+    assert!(!protection.is_blocked(ip("192.0.2.4")));
+
+    let (protection, mut enforcer, _dir) =
+        enforcer_with(escalating(Some((24, 3)), None), Vec::new());
+    for source in ["192.0.2.1", "192.0.2.2", "192.0.2.3"] {
+        fail_three_times(&mut enforcer, source).await;
+    }
+    assert_eq!(enforcer.blocked.len(), 1);
+    assert!(protection.is_blocked(ip("192.0.2.4")));
+    assert!(!protection.is_blocked(ip("192.0.3.4")));
+}
+
+#[tokio::test]
+async fn a_block_until_unblocked_inside_the_network_is_not_folded() {
+    let (_protection, mut enforcer, _dir) =
+        enforcer_with(escalating(None, Some((48, 2))), Vec::new());
+    let kept = Block {
+        target: net("fd00:7:0:1::/64"),
+        duration: None,
+        reason: BlockReason::Manual,
+        origin: Origin::Operator,
+    };
+    enforcer.handle(Command::Block(kept)).await;
+    fail_three_times(&mut enforcer, "fd00:7:0:2::2").await;
+    let mut left: Vec<IpNet> = enforcer
+        .blocked
+        .within(net("fd00::/16"))
+        .into_iter()
+        .map(|(target, _)| target)
+        .collect();
+    left.sort();
+    assert_eq!(left, [net("fd00:7::/48"), net("fd00:7:0:1::/64")]);
 }

@@ -12,6 +12,7 @@
 mod block_set;
 mod connections;
 mod enforcer;
+mod networks;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
