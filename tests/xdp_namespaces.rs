@@ -1,8 +1,8 @@
 //! The whole product across a real (virtual) network: two network namespaces made by the test and
 //! joined by a veth pair, the gateway attached with XDP to the server side, clients with several
 //! source addresses on the other. Needs root; traffic goes only to the namespaces' own addresses
-//! (198.18.0.0/24, the benchmarking range), and everything is removed when the test ends, passed
-//! or failed.
+//! (198.18.0.0/16, the benchmarking range, and fd00::/16, unique-local IPv6), and everything is
+//! removed when the test ends, passed or failed.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,9 +13,21 @@ use std::{
 use e2e_tests::{ALICE_KEY, KillOnDrop, gateway_bin, netns::VethPair, read_audit, sha256_hex};
 
 const SERVER_ADDR: &str = "198.18.0.1";
+const SERVER_ADDR_V6: &str = "fd00::1";
 const GOOD_CLIENT: &str = "198.18.0.2";
 const OFFENDER: &str = "198.18.0.3";
 const BYSTANDER: &str = "198.18.0.4";
+/// IPv4 offenders in one /24 (apart from the clients above), and a bystander in it.
+const V4_NEIGHBOURS: [&str; 3] = ["198.18.1.2", "198.18.1.3", "198.18.1.4"];
+const V4_NEIGHBOURS_BYSTANDER: &str = "198.18.1.9";
+/// IPv6 clients: several /64s of the site fd00:7::/48, and another site.
+const V6_OFFENDER: &str = "fd00:7::2";
+const V6_OFFENDER_TOO: &str = "fd00:7::3";
+const V6_NEIGHBOUR: &str = "fd00:7::4";
+const V6_OTHER_64S: [&str; 2] = ["fd00:7:0:1::2", "fd00:7:0:2::2"];
+const V6_SAME_SITE: &str = "fd00:7:0:5::2";
+const V6_ALLOWED: &str = "fd00:7:0:9::2";
+const V6_OTHER_SITE: &str = "fd00:8::2";
 const PORT: u16 = 8080;
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
 
@@ -48,10 +60,25 @@ impl std::ops::Deref for TestNet {
 impl TestNet {
     fn new(tag: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Every address on-link in a /16 of its family.
+        let on_link = |address: &str| format!("{address}/16");
+        let clients: Vec<String> = [GOOD_CLIENT, OFFENDER, BYSTANDER]
+            .into_iter()
+            .chain(V4_NEIGHBOURS)
+            .chain([
+                V4_NEIGHBOURS_BYSTANDER,
+                V6_OFFENDER,
+                V6_OFFENDER_TOO,
+                V6_NEIGHBOUR,
+            ])
+            .chain(V6_OTHER_64S)
+            .chain([V6_SAME_SITE, V6_ALLOWED, V6_OTHER_SITE])
+            .map(on_link)
+            .collect();
         let veth = VethPair::create(
             tag,
-            SERVER_ADDR,
-            &[GOOD_CLIENT, OFFENDER, BYSTANDER],
+            &[&on_link(SERVER_ADDR), &on_link(SERVER_ADDR_V6)],
+            &clients.iter().map(String::as_str).collect::<Vec<_>>(),
             &dir.path().join("bpffs"),
         )
         .expect("network namespaces (needs root and iproute2)");
@@ -93,6 +120,7 @@ impl TestNet {
                 "/dev/null",
                 "-w",
                 "%{http_code}",
+                "--globoff",
             ])
             .args(["--max-time", max_secs, "--interface", source])
             .args([
@@ -107,7 +135,11 @@ impl TestNet {
                 "-d",
                 CALL,
             ])
-            .arg(format!("http://{SERVER_ADDR}:{PORT}/mcp"))
+            .arg(if source.contains(':') {
+                format!("http://[{SERVER_ADDR_V6}]:{PORT}/mcp")
+            } else {
+                format!("http://{SERVER_ADDR}:{PORT}/mcp")
+            })
             .output()
             .expect("curl");
         let code: u16 = String::from_utf8_lossy(&output.stdout)
@@ -117,14 +149,19 @@ impl TestNet {
         (code != 0).then_some(code)
     }
 
-    /// `gateway xdp status` on the pins: counter by name.
-    fn counter(&self, name: &str) -> u64 {
+    /// What `gateway xdp status` prints from the pins.
+    fn status(&self) -> String {
         let output = Command::new(gateway_bin())
             .args(["xdp", "status", "--pin-path"])
             .arg(self.pin_dir())
             .output()
             .expect("gateway xdp status");
-        let text = String::from_utf8_lossy(&output.stdout);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `gateway xdp status` on the pins: counter by name.
+    fn counter(&self, name: &str) -> u64 {
+        let text = self.status();
         text.lines()
             .find_map(|line| {
                 let mut words = line.split_whitespace();
@@ -172,6 +209,16 @@ fn start_gateway(net: &TestNet, config: &Path, log: &Path) -> KillOnDrop {
 /// Writes the gateway's config (XDP on the server side of the veth, `extra` appended) and starts
 /// the demo MCP server inside the server namespace.
 fn prepare(net: &TestNet, mode: &str, extra: &str) -> (PathBuf, PathBuf, KillOnDrop) {
+    prepare_listening(net, &format!("{SERVER_ADDR}:{PORT}"), mode, extra)
+}
+
+/// [`prepare`], with the gateway listening on `listen`.
+fn prepare_listening(
+    net: &TestNet,
+    listen: &str,
+    mode: &str,
+    extra: &str,
+) -> (PathBuf, PathBuf, KillOnDrop) {
     let dir = net.dir.path();
     // In skb mode the program also goes on the namespace's loopback: several interfaces at once.
     let interfaces = if mode == "skb" {
@@ -184,7 +231,7 @@ fn prepare(net: &TestNet, mode: &str, extra: &str) -> (PathBuf, PathBuf, KillOnD
     std::fs::write(
         &config,
         format!(
-            "listen = \"{SERVER_ADDR}:{PORT}\"\n\
+            "listen = \"{listen}\"\n\
              [upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n\
              [audit]\npath = \"{}\"\n\
              [[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
@@ -339,4 +386,148 @@ fn packet_floods_are_rate_dropped_and_escalate_to_a_block() {
         Some(200),
         "other sources are unaffected"
     );
+}
+
+/// The `event: "block"` lines of the audit log.
+fn block_lines(audit: &Path) -> Vec<serde_json::Value> {
+    read_audit(audit)
+        .into_iter()
+        .filter(|line| line["event"] == "block")
+        .collect()
+}
+
+/// Three failed authentications from `sources` in turn (the tests' `auth_failures`).
+fn fail_auth_three_times(net: &TestNet, sources: &[&str]) {
+    for source in sources.iter().cycle().take(3) {
+        assert_eq!(
+            net.call(source, "wrong-key-0123456789"),
+            Some(401),
+            "{source}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and XDP"]
+fn ipv6_offenders_are_blocked_by_64_and_escalate_to_their_48_around_the_allowlist() {
+    let net = TestNet::new("6");
+    let (config, audit, _upstream) = prepare_listening(
+        &net,
+        &format!("[{SERVER_ADDR_V6}]:{PORT}"),
+        "driver",
+        "allow = [\"fd00:7:0:9::/64\"]\n\
+         [blocking]\nauth_failures = 3\nwindow_secs = 60\nblock_secs = 60\n\
+         [blocking.escalation]\nipv6_blocks = 3\nipv6_prefix_len = 48",
+    );
+    let log = net.dir.path().join("gateway.log");
+    let _gateway = start_gateway(&net, &config, &log);
+    wait_until("an IPv6 client is served", Duration::from_secs(10), || {
+        net.call(V6_OTHER_SITE, ALICE_KEY) == Some(200)
+    });
+    assert_eq!(net.call(V6_NEIGHBOUR, ALICE_KEY), Some(200));
+
+    // Failures spread over two addresses of one /64 add up to one block of the whole /64.
+    fail_auth_three_times(&net, &[V6_OFFENDER, V6_OFFENDER_TOO]);
+    wait_until("the /64 is blocked", Duration::from_secs(5), || {
+        !block_lines(&audit).is_empty()
+    });
+    let block = &block_lines(&audit)[0];
+    assert_eq!(block["prefix"], "fd00:7::/64", "{block}");
+    assert_eq!(block["enforced_in"], "xdp");
+    let dropped_before = net.counter("drop_prefix");
+    assert!(
+        net.blocked(V6_NEIGHBOUR),
+        "a neighbour in the /64 gets no answer, even with a good key"
+    );
+    assert!(
+        net.counter("drop_prefix") > dropped_before,
+        "dropped in XDP"
+    );
+    assert_eq!(net.call(V6_SAME_SITE, ALICE_KEY), Some(200), "another /64");
+    assert!(net.status().contains("fd00:7::/64"), "{}", net.status());
+
+    // Two more /64s of the same /48: three blocks there become one block of the /48, less the
+    // allowlisted /64.
+    for offender in V6_OTHER_64S {
+        fail_auth_three_times(&net, &[offender]);
+    }
+    wait_until("the /48 is blocked", Duration::from_secs(5), || {
+        block_lines(&audit).iter().any(|line| line["folded"] == 3)
+    });
+    assert!(net.blocked(V6_SAME_SITE), "the whole site is blocked");
+    assert_eq!(
+        net.call(V6_ALLOWED, ALICE_KEY),
+        Some(200),
+        "the allowlisted /64 inside it is served"
+    );
+    assert_eq!(
+        net.call(V6_OTHER_SITE, ALICE_KEY),
+        Some(200),
+        "another site"
+    );
+    let folded: Vec<String> = read_audit(&audit)
+        .iter()
+        .filter(|line| line["event"] == "unblock" && line["reason"] == "folded")
+        .map(|line| line["prefix"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        folded,
+        ["fd00:7::/64", "fd00:7:0:1::/64", "fd00:7:0:2::/64"],
+        "the /64 blocks were folded into the /48"
+    );
+    let status = net.status();
+    assert!(!status.contains("fd00:7::/64"), "{status}");
+    assert!(
+        status.contains("fd00:7::/61"),
+        "a piece of the /48: {status}"
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and XDP"]
+fn ipv4_addresses_escalate_to_their_24_only_when_asked() {
+    let net = TestNet::new("4");
+    let (config, audit, _upstream) = prepare(
+        &net,
+        "driver",
+        "[blocking]\nauth_failures = 3\nwindow_secs = 60\nblock_secs = 60\n\
+         [blocking.escalation]\nipv4_blocks = 3\nipv4_prefix_len = 24",
+    );
+    let log = net.dir.path().join("gateway.log");
+    let _gateway = start_gateway(&net, &config, &log);
+    wait_until("the bystander is served", Duration::from_secs(10), || {
+        net.call(V4_NEIGHBOURS_BYSTANDER, ALICE_KEY) == Some(200)
+    });
+    let [first, second, third] = V4_NEIGHBOURS;
+    for offender in [first, second] {
+        fail_auth_three_times(&net, &[offender]);
+    }
+    wait_until("two addresses are blocked", Duration::from_secs(5), || {
+        block_lines(&audit).len() == 2
+    });
+    assert!(
+        block_lines(&audit)
+            .iter()
+            .all(|line| line["ip"].is_string())
+    );
+    assert_eq!(
+        net.call(V4_NEIGHBOURS_BYSTANDER, ALICE_KEY),
+        Some(200),
+        "two blocks in a /24 block only themselves"
+    );
+    fail_auth_three_times(&net, &[third]);
+    wait_until("the /24 is blocked", Duration::from_secs(5), || {
+        block_lines(&audit)
+            .iter()
+            .any(|line| line["prefix"] == "198.18.1.0/24" && line["folded"] == 3)
+    });
+    assert!(net.blocked(V4_NEIGHBOURS_BYSTANDER), "the whole /24");
+    assert_eq!(
+        net.call(GOOD_CLIENT, ALICE_KEY),
+        Some(200),
+        "the next /24 is served"
+    );
+    let status = net.status();
+    assert!(status.contains("198.18.1.0/24"), "{status}");
+    assert!(!status.contains(first), "folded: {status}");
 }

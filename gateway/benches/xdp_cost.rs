@@ -9,13 +9,15 @@ mod frames;
 use std::net::IpAddr;
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use frames::{V4, v4_tcp};
+use frames::{V4, v4_tcp, v6_tcp};
 use gateway::kernel::XdpProgram;
 use gateway_ebpf::{BlockReason, XdpConfig};
 
 const PORT: u16 = 8080;
 const REPEAT: u32 = 2_000_000;
 const RUNS: usize = 5;
+/// IPv6 /64 blocks in the prefix blocklist for the IPv6 paths (2001:db8:0::/64 to :3e7::/64).
+const IPV6_BLOCKS: u32 = 1_000;
 
 fn ns_per_packet(program: &mut Xdp, frame: &[u8]) -> f64 {
     let mut opts = TestRunOptions::new();
@@ -88,6 +90,21 @@ fn main() {
             limited_config,
         ),
     ];
+    // A second instance whose prefix blocklist holds what IPv6 offenders leave there: many /64s.
+    let mut many_prefixes = XdpProgram::load(None, false).expect("load a second instance");
+    many_prefixes.set_config(&config).expect("config");
+    for i in 0..IPV6_BLOCKS {
+        let prefix = format!("2001:db8:{i:x}::/64").parse().expect("prefix");
+        many_prefixes
+            .block_prefix(prefix, 0, BlockReason::AuthFailures)
+            .expect("block prefix");
+    }
+    let many_config = many_prefixes.config().expect("config");
+    let many_paths = [
+        ("pass_v6_many_prefixes", v6_tcp("2001:db8:ffff::5", PORT)),
+        ("blocked_prefix_v6", v6_tcp("2001:db8:3e7::5", PORT)),
+    ];
+
     for _ in 0..RUNS {
         let frame = v4_tcp([198, 51, 100, 8], PORT);
         let baseline = ns_per_packet(kernel.baseline_program().expect("baseline"), &frame);
@@ -95,6 +112,11 @@ fn main() {
         for (name, frame, config) in &paths {
             kernel.set_config(config).expect("config");
             let ns = ns_per_packet(kernel.program().expect("program"), frame);
+            println!("{{\"path\":\"{name}\",\"ns_per_packet\":{ns:.2}}}");
+        }
+        many_prefixes.set_config(&many_config).expect("config");
+        for (name, frame) in &many_paths {
+            let ns = ns_per_packet(many_prefixes.program().expect("program"), frame);
             println!("{{\"path\":\"{name}\",\"ns_per_packet\":{ns:.2}}}");
         }
     }

@@ -21,11 +21,12 @@ pub struct VethPair {
 }
 
 impl VethPair {
-    /// Namespaces named after `tag` and this process; `server_addr` and `client_addrs` are /24
-    /// addresses (the first client address is the default source). The bpffs goes to `bpffs`.
+    /// Namespaces named after `tag` and this process; `server_addrs` and `client_addrs` are
+    /// addresses with their on-link prefix length (`198.18.0.1/24`, `fd00::1/16`); the first
+    /// client address of each family is its default source. The bpffs goes to `bpffs`.
     pub fn create(
         tag: &str,
-        server_addr: &str,
+        server_addrs: &[&str],
         client_addrs: &[&str],
         bpffs: &Path,
     ) -> Result<Self> {
@@ -53,25 +54,18 @@ impl VethPair {
             "netns",
             &net.client,
         ])?;
-        ip(&[
-            "-n",
-            &net.server,
-            "addr",
-            "add",
-            &format!("{server_addr}/24"),
-            "dev",
-            &net.server_if,
-        ])?;
-        for address in client_addrs {
-            ip(&[
-                "-n",
-                &net.client,
-                "addr",
-                "add",
-                &format!("{address}/24"),
-                "dev",
-                &client_if,
-            ])?;
+        for (ns, interface, addresses) in [
+            (&net.server, &net.server_if, server_addrs),
+            (&net.client, &client_if, client_addrs),
+        ] {
+            for address in addresses {
+                // IPv6 addresses are usable at once, without duplicate address detection.
+                let mut args = vec!["-n", ns, "addr", "add", address, "dev", interface];
+                if address.contains(':') {
+                    args.push("nodad");
+                }
+                ip(&args)?;
+            }
         }
         for (ns, interface) in [(&net.server, &net.server_if), (&net.client, &client_if)] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;

@@ -376,3 +376,17 @@ async fn a_block_until_unblocked_inside_the_network_is_not_folded() {
     left.sort();
     assert_eq!(left, [net("fd00:7::/48"), net("fd00:7:0:1::/64")]);
 }
+
+#[tokio::test]
+async fn a_full_block_table_refuses_new_blocks_rather_than_grow() {
+    let (protection, mut enforcer, _dir) = enforcer(Vec::new());
+    for i in 0..MAX_BLOCKS as u32 {
+        enforcer.blocked.insert(
+            IpNet::from(IpAddr::from((10u32 << 24 | i).to_be_bytes())),
+            0,
+        );
+    }
+    fail_three_times(&mut enforcer, "192.0.2.77").await;
+    assert!(!protection.is_blocked(ip("192.0.2.77")));
+    assert_eq!(enforcer.blocked.len(), MAX_BLOCKS);
+}

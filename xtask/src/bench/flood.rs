@@ -37,7 +37,12 @@ impl std::ops::Deref for Net {
 impl Net {
     fn create(bench: &Bench) -> Result<Self> {
         // The flooder's address first: it is the default source in the client namespace.
-        let veth = VethPair::create("b", SERVER, &[FLOODER, LEGIT], &bench.dir("bpffs"))?;
+        let veth = VethPair::create(
+            "b",
+            &[&format!("{SERVER}/24")],
+            &[&format!("{FLOODER}/24"), &format!("{LEGIT}/24")],
+            &bench.dir("bpffs"),
+        )?;
         Ok(Net { veth })
     }
 

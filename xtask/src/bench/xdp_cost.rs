@@ -7,13 +7,18 @@ use anyhow::{Context, Result};
 use super::{Bench, Spread, report::Section};
 use crate::shell::Cmd;
 
-const PATHS: [(&str, &str); 6] = [
+const PATHS: [(&str, &str); 8] = [
     ("pass", "not blocked, no rate limits"),
     ("pass_metered", "not blocked, through its token bucket"),
     ("allowlisted", "allowlist hit"),
     ("blocked_exact", "blocklist hit"),
     ("blocked_prefix", "prefix blocklist hit"),
     ("rate_limited", "over its packet rate"),
+    (
+        "pass_v6_many_prefixes",
+        "IPv6, not blocked, 1,000 /64 blocks in the prefix blocklist",
+    ),
+    ("blocked_prefix_v6", "IPv6 /64 hit among 1,000 /64 blocks"),
 ];
 
 pub fn run(bench: &Bench) -> Result<Section> {
