@@ -159,6 +159,44 @@ fn wrong_and_missing_keys_are_refused_with_401_and_audited() {
 }
 
 #[test]
+fn a_client_whose_session_the_gateway_does_not_know_gets_404_and_starts_a_new_one() {
+    let server = EverythingServer::start();
+    let gateway = Gateway::start(&server.url(), "");
+    // A session from before a restart, or made up: the gateway never saw the upstream issue it.
+    let report = sdk_client(
+        &gateway.url(),
+        Some(ALICE_KEY),
+        "resume",
+        0,
+        &[("SESSION_ID", "a-session-this-gateway-never-saw")],
+    );
+    assert_eq!(report["error"], Value::Null, "{report}\n{}", gateway.logs());
+    assert_eq!(report["firstCode"], 404, "{report}");
+    assert_eq!(report["echo"], "Echo: anew", "{report}");
+    let session = report["sessionId"].as_str().expect("a new session");
+    assert_ne!(session, "a-session-this-gateway-never-saw");
+
+    let lines = gateway.audit_lines();
+    let refused = lines_where(&lines, "decision", "not_found");
+    assert_eq!(refused.len(), 1, "{lines:?}");
+    assert_eq!(refused[0]["session"], "a-session-this-gateway-never-saw");
+    let requests = lines_where(&lines, "event", "request");
+    assert!(
+        requests
+            .iter()
+            .filter(|line| line["decision"] == "forwarded")
+            .all(|line| line["session"].is_null() || line["session"] == session),
+        "nothing was forwarded with the unknown session: {requests:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .any(|line| line["http_method"] == "DELETE" && line["decision"] == "forwarded"),
+        "the new session was ended with DELETE"
+    );
+}
+
+#[test]
 fn calls_past_the_limit_get_429_with_the_wait_and_are_audited() {
     let server = EverythingServer::start();
     let gateway = Gateway::start(

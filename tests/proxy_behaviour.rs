@@ -383,11 +383,18 @@ async fn get_streams_and_last_event_id_pass_through() {
                 .insert("content-type", "text/event-stream".parse().unwrap());
             response
         } else {
-            json_reply(StatusCode::OK, "{}")
+            let mut response = json_reply(StatusCode::OK, "{}");
+            response
+                .headers_mut()
+                .insert("mcp-session-id", "sess-1".parse().unwrap());
+            response
         }
     })
     .await;
     let gateway = Gateway::start(&upstream.url(), "");
+    let init = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#;
+    let answer = post(&gateway, &[("authorization", ALICE)], init).await;
+    assert_eq!(answer.headers["mcp-session-id"], "sess-1");
     let answer = send(
         Method::GET,
         &gateway.url(),
@@ -468,6 +475,30 @@ async fn a_session_is_refused_to_any_other_caller() {
         .map(|l| l["decision"].clone())
         .collect();
     assert!(decisions.contains(&json!("forbidden")), "{decisions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_id_the_upstream_never_issued_gets_404_and_is_not_forwarded() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start(&upstream.url(), "");
+    for id in ["made-up-1", "made-up-2"] {
+        let answer = post(
+            &gateway,
+            &[("authorization", ALICE), ("mcp-session-id", id)],
+            CALL,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::NOT_FOUND);
+        assert_eq!(answer.json()["error"]["code"], -32001);
+        assert_eq!(answer.json()["id"], 42);
+    }
+    assert_eq!(upstream.count(), 0, "nothing forwarded");
+    let decisions: Vec<Value> = gateway
+        .audit_lines()
+        .iter()
+        .map(|line| line["decision"].clone())
+        .collect();
+    assert_eq!(decisions, [json!("not_found"), json!("not_found")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

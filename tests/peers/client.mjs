@@ -9,8 +9,10 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 const [url, key, scenario, count = "1"] = process.argv.slice(2);
 const headers = key ? { Authorization: `Bearer ${key}` } : {};
 const Transport = process.env.TRANSPORT === "sse" ? SSEClientTransport : StreamableHTTPClientTransport;
-const transport = new Transport(new URL(url), { requestInit: { headers } });
-const client = new Client({ name: "gateway-e2e", version: "1.0.0" });
+// SESSION_ID: resume that session instead of starting one (the SDK then skips initialize).
+const options = { requestInit: { headers }, sessionId: process.env.SESSION_ID || undefined };
+let transport = new Transport(new URL(url), options);
+let client = new Client({ name: "gateway-e2e", version: "1.0.0" });
 const text = (result) => result.content?.[0]?.text;
 const out = {};
 
@@ -21,6 +23,19 @@ try {
     out.tools = (await client.listTools()).tools.map((tool) => tool.name);
     out.echo = text(await client.callTool({ name: "echo", arguments: { message: process.env.SECRET_ARG } }));
     out.sum = text(await client.callTool({ name: "get-sum", arguments: { a: 2, b: 3 } }));
+  } else if (scenario === "resume") {
+    // What the MCP transport asks of a client whose session is unknown: on 404, start anew.
+    try {
+      await client.callTool({ name: "echo", arguments: { message: "with the old session" } });
+      out.resumed = true;
+    } catch (error) {
+      out.firstCode = error?.code ?? null;
+      transport = new Transport(new URL(url), { requestInit: { headers } });
+      client = new Client({ name: "gateway-e2e", version: "1.0.0" });
+      await client.connect(transport);
+      out.sessionId = transport.sessionId;
+      out.echo = text(await client.callTool({ name: "echo", arguments: { message: "anew" } }));
+    }
   } else if (scenario === "burst") {
     out.ok = 0;
     out.errors = [];

@@ -18,8 +18,6 @@ use crate::mcp::jsonrpc::Message;
 
 /// Longest string field written; longer ones are cut and marked.
 const MAX_FIELD_LEN: usize = 256;
-/// Most argument keys written for one message.
-const MAX_ARG_KEYS: usize = 64;
 
 /// A connection's peer, its address formatted once for the audit lines and X-Forwarded-For.
 #[derive(Debug, Clone)]
@@ -195,12 +193,45 @@ pub fn request_lines(
             line.str(key!("tool"), Some(cap(tool)));
         }
         if let Some(keys) = message.argument_keys() {
-            let keys = keys.iter().take(MAX_ARG_KEYS);
-            line.strs(key!("arg_keys"), keys.map(|key| cap(key)));
+            line.strs(key!("arg_keys"), keys.iter().map(|key| cap(key)));
         }
         line.plain(key!("decision"), decision.as_str());
         line.finish();
     }
+    out
+}
+
+/// Most tool names a refused batch's line lists.
+const MAX_REFUSED_TOOLS: usize = 16;
+
+/// The audit of a refused request: its `request` line as [`request_lines`] writes it for one
+/// message, but a single line for a refused batch, with the number of `messages` and the first
+/// distinct tools it called. A client cannot make the gateway write more for a request it refuses
+/// than for one it forwards.
+pub fn refusal_lines(
+    ctx: &RequestContext<'_>,
+    messages: &[Message],
+    decision: Decision,
+) -> Vec<u8> {
+    if messages.len() <= 1 {
+        return request_lines(ctx, messages, decision);
+    }
+    let mut tools: Vec<&str> = Vec::new();
+    for tool in messages.iter().filter_map(Message::tool) {
+        if tools.len() == MAX_REFUSED_TOOLS {
+            break;
+        }
+        if !tools.contains(&tool) {
+            tools.push(tool);
+        }
+    }
+    let mut out = Vec::with_capacity(320);
+    let mut line = Line::start(&mut out, "request", ctx);
+    line.http_request(ctx);
+    line.number(key!("messages"), messages.len());
+    line.strs(key!("tools"), tools.into_iter().map(cap));
+    line.plain(key!("decision"), decision.as_str());
+    line.finish();
     out
 }
 
@@ -465,5 +496,34 @@ pub(crate) mod tests {
         let capped = cap(&long);
         assert!(capped.len() <= MAX_FIELD_LEN);
         assert!(capped.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_refused_batch_writes_one_line_with_its_message_count() {
+        let ctx = ctx();
+        let calls: Vec<String> = (0..50)
+            .map(|i| {
+                format!(
+                    r#"{{"id":{i},"method":"tools/call","params":{{"name":"t{}"}}}}"#,
+                    i % 20
+                )
+            })
+            .collect();
+        let body = jsonrpc::inspect(format!("[{}]", calls.join(",")).as_bytes()).unwrap();
+        let out = refusal_lines(&ctx, &body.messages, Decision::RateLimited);
+        let lines = parse_lines(&out);
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["messages"], 50);
+        assert_eq!(lines[0]["decision"], "rate_limited");
+        assert_eq!(
+            lines[0]["tools"].as_array().unwrap().len(),
+            MAX_REFUSED_TOOLS
+        );
+        let forwarded = request_lines(&ctx, &body.messages, Decision::Forwarded);
+        assert_eq!(
+            forwarded.iter().filter(|b| **b == b'\n').count(),
+            50,
+            "one per message"
+        );
     }
 }

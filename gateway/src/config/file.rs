@@ -33,6 +33,66 @@ pub struct Config {
     pub xdp: XdpSection,
     #[serde(default)]
     pub blocking: BlockingSection,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `[limits]`: a bound on everything a client controls, so one client can only hurt itself.
+/// Every field must be at least 1.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Messages in one JSON-RPC batch; a larger batch gets 400 before anything else is done.
+    pub max_batch_messages: usize,
+    /// Nesting of arrays and objects in a request body.
+    pub max_json_depth: usize,
+    /// Keys of a tool call's `arguments` the gateway reads (and audits); the rest are skipped.
+    pub max_argument_keys: usize,
+    /// Header fields in a request.
+    pub max_headers: usize,
+    /// Bytes of a request's head (request line and headers).
+    pub max_header_bytes: usize,
+    /// Bytes of a request's URI.
+    pub max_uri_bytes: usize,
+    /// Open connections from one source address; more are closed at accept (an offense).
+    pub max_connections_per_source: usize,
+    /// Concurrent streams on one HTTP/2 connection.
+    pub max_streams_per_connection: u32,
+    /// Requests of one caller being forwarded at once; more get 429.
+    pub max_in_flight_per_caller: usize,
+    /// MCP sessions open through the gateway, all callers together.
+    pub max_sessions: usize,
+    /// MCP sessions of one caller; a new one ends that caller's oldest.
+    pub max_sessions_per_caller: usize,
+}
+
+impl Limits {
+    /// The bounds on parsing a request body.
+    pub fn parse(&self) -> crate::mcp::jsonrpc::ParseLimits {
+        crate::mcp::jsonrpc::ParseLimits {
+            max_batch_messages: self.max_batch_messages,
+            max_json_depth: self.max_json_depth,
+            max_argument_keys: self.max_argument_keys,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_batch_messages: 100,
+            max_json_depth: 64,
+            max_argument_keys: 64,
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
+            max_uri_bytes: 8 * 1024,
+            max_connections_per_source: 256,
+            max_streams_per_connection: 100,
+            max_in_flight_per_caller: 64,
+            max_sessions: 100_000,
+            max_sessions_per_caller: 64,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

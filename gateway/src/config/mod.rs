@@ -14,8 +14,8 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use file::{
-    AuditConfig, BlockingSection, Config, EscalationSection, Interfaces, Limit, RateLimitConfig,
-    UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
+    AuditConfig, BlockingSection, Config, EscalationSection, Interfaces, Limit, Limits,
+    RateLimitConfig, UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
 };
 pub use protection::parse_prefix;
 pub use settings::{

@@ -13,7 +13,7 @@ use hyper::{
 };
 use ipnet::IpNet;
 
-use super::file::XdpModeConfig;
+use super::file::{Limits, XdpModeConfig};
 use crate::policy::Sha256Digest;
 
 /// The validated configuration the gateway starts with.
@@ -35,6 +35,7 @@ pub struct NodeSettings {
     pub audit: AuditSettings,
     pub xdp: XdpSettings,
     pub blocking: BlockingPolicy,
+    pub limits: Limits,
 }
 
 /// Validated `[upstream]` settings.

@@ -11,7 +11,7 @@ use hyper::{
 
 use super::{
     ConfigError,
-    file::{Config, Limit, RateLimitConfig, UpstreamConfig},
+    file::{Config, Limit, Limits, RateLimitConfig, UpstreamConfig},
     invalid,
     protection::{blocking_policy, xdp_settings},
     settings::{
@@ -44,6 +44,7 @@ impl Config {
         }
         let xdp = xdp_settings(&self.xdp, self.listen.port())?;
         let blocking = blocking_policy(&self.blocking)?;
+        check_limits(&self.limits)?;
         let users = users(&self.users, mcp_api_key, mcp_user_keys)?;
         Ok(Settings {
             node: NodeSettings {
@@ -58,6 +59,7 @@ impl Config {
                 },
                 xdp,
                 blocking,
+                limits: self.limits,
             },
             policy: PolicySettings {
                 users,
@@ -177,4 +179,42 @@ pub(super) fn rate_limit(field: &str, limit: Limit) -> Result<RateLimit, ConfigE
         requests,
         window: Duration::from_secs(limit.window_secs),
     })
+}
+
+/// Every bound in `[limits]` admits at least one of what it bounds.
+fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
+    let Limits {
+        max_batch_messages,
+        max_json_depth,
+        max_argument_keys,
+        max_headers,
+        max_header_bytes,
+        max_uri_bytes,
+        max_connections_per_source,
+        max_streams_per_connection,
+        max_in_flight_per_caller,
+        max_sessions,
+        max_sessions_per_caller,
+    } = *limits;
+    for (name, value) in [
+        ("max_batch_messages", max_batch_messages),
+        ("max_json_depth", max_json_depth),
+        ("max_argument_keys", max_argument_keys),
+        ("max_headers", max_headers),
+        ("max_header_bytes", max_header_bytes),
+        ("max_uri_bytes", max_uri_bytes),
+        ("max_connections_per_source", max_connections_per_source),
+        (
+            "max_streams_per_connection",
+            max_streams_per_connection as usize,
+        ),
+        ("max_in_flight_per_caller", max_in_flight_per_caller),
+        ("max_sessions", max_sessions),
+        ("max_sessions_per_caller", max_sessions_per_caller),
+    ] {
+        if value == 0 {
+            return Err(invalid(format!("limits.{name}"), "must be at least 1"));
+        }
+    }
+    Ok(())
 }

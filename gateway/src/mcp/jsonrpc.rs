@@ -1,15 +1,15 @@
 //! Reading just enough of a JSON-RPC body to authorize, limit and audit it, and writing the
 //! gateway's own JSON-RPC errors.
 //!
-//! Inspection borrows from the body and skips argument values without building them: only the
-//! method, the tool/prompt name, the top-level argument keys and the id are kept.
+//! Inspection skips argument values without building them: only the method, the tool/prompt
+//! name, the first top-level argument keys and the id are kept, within [`ParseLimits`].
 
-use std::{borrow::Cow, fmt};
+use std::fmt;
 
 use bytes::Bytes;
 use serde::{
     Deserialize, Deserializer,
-    de::{IgnoredAny, MapAccess, Visitor},
+    de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor},
 };
 use serde_json::{Value, json};
 
@@ -18,6 +18,9 @@ use serde_json::{Value, json};
 pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
+    /// What the MCP SDKs' servers answer for an unknown `Mcp-Session-Id` (with 404), so clients
+    /// that look at the code see the same through the gateway.
+    pub const SESSION_NOT_FOUND: i64 = -32001;
     /// MCP 2026-07-28: `Mcp-Method`/`Mcp-Name` header does not match the body.
     pub const HEADER_MISMATCH: i64 = -32020;
     pub const UNAUTHENTICATED: i64 = -31001;
@@ -141,8 +144,40 @@ impl InspectError {
     }
 }
 
-/// Parses a request body.
+/// How much of a body the gateway reads before refusing it: everything here is bounded so that
+/// parsing costs at most linear time in the body (itself bounded by `max_body_bytes`) and memory
+/// in proportion to what is kept, never to what a client sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParseLimits {
+    pub max_batch_messages: usize,
+    pub max_json_depth: usize,
+    /// Keys of `arguments` kept for the audit log; the rest are skipped unread.
+    pub max_argument_keys: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_batch_messages: 100,
+            max_json_depth: 64,
+            max_argument_keys: 64,
+        }
+    }
+}
+
+/// Parses a request body with the default limits.
 pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
+    inspect_within(body, &ParseLimits::default())
+}
+
+/// Parses a request body.
+pub fn inspect_within(body: &[u8], limits: &ParseLimits) -> Result<Body, InspectError> {
+    if let Some(depth) = depth_over(body, limits.max_json_depth) {
+        return Err(InspectError::Invalid(format!(
+            "JSON nested {depth} levels deep; max_json_depth is {}",
+            limits.max_json_depth
+        )));
+    }
     let first = body.iter().find(|b| !b.is_ascii_whitespace());
     let classify = |err: serde_json::Error| {
         if err.is_data() {
@@ -151,122 +186,362 @@ pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
             InspectError::Parse(err.to_string())
         }
     };
-    match first {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let body = match first {
         Some(b'[') => {
-            let raw: Vec<RawMessage<'_>> = serde_json::from_slice(body).map_err(classify)?;
-            if raw.is_empty() {
+            let messages = BatchSeed(limits)
+                .deserialize(&mut deserializer)
+                .map_err(classify)?;
+            if messages.is_empty() {
                 return Err(InspectError::Invalid("empty batch".into()));
             }
-            Ok(Body {
-                messages: raw.into_iter().map(Message::from).collect(),
+            Body {
+                messages,
                 is_batch: true,
-            })
+            }
         }
-        Some(b'{') => {
-            let raw: RawMessage<'_> = serde_json::from_slice(body).map_err(classify)?;
-            Ok(Body {
-                messages: vec![raw.into()],
-                is_batch: false,
-            })
-        }
-        _ => match serde_json::from_slice::<IgnoredAny>(body) {
-            Ok(_) => Err(InspectError::Invalid(
-                "a JSON-RPC message must be an object or an array of objects".into(),
-            )),
-            Err(err) => Err(InspectError::Parse(err.to_string())),
+        Some(b'{') => Body {
+            messages: vec![
+                MessageSeed(limits)
+                    .deserialize(&mut deserializer)
+                    .map_err(classify)?,
+            ],
+            is_batch: false,
         },
+        _ => {
+            return match serde_json::from_slice::<IgnoredAny>(body) {
+                Ok(_) => Err(InspectError::Invalid(
+                    "a JSON-RPC message must be an object or an array of objects".into(),
+                )),
+                Err(err) => Err(InspectError::Parse(err.to_string())),
+            };
+        }
+    };
+    deserializer.end().map_err(classify)?;
+    Ok(body)
+}
+
+/// The nesting depth of `body` once it exceeds `max` (strings skipped), or `None`. One pass, no
+/// allocation: the parser below skips argument values without a depth limit of its own, and the
+/// upstream should not get what a recursive parser would choke on.
+fn depth_over(body: &[u8], max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A batch: at most `max_batch_messages` messages, the parse stopping at the first one over.
+struct BatchSeed<'l>(&'l ParseLimits);
+
+impl<'de> DeserializeSeed<'de> for BatchSeed<'_> {
+    type Value = Vec<Message>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<Message>, D::Error> {
+        deserializer.deserialize_seq(self)
     }
 }
 
-#[derive(Deserialize)]
-struct RawMessage<'a> {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default, borrow)]
-    method: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    params: Option<RawParams<'a>>,
+impl<'de> Visitor<'de> for BatchSeed<'_> {
+    type Value = Vec<Message>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a batch of JSON-RPC messages")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Message>, A::Error> {
+        let max = self.0.max_batch_messages;
+        let mut messages = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(max));
+        while let Some(message) = seq.next_element_seed(MessageSeed(self.0))? {
+            if messages.len() == max {
+                return Err(de::Error::custom(format_args!(
+                    "batch larger than max_batch_messages ({max})"
+                )));
+            }
+            messages.push(message);
+        }
+        Ok(messages)
+    }
 }
 
-#[derive(Deserialize)]
-struct RawParams<'a> {
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    uri: Option<Cow<'a, str>>,
-    #[serde(default)]
-    arguments: Option<ArgumentKeys>,
+/// One message: `id`, `method` and `params` read, every other member skipped; a member given
+/// twice is an error (the gateway and the upstream must not read different values).
+struct MessageSeed<'l>(&'l ParseLimits);
+
+impl<'de> DeserializeSeed<'de> for MessageSeed<'_> {
+    type Value = Message;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Message, D::Error> {
+        deserializer.deserialize_map(self)
+    }
 }
 
-impl From<RawMessage<'_>> for Message {
-    fn from(raw: RawMessage<'_>) -> Self {
-        let (target, arg_keys) = match raw.params {
-            Some(params) => (
-                params.name.or(params.uri).map(Cow::into_owned),
-                params.arguments.map(|a| a.0).unwrap_or_default(),
-            ),
+impl<'de> Visitor<'de> for MessageSeed<'_> {
+    type Value = Message;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC message")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Message, A::Error> {
+        let mut id: Option<Option<Value>> = None;
+        let mut method: Option<Option<String>> = None;
+        let mut params: Option<Option<Params>> = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Id => set_once(&mut id, "id", map.next_value_seed(IdSeed)?)?,
+                Field::Method => set_once(&mut method, "method", map.next_value()?)?,
+                Field::Params => set_once(
+                    &mut params,
+                    "params",
+                    map.next_value_seed(ParamsSeed(self.0))?,
+                )?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let (id, method) = (id.flatten(), method.flatten());
+        let (target, arg_keys) = match params.flatten() {
+            Some(params) => (params.target, params.arg_keys),
             None => (None, Vec::new()),
         };
-        // JSON-RPC ids are strings, numbers or null; anything else is not echoed.
-        let id = raw
-            .id
-            .filter(|id| id.is_string() || id.is_number() || id.is_null());
-        Message {
-            kind: Kind::of(raw.method.as_deref(), id.is_some()),
+        Ok(Message {
+            kind: Kind::of(method.as_deref(), id.is_some()),
             id,
-            method: raw.method.map(Cow::into_owned),
+            method,
             target,
             arg_keys,
-        }
+        })
     }
 }
 
-/// The keys of an `arguments` object; values are skipped unread. Non-object arguments have no keys.
-struct ArgumentKeys(Vec<String>);
+fn set_once<T, E: de::Error>(slot: &mut Option<T>, name: &'static str, value: T) -> Result<(), E> {
+    if slot.is_some() {
+        return Err(E::duplicate_field(name));
+    }
+    *slot = Some(value);
+    Ok(())
+}
 
-impl<'de> Deserialize<'de> for ArgumentKeys {
+/// The members the gateway reads, recognized without allocating.
+enum Field {
+    Id,
+    Method,
+    Params,
+    Name,
+    Uri,
+    Arguments,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct KeysVisitor;
-        impl<'de> Visitor<'de> for KeysVisitor {
-            type Value = ArgumentKeys;
+        struct FieldVisitor;
+        impl Visitor<'_> for FieldVisitor {
+            type Value = Field;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("tool arguments")
+                f.write_str("a member name")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ArgumentKeys, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    map.next_value::<IgnoredAny>()?;
-                    keys.push(key.into_owned());
-                }
-                Ok(ArgumentKeys(keys))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<ArgumentKeys, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(ArgumentKeys(Vec::new()))
-            }
-            fn visit_unit<E>(self) -> Result<ArgumentKeys, E> {
-                Ok(ArgumentKeys(Vec::new()))
-            }
-            fn visit_bool<E>(self, _: bool) -> Result<ArgumentKeys, E> {
-                Ok(ArgumentKeys(Vec::new()))
-            }
-            fn visit_i64<E>(self, _: i64) -> Result<ArgumentKeys, E> {
-                Ok(ArgumentKeys(Vec::new()))
-            }
-            fn visit_u64<E>(self, _: u64) -> Result<ArgumentKeys, E> {
-                Ok(ArgumentKeys(Vec::new()))
-            }
-            fn visit_f64<E>(self, _: f64) -> Result<ArgumentKeys, E> {
-                Ok(ArgumentKeys(Vec::new()))
-            }
-            fn visit_str<E>(self, _: &str) -> Result<ArgumentKeys, E> {
-                Ok(ArgumentKeys(Vec::new()))
+            fn visit_str<E>(self, name: &str) -> Result<Field, E> {
+                Ok(match name {
+                    "id" => Field::Id,
+                    "method" => Field::Method,
+                    "params" => Field::Params,
+                    "name" => Field::Name,
+                    "uri" => Field::Uri,
+                    "arguments" => Field::Arguments,
+                    _ => Field::Other,
+                })
             }
         }
-        deserializer.deserialize_any(KeysVisitor)
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// A JSON-RPC id worth echoing (string, number); anything else is skipped and not echoed.
+struct IdSeed;
+
+impl<'de> DeserializeSeed<'de> for IdSeed {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Value>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IdSeed {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON-RPC id")
+    }
+    fn visit_str<E>(self, id: &str) -> Result<Option<Value>, E> {
+        Ok(Some(Value::from(id)))
+    }
+    fn visit_u64<E>(self, id: u64) -> Result<Option<Value>, E> {
+        Ok(Some(Value::from(id)))
+    }
+    fn visit_i64<E>(self, id: i64) -> Result<Option<Value>, E> {
+        Ok(Some(Value::from(id)))
+    }
+    fn visit_f64<E>(self, id: f64) -> Result<Option<Value>, E> {
+        Ok(serde_json::Number::from_f64(id).map(Value::Number))
+    }
+    fn visit_unit<E>(self) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+}
+
+/// What `params` tells the gateway.
+struct Params {
+    /// `name` (tools, prompts) or else `uri` (resources).
+    target: Option<String>,
+    arg_keys: Vec<String>,
+}
+
+/// `params`: an object, or null (absent).
+struct ParamsSeed<'l>(&'l ParseLimits);
+
+impl<'de> DeserializeSeed<'de> for ParamsSeed<'_> {
+    type Value = Option<Params>;
+
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Option<Params>, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamsSeed<'_> {
+    type Value = Option<Params>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("params as an object")
+    }
+    fn visit_none<E>(self) -> Result<Option<Params>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<Params>, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Params>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Params>, A::Error> {
+        let mut name: Option<Option<String>> = None;
+        let mut uri: Option<Option<String>> = None;
+        let mut arg_keys: Option<Vec<String>> = None;
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Name => set_once(&mut name, "name", map.next_value()?)?,
+                Field::Uri => set_once(&mut uri, "uri", map.next_value()?)?,
+                Field::Arguments => set_once(
+                    &mut arg_keys,
+                    "arguments",
+                    map.next_value_seed(ArgumentKeysSeed(self.0.max_argument_keys))?,
+                )?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(Params {
+            target: name.flatten().or(uri.flatten()),
+            arg_keys: arg_keys.unwrap_or_default(),
+        }))
+    }
+}
+
+/// The first `max` keys of an `arguments` object; values, and keys past `max`, are skipped
+/// unread. Arguments that are not an object have no keys.
+struct ArgumentKeysSeed(usize);
+
+impl<'de> DeserializeSeed<'de> for ArgumentKeysSeed {
+    type Value = Vec<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Vec<String>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ArgumentKeysSeed {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("tool arguments")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+        let mut keys = Vec::new();
+        loop {
+            if keys.len() < self.0 {
+                let Some(key) = map.next_key::<String>()? else {
+                    break;
+                };
+                keys.push(key);
+            } else if map.next_key::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            map.next_value::<IgnoredAny>()?;
+        }
+        Ok(keys)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Vec::new())
+    }
+    fn visit_unit<E>(self) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Vec<String>, E> {
+        Ok(Vec::new())
     }
 }
 
@@ -379,6 +654,89 @@ mod tests {
                 String::from_utf8_lossy(invalid)
             );
         }
+    }
+
+    fn batch_of(count: usize) -> Vec<u8> {
+        let message = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+        format!("[{}]", vec![message; count].join(",")).into_bytes()
+    }
+
+    #[test]
+    fn a_batch_over_max_batch_messages_is_invalid_and_its_parse_stops_there() {
+        assert_eq!(inspect(&batch_of(100)).unwrap().messages.len(), 100);
+        let error = inspect(&batch_of(101)).unwrap_err();
+        assert_eq!(error.code(), code::INVALID_REQUEST);
+        assert!(
+            error.to_string().contains("max_batch_messages (100)"),
+            "{error}"
+        );
+        let limits = ParseLimits {
+            max_batch_messages: 3,
+            ..ParseLimits::default()
+        };
+        assert!(inspect_within(&batch_of(3), &limits).is_ok());
+        assert!(inspect_within(&batch_of(20_000), &limits).is_err());
+    }
+
+    #[test]
+    fn nesting_beyond_max_json_depth_is_invalid_and_brackets_in_strings_do_not_count() {
+        let nested = |depth: usize| {
+            format!(
+                r#"{{"id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"a":{}1{}}}}}}}"#,
+                "[".repeat(depth - 3),
+                "]".repeat(depth - 3)
+            )
+        };
+        assert!(inspect(nested(64).as_bytes()).is_ok());
+        let error = inspect(nested(65).as_bytes()).unwrap_err();
+        assert_eq!(error.code(), code::INVALID_REQUEST);
+        assert!(error.to_string().contains("max_json_depth"), "{error}");
+        let in_strings = format!(
+            r#"{{"id":1,"method":"tools/call","params":{{"name":"{}","arguments":{{"k":"\"{}"}}}}}}"#,
+            "[".repeat(500),
+            "{".repeat(500)
+        );
+        assert!(inspect(in_strings.as_bytes()).is_ok());
+        assert!(inspect(&vec![b'['; 1_000_000]).is_err(), "a million levels");
+    }
+
+    #[test]
+    fn only_the_first_max_argument_keys_are_kept() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!(r#""k{i}":{i}"#)).collect();
+        let body = format!(
+            r#"{{"id":1,"method":"tools/call","params":{{"name":"t","arguments":{{{}}}}}}}"#,
+            keys.join(",")
+        );
+        let message = &inspect(body.as_bytes()).unwrap().messages[0];
+        assert_eq!(message.arg_keys.len(), 64);
+        assert_eq!(message.arg_keys[63], "k63");
+    }
+
+    #[test]
+    fn a_member_given_twice_is_invalid_so_the_upstream_cannot_read_another_value() {
+        for body in [
+            &br#"{"id":1,"id":2,"method":"ping"}"#[..],
+            br#"{"id":1,"method":"ping","method":"tools/call"}"#,
+            br#"{"id":1,"method":"tools/call","params":{"name":"safe","name":"danger"}}"#,
+            br#"{"id":1,"method":"tools/call","params":{"name":"t","arguments":{},"arguments":{"k":1}}}"#,
+        ] {
+            let error = inspect(body).unwrap_err();
+            assert_eq!(error.code(), code::INVALID_REQUEST, "{error}");
+            assert!(error.to_string().contains("duplicate"), "{error}");
+        }
+    }
+
+    #[test]
+    fn only_string_and_number_ids_are_kept() {
+        let body = inspect(
+            br#"[{"id":[1,[2]],"method":"a"},{"id":{"x":1},"method":"b"},{"id":true,"method":"c"},{"id":null,"method":"d"},{"id":1.5,"method":"e"},{"id":"s","method":"f"}]"#,
+        )
+        .unwrap();
+        let ids: Vec<Option<Value>> = body.messages.iter().map(|m| m.id.clone()).collect();
+        assert_eq!(
+            ids,
+            [None, None, None, None, Some(json!(1.5)), Some(json!("s"))]
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::{
     Block, BlockSet, Command, Connections, Offense, Origin,
     block_set::host_address,
-    networks::{offender_of, outside_allowlist, wider_network},
+    networks::{offender_of, offenders_among, outside_allowlist, wider_network},
 };
 use crate::{
     audit::{self, AuditLog},
@@ -181,7 +181,7 @@ impl Enforcer {
             return;
         };
         let inside = self.blocked.within(network);
-        if inside.len() >= escalation.blocks {
+        if offenders_among(&inside, &self.policy) >= escalation.blocks {
             self.block_network(network, reason, inside).await;
         }
     }

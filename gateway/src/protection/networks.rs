@@ -5,7 +5,7 @@
 //! allowlist wins over all of this: a block that would cover an allowlisted address is narrowed to
 //! the parts of its network outside the allowlist.
 
-use std::net::IpAddr;
+use std::{collections::BTreeSet, net::IpAddr};
 
 use ipnet::IpNet;
 
@@ -40,6 +40,26 @@ pub fn wider_network(target: IpNet, policy: &BlockingPolicy) -> Option<(IpNet, E
         .ok()?
         .trunc();
     Some((wide, escalation))
+}
+
+/// How many offenders' blocks `blocks` hold: the pieces of one block narrowed around the
+/// allowlist count once, so one offender next to an allowlisted address does not escalate alone.
+pub fn offenders_among(blocks: &[(IpNet, u64)], policy: &BlockingPolicy) -> usize {
+    let offenders: BTreeSet<IpNet> = blocks
+        .iter()
+        .map(|(target, _)| {
+            let offender_len = match target {
+                IpNet::V4(_) => 32,
+                IpNet::V6(_) => policy.ipv6_prefix_len,
+            };
+            if target.prefix_len() > offender_len {
+                IpNet::new(target.addr(), offender_len).map_or(*target, |net| net.trunc())
+            } else {
+                *target
+            }
+        })
+        .collect();
+    offenders.len()
 }
 
 /// The largest prefixes inside `target` that overlap no allowlisted prefix: `[target]` when

@@ -83,13 +83,17 @@ impl<L: Limiter> Gateway<L> {
         audit: AuditLog,
         protection: Protection,
     ) -> Self {
+        let sessions = Sessions::new(
+            settings.node.limits.max_sessions,
+            settings.node.limits.max_sessions_per_caller,
+        );
         Self {
             settings: settings.node,
             policy: PolicyStore::new(Policy::new(settings.policy)),
             caller_limiter,
             tool_limiter,
             audit,
-            sessions: Sessions::default(),
+            sessions,
             legacy_endpoints: Arc::default(),
             protection,
         }
@@ -166,7 +170,7 @@ impl<L: Limiter> Gateway<L> {
         call.context.caller = Some(&caller.name);
         let (parts, body) = request.into_parts();
         let body = self.read_body(call.route, &parts.method, body).await?;
-        parse_messages(call, &parts, &body)?;
+        parse_messages(call, &parts, &body, &self.settings.limits.parse())?;
         self.check_ownership(call, &parts.uri, &caller.name)?;
         self.limit(policy, caller, call).await?;
         self.audit_before_forwarding(worker, call).await?;
@@ -201,7 +205,7 @@ impl<L: Limiter> Gateway<L> {
             if let Some(offense) = refusal.offense() {
                 self.protection.offense(call.context.peer.ip, offense);
             }
-            let lines = audit::request_lines(&call.context, call.messages(), refusal.decision);
+            let lines = audit::refusal_lines(&call.context, call.messages(), refusal.decision);
             if let Err(err) = worker.audit.write(lines).await {
                 tracing::error!(request_id = %call.context.request_id, error = %err, "could not audit a refused request");
             }
@@ -409,9 +413,11 @@ impl<L: Limiter> Gateway<L> {
         {
             self.sessions.bind(session, caller);
         }
-        if is_delete
-            && response.status().is_success()
-            && let Some(session) = &call.context.session
+        // Ended by the client, or unknown to the upstream (which answers 404 for a session it
+        // ended or lost): either way the id is not usable any more.
+        if let Some(session) = &call.context.session
+            && ((is_delete && response.status().is_success())
+                || response.status() == StatusCode::NOT_FOUND)
         {
             self.sessions.forget(session);
         }
@@ -433,11 +439,12 @@ fn parse_messages(
     call: &mut Call<'_>,
     parts: &request::Parts,
     body: &Bytes,
+    limits: &jsonrpc::ParseLimits,
 ) -> Result<(), Refusal> {
     if parts.method != Method::POST {
         return Ok(());
     }
-    let messages = call.body.insert(jsonrpc::inspect(body)?);
+    let messages = call.body.insert(jsonrpc::inspect_within(body, limits)?);
     check_mcp_headers(&parts.headers, messages)?;
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::{
     mcp::{
         headers::HeaderMismatch,
         jsonrpc::{self, Body, InspectError, code},
-        sessions::NotOwner,
+        sessions::SessionError,
     },
     policy::AuthError,
     protection::Offense,
@@ -172,14 +172,24 @@ impl From<HeaderMismatch> for Refusal {
     }
 }
 
-impl From<NotOwner> for Refusal {
-    fn from(err: NotOwner) -> Self {
-        Self::new(
-            StatusCode::FORBIDDEN,
-            Decision::Forbidden,
-            code::FORBIDDEN,
-            err.to_string(),
-        )
+impl From<SessionError> for Refusal {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::NotOwner => Self::new(
+                StatusCode::FORBIDDEN,
+                Decision::Forbidden,
+                code::FORBIDDEN,
+                err.to_string(),
+            ),
+            // What the MCP transport prescribes for a session the server does not know: the
+            // client starts a new one.
+            SessionError::Unknown => Self::new(
+                StatusCode::NOT_FOUND,
+                Decision::NotFound,
+                code::SESSION_NOT_FOUND,
+                err.to_string(),
+            ),
+        }
     }
 }
 
