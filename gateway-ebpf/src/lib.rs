@@ -230,6 +230,8 @@ pub enum BlockReason {
     Malformed = 3,
     /// Kept exceeding the XDP packet or SYN rate.
     PacketRate = 4,
+    /// Kept opening more connections than the gateway allows one source.
+    ConnectionFlood = 5,
 }
 
 impl BlockReason {
@@ -240,6 +242,7 @@ impl BlockReason {
             2 => Some(Self::RateLimited),
             3 => Some(Self::Malformed),
             4 => Some(Self::PacketRate),
+            5 => Some(Self::ConnectionFlood),
             _ => None,
         }
     }
@@ -251,6 +254,7 @@ impl BlockReason {
             Self::RateLimited => "rate_limited",
             Self::Malformed => "malformed",
             Self::PacketRate => "packet_rate",
+            Self::ConnectionFlood => "connection_flood",
         }
     }
 }

@@ -276,6 +276,10 @@ pub struct BlockingSection {
     /// XDP rate-drop events for one source within `window_secs` that lead to a block.
     #[serde(default = "defaults::packet_rate_events")]
     pub packet_rate_events: u32,
+    /// Connections refused for `limits.max_connections_per_source` within `window_secs` that
+    /// lead to a block.
+    #[serde(default = "defaults::refused_connections")]
+    pub refused_connections: u32,
     #[serde(default = "defaults::window_secs")]
     pub window_secs: u64,
     /// First block's duration; each repeat offense doubles it, up to `max_block_secs`.
@@ -324,6 +328,7 @@ impl Default for BlockingSection {
             rate_limited: defaults::rate_limited(),
             malformed: defaults::malformed(),
             packet_rate_events: defaults::packet_rate_events(),
+            refused_connections: defaults::refused_connections(),
             window_secs: defaults::window_secs(),
             block_secs: defaults::block_secs(),
             max_block_secs: defaults::max_block_secs(),
@@ -418,6 +423,9 @@ mod defaults {
     }
     pub fn packet_rate_events() -> u32 {
         3
+    }
+    pub fn refused_connections() -> u32 {
+        50
     }
     pub fn block_secs() -> u64 {
         300

@@ -142,6 +142,7 @@ pub(super) fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolic
         ("rate_limited", section.rate_limited),
         ("malformed", section.malformed),
         ("packet_rate_events", section.packet_rate_events),
+        ("refused_connections", section.refused_connections),
     ] {
         if value == 0 {
             return Err(invalid(format!("blocking.{name}"), "must be at least 1"));
@@ -184,6 +185,7 @@ pub(super) fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolic
         rate_limited: section.rate_limited,
         malformed: section.malformed,
         packet_rate_events: section.packet_rate_events,
+        refused_connections: section.refused_connections,
         window: Duration::from_secs(section.window_secs),
         block: Duration::from_secs(section.block_secs),
         max_block: Duration::from_secs(section.max_block_secs),

@@ -114,6 +114,7 @@ pub struct BlockingPolicy {
     pub rate_limited: u32,
     pub malformed: u32,
     pub packet_rate_events: u32,
+    pub refused_connections: u32,
     pub window: Duration,
     pub block: Duration,
     pub max_block: Duration,

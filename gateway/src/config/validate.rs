@@ -181,6 +181,9 @@ pub(super) fn rate_limit(field: &str, limit: Limit) -> Result<RateLimit, ConfigE
     })
 }
 
+/// hyper's smallest HTTP/1.1 read buffer, which bounds a request head.
+const MIN_HEADER_BYTES: usize = 8192;
+
 /// Every bound in `[limits]` admits at least one of what it bounds.
 fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
     let Limits {
@@ -215,6 +218,12 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
         if value == 0 {
             return Err(invalid(format!("limits.{name}"), "must be at least 1"));
         }
+    }
+    if max_header_bytes < MIN_HEADER_BYTES {
+        return Err(invalid(
+            "limits.max_header_bytes",
+            format!("must be at least {MIN_HEADER_BYTES} (HTTP/1.1's smallest read buffer)"),
+        ));
     }
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Request limits per caller and per caller and tool.
+//! Request limits per caller and per caller and tool, and the bound on a caller's requests in
+//! flight ([`InFlight`]).
 //!
 //! The request path asks a [`Limiter`], which may await: today's [`SlidingWindow`] answers at
 //! once from this process's memory; a limiter shared by a fleet of gateways (on Redis) answers
@@ -9,10 +10,12 @@
 //! Limiters key their state by name, not by policy: the limit to apply comes with each call, so a
 //! reloaded policy changes limits without resetting anyone's window.
 
+mod in_flight;
 mod sliding_window;
 
 use std::{sync::Arc, time::Duration};
 
+pub use in_flight::{HoldingSlot, InFlight, InFlightSlot};
 pub use sliding_window::SlidingWindow;
 
 use crate::config::RateLimit;

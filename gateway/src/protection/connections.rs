@@ -50,26 +50,28 @@ impl Drop for ConnectionGuard {
 }
 
 impl Connections {
-    /// Registers a connection of `source`; its token is a child of `parent` (the server's
-    /// shutdown), so the connection waits on one token for both.
+    /// Registers a connection of `source`, unless it already has `max` open; its token is a
+    /// child of `parent` (the server's shutdown), so the connection waits on one token for both.
     pub fn register(
         self: &Arc<Self>,
         source: IpAddr,
         parent: &CancellationToken,
-    ) -> ConnectionGuard {
+        max: usize,
+    ) -> Option<ConnectionGuard> {
         let source = source.to_canonical();
+        let mut open = self.by_source.entry(source).or_default();
+        if open.len() >= max {
+            return None;
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let closed = parent.child_token();
-        self.by_source
-            .entry(source)
-            .or_default()
-            .push((id, closed.clone()));
-        ConnectionGuard {
+        open.push((id, closed.clone()));
+        Some(ConnectionGuard {
             connections: Arc::clone(self),
             source,
             id,
             closed,
-        }
+        })
     }
 
     /// Ends every open connection of `source`; returns how many.
@@ -117,8 +119,14 @@ mod tests {
         let connections = Arc::new(Connections::default());
         let source: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
         let parent = CancellationToken::new();
-        let first = connections.register(source, &parent);
-        let second = connections.register("192.0.2.1".parse().unwrap(), &parent);
+        let first = connections.register(source, &parent, 2).unwrap();
+        let second = connections
+            .register("192.0.2.1".parse().unwrap(), &parent, 2)
+            .unwrap();
+        assert!(
+            connections.register(source, &parent, 2).is_none(),
+            "a third is over the limit"
+        );
         assert_eq!(
             connections.open_count(source),
             2,

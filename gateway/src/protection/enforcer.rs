@@ -153,6 +153,7 @@ impl Enforcer {
             Offense::RateLimited => self.policy.rate_limited,
             Offense::Malformed => self.policy.malformed,
             Offense::PacketRate => self.policy.packet_rate_events,
+            Offense::TooManyConnections => self.policy.refused_connections,
         } as usize;
         let now = Instant::now();
         let window = self.policy.window;

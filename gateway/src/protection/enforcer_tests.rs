@@ -11,6 +11,7 @@ fn policy() -> BlockingPolicy {
         rate_limited: 5,
         malformed: 2,
         packet_rate_events: 1,
+        refused_connections: 4,
         window: Duration::from_secs(60),
         block: Duration::from_secs(10),
         max_block: Duration::from_secs(25),
@@ -73,7 +74,8 @@ async fn threshold_offenses_block_and_close_connections() {
     let source: IpAddr = "192.0.2.9".parse().unwrap();
     let connection = protection
         .connections()
-        .register(source, &CancellationToken::new());
+        .register(source, &CancellationToken::new(), usize::MAX)
+        .unwrap();
     for _ in 0..2 {
         enforcer.record(source, Offense::AuthFailure).await;
     }
@@ -155,7 +157,8 @@ async fn an_operator_block_of_a_prefix_covers_its_addresses_until_unblocked() {
     let inside: IpAddr = "198.51.100.7".parse().unwrap();
     let connection = protection
         .connections()
-        .register(inside, &CancellationToken::new());
+        .register(inside, &CancellationToken::new(), usize::MAX)
+        .unwrap();
     let block = Block {
         target: prefix,
         duration: None,
@@ -249,7 +252,8 @@ async fn offenses_spread_over_one_ipv6_64_add_up_to_a_block_of_the_64() {
     let (protection, mut enforcer, dir) = enforcer(Vec::new());
     let neighbour = protection
         .connections()
-        .register(ip("fd00:7::99"), &CancellationToken::new());
+        .register(ip("fd00:7::99"), &CancellationToken::new(), usize::MAX)
+        .unwrap();
     for source in ["fd00:7::2", "fd00:7::3"] {
         enforcer.record(ip(source), Offense::AuthFailure).await;
     }

@@ -40,6 +40,8 @@ pub enum Offense {
     Malformed,
     /// The XDP program started dropping the source for its packet or SYN rate.
     PacketRate,
+    /// A connection refused for `max_connections_per_source`.
+    TooManyConnections,
 }
 
 impl Offense {
@@ -49,6 +51,7 @@ impl Offense {
             Self::RateLimited => BlockReason::RateLimited,
             Self::Malformed => BlockReason::Malformed,
             Self::PacketRate => BlockReason::PacketRate,
+            Self::TooManyConnections => BlockReason::ConnectionFlood,
         }
     }
 }

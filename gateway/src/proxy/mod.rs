@@ -33,7 +33,7 @@ pub use worker::Worker;
 use crate::{
     audit::{self, AuditLog, Decision, Peer},
     config::{NodeSettings, PolicySettings, Settings},
-    limit::{Limiter, SlidingWindow},
+    limit::{HoldingSlot, InFlight, InFlightSlot, Limiter, SlidingWindow},
     mcp::{
         headers::{MCP_SESSION_ID, check_mcp_headers},
         jsonrpc::{self, code},
@@ -55,6 +55,8 @@ pub struct Gateway<L: Limiter = SlidingWindow> {
     caller_limiter: L,
     /// Per caller and tool, for the tools with a limit of their own.
     tool_limiter: L,
+    /// Requests of each caller being forwarded now.
+    in_flight: InFlight,
     audit: AuditLog,
     sessions: Sessions,
     /// Message endpoints of open legacy SSE streams, by caller.
@@ -92,6 +94,7 @@ impl<L: Limiter> Gateway<L> {
             policy: PolicyStore::new(Policy::new(settings.policy)),
             caller_limiter,
             tool_limiter,
+            in_flight: InFlight::default(),
             audit,
             sessions,
             legacy_endpoints: Arc::default(),
@@ -166,15 +169,21 @@ impl<L: Limiter> Gateway<L> {
         call: &mut Call<'a>,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, Refusal> {
+        let limits = &self.settings.limits;
+        check_uri(request.uri(), limits.max_uri_bytes)?;
         let caller = policy.authenticate(request.headers())?;
         call.context.caller = Some(&caller.name);
         let (parts, body) = request.into_parts();
         let body = self.read_body(call.route, &parts.method, body).await?;
-        parse_messages(call, &parts, &body, &self.settings.limits.parse())?;
+        parse_messages(call, &parts, &body, &limits.parse())?;
         self.check_ownership(call, &parts.uri, &caller.name)?;
         self.limit(policy, caller, call).await?;
+        let slot = self
+            .in_flight
+            .acquire(&caller.name, limits.max_in_flight_per_caller)
+            .ok_or_else(|| Refusal::too_many_in_flight(limits.max_in_flight_per_caller))?;
         self.audit_before_forwarding(worker, call).await?;
-        self.forward(worker, parts, body, &caller.name, call, request_id)
+        self.forward(worker, parts, body, &caller.name, call, request_id, slot)
             .await
     }
 
@@ -368,7 +377,9 @@ impl<L: Limiter> Gateway<L> {
         })
     }
 
-    /// Sends the request upstream and streams the answer back as it arrives.
+    /// Sends the request upstream and streams the answer back as it arrives, holding the
+    /// caller's in-flight `slot` until the answer is done.
+    #[allow(clippy::too_many_arguments)] // the chain's state, handed over once
     async fn forward(
         &self,
         worker: &Worker,
@@ -377,6 +388,7 @@ impl<L: Limiter> Gateway<L> {
         caller: &Arc<str>,
         call: &mut Call<'_>,
         request_id: &HeaderValue,
+        slot: InFlightSlot,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let is_delete = parts.method == Method::DELETE;
         // A legacy message goes to the endpoint its stream announced, which the client posted to.
@@ -395,6 +407,7 @@ impl<L: Limiter> Gateway<L> {
                 tracing::warn!(request_id = %call.context.request_id, error = %err, "upstream request failed");
                 Refusal::from(err)
             })?;
+        let response = response.map(|body| HoldingSlot::new(body, slot));
         Ok(self.track_sessions(call, caller, is_delete, response))
     }
 
@@ -405,7 +418,7 @@ impl<L: Limiter> Gateway<L> {
         call: &Call<'_>,
         caller: &Arc<str>,
         is_delete: bool,
-        response: Response<PooledBody>,
+        response: Response<HoldingSlot<PooledBody>>,
     ) -> Response<ProxyBody> {
         // (The request's own session was claimed before forwarding.)
         if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID)
@@ -432,6 +445,23 @@ impl<L: Limiter> Gateway<L> {
         }
         response.map(BodyExt::boxed)
     }
+}
+
+/// A request URI within `max_uri_bytes`.
+fn check_uri(uri: &Uri, max: usize) -> Result<(), Refusal> {
+    let length = uri.path_and_query().map_or(0, |path| path.as_str().len())
+        + uri
+            .authority()
+            .map_or(0, |authority| authority.as_str().len());
+    if length > max {
+        return Err(Refusal::new(
+            StatusCode::URI_TOO_LONG,
+            Decision::TooLarge,
+            code::INVALID_REQUEST,
+            format!("request URI of {length} bytes is longer than max_uri_bytes ({max})"),
+        ));
+    }
+    Ok(())
 }
 
 /// The JSON-RPC messages of a POST, which must agree with MCP's method and name headers.

@@ -105,6 +105,20 @@ impl Refusal {
         refusal
     }
 
+    /// The caller has `max` requests being forwarded already.
+    pub fn too_many_in_flight(max: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Decision::RateLimited,
+            code::RATE_LIMITED,
+            format!(
+                "too many requests in flight: this key has {max} being answered already \
+                 (max_in_flight_per_caller); wait for one to finish"
+            ),
+        )
+        .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// The audit log could not be written, so the request was not forwarded.
     pub fn audit_unavailable() -> Self {
         Self::new(

@@ -1,5 +1,6 @@
-//! The accept loop of one worker: blocked sources are dropped before any HTTP parsing, every
-//! other connection is registered (so a later block can close it) and served in a task of its own.
+//! The accept loop of one worker: blocked sources, and sources over `max_connections_per_source`,
+//! are dropped before any HTTP parsing; every other connection is registered (so a later block
+//! can close it) and served in a task of its own.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,7 +8,10 @@ use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::connection::{self, Connection, DRAIN_TIMEOUT};
-use crate::proxy::{Gateway, Worker};
+use crate::{
+    protection::Offense,
+    proxy::{Gateway, Worker},
+};
 
 /// Serves until `shutdown` is cancelled, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
 pub async fn serve(
@@ -16,7 +20,8 @@ pub async fn serve(
     worker: Arc<Worker>,
     shutdown: CancellationToken,
 ) {
-    let builder = connection::http_builder();
+    let limits = gateway.settings().limits;
+    let builder = connection::http_builder(&limits);
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -36,11 +41,19 @@ pub async fn serve(
             drop(stream);
             continue;
         }
+        let Some(registration) = gateway.protection().connections().register(
+            peer.ip(),
+            &shutdown,
+            limits.max_connections_per_source,
+        ) else {
+            // Refused before any HTTP parsing; its source pays with an offense.
+            drop(stream);
+            gateway
+                .protection()
+                .offense(peer.ip(), Offense::TooManyConnections);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let registration = gateway
-            .protection()
-            .connections()
-            .register(peer.ip(), &shutdown);
         let connection = Connection {
             io: stream,
             peer,

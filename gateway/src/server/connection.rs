@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::idle::{Activity, InProgressBody, Stale, WatchedWrites};
 use crate::{
     audit::Peer,
+    config::Limits,
     protection::ConnectionGuard,
     proxy::{Gateway, ProxyBody, Worker},
 };
@@ -25,18 +26,35 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// (its source got blocked, or it was idle), before the connection is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// The HTTP/1.1 and HTTP/2 server settings every connection of a worker shares.
-pub fn http_builder() -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 and HTTP/2 server settings every connection of a worker shares, with the bounds
+/// of `[limits]` on what a client's request head may hold (hyper answers 431 beyond them).
+pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         // Slow and idle clients are closed by `idle::Activity` instead, at less cost per request.
         .header_read_timeout(None)
         // As for upstream requests (upstream/pool.rs): answers and SSE events are small.
-        .writev(false);
-    builder.http2().timer(TokioTimer::new());
+        .writev(false)
+        .max_headers(limits.max_headers)
+        // (Validated to be at least hyper's minimum buffer.)
+        .max_buf_size(limits.max_header_bytes);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        // Rapid reset (CVE-2023-44487): streams a client opens and resets at once, and streams
+        // the gateway had to reset, each end the connection past a few.
+        .max_pending_accept_reset_streams(PENDING_RESET_STREAMS)
+        .max_local_error_reset_streams(LOCAL_ERROR_RESET_STREAMS);
     builder
 }
+
+/// Reset streams not yet accepted that one HTTP/2 connection may have (h2's own default).
+const PENDING_RESET_STREAMS: usize = 20;
+/// Streams the gateway may reset on one HTTP/2 connection for its client's errors.
+const LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 /// What every request on one client connection needs.
 struct ConnectionContext {
