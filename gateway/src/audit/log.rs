@@ -7,7 +7,7 @@ use std::{
     os::unix::fs::OpenOptionsExt,
     path::{Path, PathBuf},
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, Ordering},
     },
 };
@@ -15,6 +15,7 @@ use std::{
 use tokio::sync::{mpsc, oneshot};
 
 use super::AuditError;
+use crate::lock;
 
 /// Lines waiting for the writer before requests wait for room (backpressure, bounded memory).
 const QUEUE_CAPACITY: usize = 16_384;
@@ -34,8 +35,8 @@ pub struct AuditLog {
 }
 
 pub(super) enum Sink {
-    /// Without fsync, lines are appended with `write(2)` on the O_APPEND file by whoever has them,
-    /// without a lock (appends do not interleave).
+    /// Without fsync, lines are appended with `write(2)` on the O_APPEND file by whoever has them
+    /// (each worker's flush task, one batch at a time).
     Direct(LogFile),
     /// With fsync, one writer thread commits everything queued with one write and one fsync.
     GroupCommit(mpsc::Sender<Command>),
@@ -105,7 +106,12 @@ pub(super) struct LogFile {
     /// Swapped on reopen; writers take a reference and write without holding the lock.
     file: RwLock<Arc<File>>,
     fsync: bool,
-    /// A failed write may have left a partial line; the next write starts on a fresh line.
+    /// One append at a time, so a write that fails half-way (a full disk) can be cut back off
+    /// the end of the file without cutting another writer's lines. Held for one `write(2)` per
+    /// batch of lines.
+    appending: Mutex<()>,
+    /// A failed write left a partial line that could not be cut off; the next write starts on a
+    /// fresh line.
     ends_mid_line: AtomicBool,
 }
 
@@ -115,6 +121,7 @@ impl LogFile {
             path: path.to_owned(),
             file: RwLock::new(Arc::new(open_append(path)?)),
             fsync,
+            appending: Mutex::new(()),
             ends_mid_line: AtomicBool::new(false),
         })
     }
@@ -128,24 +135,48 @@ impl LogFile {
         )
     }
 
-    /// Writes whole lines (and syncs them in fsync mode).
+    /// Writes whole lines (and syncs them in fsync mode). A write that fails part-way is cut back
+    /// off, so the log never holds half a line: it has each line whole, or not at all.
     pub(super) fn append(&self, lines: &[u8]) -> io::Result<()> {
         let file = self.current();
+        let _one_writer = lock(&self.appending);
         let mut writer: &File = &file;
         if self.ends_mid_line.swap(false, Ordering::Relaxed) {
             writer
                 .write_all(b"\n")
                 .inspect_err(|_| self.ends_mid_line.store(true, Ordering::Relaxed))?;
         }
-        if let Err(err) = writer.write_all(lines) {
-            self.ends_mid_line.store(true, Ordering::Relaxed);
-            tracing::error!(path = %self.path.display(), error = %err, "audit log write failed; refusing requests until it works again");
-            return Err(err);
+        let mut written = 0;
+        while written < lines.len() {
+            match writer.write(&lines[written..]) {
+                Ok(0) => {
+                    return Err(self.failed(&file, written, io::ErrorKind::WriteZero.into()));
+                }
+                Ok(count) => written += count,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(self.failed(&file, written, err)),
+            }
         }
         if self.fsync {
             file.sync_data()?;
         }
         Ok(())
+    }
+
+    /// After a failed write of which `written` bytes landed: cuts them off the end of the file
+    /// (no other writer appended since: the caller holds `appending`).
+    fn failed(&self, file: &File, written: usize, err: io::Error) -> io::Error {
+        tracing::error!(path = %self.path.display(), error = %err, "audit log write failed; refusing requests until it works again");
+        if written > 0 {
+            let cut = file
+                .metadata()
+                .and_then(|meta| file.set_len(meta.len().saturating_sub(written as u64)));
+            if let Err(cut_err) = cut {
+                tracing::error!(path = %self.path.display(), error = %cut_err, "cannot cut a partial line off the audit log");
+                self.ends_mid_line.store(true, Ordering::Relaxed);
+            }
+        }
+        err
     }
 
     fn reopen(&self) {

@@ -170,7 +170,7 @@ impl<L: Limiter> Gateway<L> {
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let limits = &self.settings.limits;
-        check_uri(request.uri(), limits.max_uri_bytes)?;
+        check_uri(&request, limits.max_uri_bytes)?;
         let caller = policy.authenticate(request.headers())?;
         call.context.caller = Some(&caller.name);
         let (parts, body) = request.into_parts();
@@ -447,8 +447,12 @@ impl<L: Limiter> Gateway<L> {
     }
 }
 
-/// A request URI within `max_uri_bytes`.
-fn check_uri(uri: &Uri, max: usize) -> Result<(), Refusal> {
+/// A request URI within `max_uri_bytes`. (Body framing is hyper's: it refuses conflicting
+/// lengths, and with both `Content-Length` and `Transfer-Encoding` reads the body as chunked and
+/// closes the connection after the answer, as HTTP/1.1 prescribes; the upstream gets the body
+/// re-framed by the gateway either way, so no request can hide in another.)
+fn check_uri(request: &Request<Incoming>, max: usize) -> Result<(), Refusal> {
+    let uri = request.uri();
     let length = uri.path_and_query().map_or(0, |path| path.as_str().len())
         + uri
             .authority()
