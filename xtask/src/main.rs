@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the single entry point to set up, build, run and test the gateway.
 
 mod bench;
+mod fuzz;
 mod pgo;
 mod setup;
 mod shell;
@@ -41,6 +42,15 @@ enum Command {
     },
     /// `cargo fmt --check` and `cargo clippy` on the host crates, warnings as errors.
     Lint,
+    /// Fuzz the parsers with cargo-fuzz (nightly): the JSON-RPC inspection, the config, headers,
+    /// and the XDP program's packet parsing (that one needs root).
+    Fuzz {
+        /// Only this target: jsonrpc, config, headers or xdp_packet.
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        secs: u64,
+    },
     /// Benchmarks: the gateway against nginx and direct access, many callers, SSE, XDP per-packet
     /// cost, and a flood in network namespaces (xdp and flood need root). Writes bench/results/.
     Bench {
@@ -108,6 +118,10 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Test { filter } => test(&root, filter.as_deref()),
         Command::Lint => lint(&root),
+        Command::Fuzz { target, secs } => {
+            setup::toolchain(&root)?;
+            fuzz::run(&root, target.as_deref(), secs.max(1)).map(|_| ())
+        }
         Command::Bench {
             scenario,
             runs,
@@ -187,14 +201,38 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         .env("GATEWAY_BIN", &gateway)
         .env("RUST_BACKTRACE", "1")
         .run_echoing_stdout();
+    let mut totals = TestTotals::from_output(&output.stdout);
+
+    // A short run of every fuzz target, its seeds (the regression inputs) first.
+    let fuzzed = if filter.is_none() {
+        fuzz::run(root, None, FUZZ_SECS_IN_TEST)
+    } else {
+        Ok(Vec::new())
+    };
+    match &fuzzed {
+        Ok(outcomes) => {
+            for (_, outcome) in outcomes {
+                match outcome {
+                    fuzz::Outcome::Ran => totals.passed += 1,
+                    fuzz::Outcome::Skipped => totals.ignored += 1,
+                }
+            }
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            totals.failed += 1;
+        }
+    }
     // One closing line for the whole run, whatever happened: the per-binary lines scroll away.
-    let totals = TestTotals::from_output(&output.stdout);
     println!(
         "xtask test: {} passed, {} failed, {} skipped",
         totals.passed, totals.failed, totals.ignored
     );
-    output.result
+    output.result.and(fuzzed.map(|_| ()))
 }
+
+/// Seconds each fuzz target runs within `cargo xtask test`.
+const FUZZ_SECS_IN_TEST: u64 = 30;
 
 /// Sums of cargo test's `test result:` lines.
 #[derive(Debug, Default, PartialEq)]

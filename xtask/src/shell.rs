@@ -127,6 +127,21 @@ impl Cmd {
         Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 
+    /// Runs with stdout inherited and stderr captured: whether it succeeded, and its stderr.
+    pub fn output_with_stderr(mut self) -> Result<(bool, String)> {
+        let described = self.describe();
+        eprintln!("$ {described}");
+        let output = self
+            .command
+            .stdout(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("could not start `{described}`"))?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
     /// Whether the command runs and succeeds (no output shown).
     pub fn succeeds(mut self) -> bool {
         self.command

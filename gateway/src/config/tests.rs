@@ -101,6 +101,41 @@ fn minimal_config_gets_documented_defaults() {
 }
 
 #[test]
+fn limits_have_defaults_and_each_names_its_field_when_wrong() {
+    let defaults = settings(&with_user("")).expect("valid").node.limits;
+    assert_eq!(defaults, Limits::default());
+    assert_eq!(defaults.max_batch_messages, 100);
+    let set = settings(&with_user(
+        "[limits]\nmax_batch_messages = 5\nmax_in_flight_per_caller = 2",
+    ))
+    .expect("valid")
+    .node
+    .limits;
+    assert_eq!(
+        (set.max_batch_messages, set.max_in_flight_per_caller),
+        (5, 2)
+    );
+    for (toml, field) in [
+        (
+            "[limits]\nmax_batch_messages = 0",
+            "limits.max_batch_messages",
+        ),
+        (
+            "[limits]\nmax_streams_per_connection = 0",
+            "limits.max_streams_per_connection",
+        ),
+        (
+            "[limits]\nmax_header_bytes = 1000",
+            "limits.max_header_bytes",
+        ),
+        ("[limits]\nmax_batch = 5", "max_batch"),
+    ] {
+        let message = error(&with_user(toml));
+        assert!(message.contains(field), "{toml}: {message}");
+    }
+}
+
+#[test]
 fn escalation_settings_are_checked_against_the_blocks_they_gather() {
     let on = settings(&with_user(
         "[blocking]\nipv6_prefix_len = 56\n[blocking.escalation]\nipv4_blocks = 4\nipv4_prefix_len = 20\nipv6_blocks = 0",

@@ -172,6 +172,14 @@ pub fn inspect(body: &[u8]) -> Result<Body, InspectError> {
 
 /// Parses a request body.
 pub fn inspect_within(body: &[u8], limits: &ParseLimits) -> Result<Body, InspectError> {
+    // JSON is UTF-8. The parser below skips members it ignores without checking them, and the
+    // upstream must not get bytes the gateway did not read as the same text (found by fuzzing).
+    if let Err(err) = std::str::from_utf8(body) {
+        return Err(InspectError::Parse(format!(
+            "the body is not UTF-8 (at byte {})",
+            err.valid_up_to()
+        )));
+    }
     if let Some(depth) = depth_over(body, limits.max_json_depth) {
         return Err(InspectError::Invalid(format!(
             "JSON nested {depth} levels deep; max_json_depth is {}",
@@ -724,6 +732,14 @@ mod tests {
             assert_eq!(error.code(), code::INVALID_REQUEST, "{error}");
             assert!(error.to_string().contains("duplicate"), "{error}");
         }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_a_parse_error_even_in_a_member_nobody_reads() {
+        let body = b"{\"id\":1,\"method\":\"ping\",\"x\":{\"n\xab\xab\":1}}";
+        let error = inspect(body).unwrap_err();
+        assert_eq!(error.code(), code::PARSE_ERROR);
+        assert!(error.to_string().contains("UTF-8"), "{error}");
     }
 
     #[test]

@@ -1,0 +1,36 @@
+//! The JSON-RPC inspection of a request body, on arbitrary bytes (seeded with MCP messages): it
+//! never panics, keeps within its limits, and its error answers are valid JSON-RPC.
+#![no_main]
+
+use gateway::mcp::jsonrpc::{self, ParseLimits};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| {
+    let limits = ParseLimits {
+        max_batch_messages: 8,
+        max_json_depth: 16,
+        max_argument_keys: 4,
+    };
+    match jsonrpc::inspect_within(body, &limits) {
+        Ok(parsed) => {
+            assert!(!parsed.messages.is_empty());
+            assert!(parsed.messages.len() <= limits.max_batch_messages);
+            assert!(parsed.is_batch || parsed.messages.len() == 1);
+            for message in &parsed.messages {
+                assert!(message.arg_keys.len() <= limits.max_argument_keys);
+                if let Some(id) = &message.id {
+                    assert!(id.is_string() || id.is_number(), "{id}");
+                }
+            }
+            // What the gateway parsed is JSON a standard parser reads too.
+            assert!(serde_json::from_slice::<serde_json::Value>(body).is_ok());
+            let answer = jsonrpc::error_body(Some(&parsed), -31029, "x", None);
+            let answer: serde_json::Value = serde_json::from_slice(&answer).expect("error body");
+            assert!(answer.is_object() || answer.is_array());
+        }
+        Err(err) => {
+            let code = err.code();
+            assert!(code == jsonrpc::code::PARSE_ERROR || code == jsonrpc::code::INVALID_REQUEST);
+        }
+    }
+});
