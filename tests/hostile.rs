@@ -714,7 +714,16 @@ async fn connections_past_the_limit_from_one_source_are_refused_and_the_source_i
     let flooder: IpAddr = "127.0.0.9".parse().expect("addr");
     let mut held = Vec::new();
     for _ in 0..8 {
-        held.push(connect_from(flooder, gateway.addr).await.expect("connect"));
+        let mut stream = connect_from(flooder, gateway.addr).await.expect("connect");
+        // An answer on it proves the gateway accepted it (two workers accept in parallel).
+        stream
+            .write_all(raw_post(gateway.addr, ALICE, CALL).as_bytes())
+            .await
+            .expect("write");
+        let mut answer = [0u8; 1024];
+        let read = stream.read(&mut answer).await.expect("answer");
+        assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
+        held.push(stream);
     }
     // Each further connection is accepted by the kernel and closed by the gateway at once.
     for _ in 0..5 {
