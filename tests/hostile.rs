@@ -13,8 +13,8 @@ use std::{
 
 use bytes::Bytes;
 use e2e_tests::{
-    ALICE_KEY, BOB_KEY, Gateway, Options, RecordingUpstream, TestBody, connect_from, eventually,
-    json_reply, raw_post, raw_request, send,
+    ALICE, ALICE_KEY, BOB_KEY, CALL, Gateway, Options, RecordingUpstream, TestBody, connect_from,
+    eventually, json_reply, ok_upstream, post, raw_post, raw_request, send,
 };
 use http_body_util::{
     BodyExt, Full,
@@ -25,27 +25,7 @@ use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hidden"}}}"#;
-const ALICE: &str = "Bearer alice-test-key-0123456789abcdef";
 const LOCALHOST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-fn ok_upstream() -> impl Fn(&e2e_tests::Recorded) -> Response<TestBody> + Send + Sync + 'static {
-    |_| {
-        json_reply(
-            StatusCode::OK,
-            r#"{"jsonrpc":"2.0","id":42,"result":{"content":[]}}"#,
-        )
-    }
-}
-
-async fn post(gateway: &Gateway, headers: &[(&str, &str)], body: &str) -> e2e_tests::Answer {
-    let mut all = vec![
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-    ];
-    all.extend_from_slice(headers);
-    send(Method::POST, &gateway.url(), &all, body.to_owned()).await
-}
 
 /// The status code of a raw HTTP/1.1 answer, or `None` when the connection closed without one.
 fn status_of(answer: &std::io::Result<String>) -> Option<u16> {

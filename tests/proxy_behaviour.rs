@@ -9,8 +9,8 @@ use std::{
 
 use bytes::Bytes;
 use e2e_tests::{
-    ALICE_KEY, BOB_KEY, Gateway, Options, RecordingUpstream, TestBody, eventually, free_port,
-    json_reply, raw_post, read_audit, send,
+    ALICE, ALICE_KEY, BOB_KEY, CALL, Gateway, Options, RecordingUpstream, eventually, free_port,
+    json_reply, ok_upstream, post, raw_post, read_audit, send,
 };
 use http_body_util::{
     BodyExt, Full,
@@ -22,27 +22,6 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo},
 };
 use serde_json::{Value, json};
-
-const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hidden"}}}"#;
-const ALICE: &str = "Bearer alice-test-key-0123456789abcdef";
-
-fn ok_upstream() -> impl Fn(&e2e_tests::Recorded) -> Response<TestBody> + Send + Sync + 'static {
-    |_| {
-        json_reply(
-            StatusCode::OK,
-            r#"{"jsonrpc":"2.0","id":42,"result":{"content":[]}}"#,
-        )
-    }
-}
-
-async fn post(gateway: &Gateway, headers: &[(&str, &str)], body: &str) -> e2e_tests::Answer {
-    let mut all = vec![
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-    ];
-    all.extend_from_slice(headers);
-    send(Method::POST, &gateway.url(), &all, body.to_owned()).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identity_goes_upstream_and_credentials_do_not() {

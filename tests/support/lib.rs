@@ -30,6 +30,10 @@ use sha2::{Digest, Sha256};
 
 pub const ALICE_KEY: &str = "alice-test-key-0123456789abcdef";
 pub const BOB_KEY: &str = "bob-test-key-0123456789abcdef";
+/// Alice's `Authorization` header value.
+pub const ALICE: &str = "Bearer alice-test-key-0123456789abcdef";
+/// An MCP tool call, with an argument value that must never reach a log.
+pub const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hidden"}}}"#;
 
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -425,6 +429,26 @@ impl RecordingUpstream {
             .cloned()
             .expect("the upstream saw a request")
     }
+}
+
+/// An upstream handler answering every request with an empty tool result.
+pub fn ok_upstream() -> impl Fn(&Recorded) -> Response<TestBody> + Send + Sync + 'static {
+    |_| {
+        json_reply(
+            StatusCode::OK,
+            r#"{"jsonrpc":"2.0","id":42,"result":{"content":[]}}"#,
+        )
+    }
+}
+
+/// POSTs `body` to the gateway's MCP endpoint as an MCP client would, with `headers` added.
+pub async fn post(gateway: &Gateway, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut all = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    all.extend_from_slice(headers);
+    send(Method::POST, &gateway.url(), &all, body.to_owned()).await
 }
 
 /// A JSON answer for a [`RecordingUpstream`] handler.

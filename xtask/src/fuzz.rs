@@ -8,7 +8,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-use crate::shell::{Cmd, is_root, path_with_tools, tools_dir};
+use crate::shell::{Cmd, install_tool, is_root, path_with_tools};
 
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 /// How the targets are built, for `build` and `run` alike. No AddressSanitizer: the code under
@@ -49,7 +49,7 @@ pub fn run(root: &Path, only: Option<&str>, secs: u64) -> Result<Vec<(&'static s
             names.join(", ")
         );
     }
-    install_cargo_fuzz(root)?;
+    install_tool(root, "cargo-fuzz", CARGO_FUZZ_VERSION, "the fuzzing driver")?;
     fuzz_cmd(root, &["build"])
         .args(BUILD_FLAGS)
         .run()
@@ -119,17 +119,4 @@ fn fuzz_cmd(root: &Path, args: &[&str]) -> Cmd {
         .args(args)
         .current_dir(root)
         .env("PATH", path_with_tools(root))
-}
-
-fn install_cargo_fuzz(root: &Path) -> Result<()> {
-    if tools_dir(root).join("bin/cargo-fuzz").is_file() {
-        return Ok(());
-    }
-    eprintln!("installing cargo-fuzz {CARGO_FUZZ_VERSION} into target/tools");
-    Cmd::new("cargo")
-        .args(["install", "--locked", "--root"])
-        .arg(tools_dir(root))
-        .arg(format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"))
-        .run()
-        .context("installing cargo-fuzz failed")
 }

@@ -162,6 +162,20 @@ pub fn tools_dir(root: &Path) -> PathBuf {
     root.join("target/tools")
 }
 
+/// Installs `name@version` from crates.io into target/tools unless its binary is there already.
+pub fn install_tool(root: &Path, name: &str, version: &str, what: &str) -> Result<()> {
+    if tools_dir(root).join("bin").join(name).is_file() {
+        return Ok(());
+    }
+    eprintln!("installing {what} {name} {version} into target/tools");
+    Cmd::new("cargo")
+        .args(["install", "--locked", "--root"])
+        .arg(tools_dir(root))
+        .arg(format!("{name}@{version}"))
+        .run()
+        .with_context(|| format!("installing {name} failed"))
+}
+
 /// PATH with the project-local tools first.
 pub fn path_with_tools(root: &Path) -> std::ffi::OsString {
     let mut paths = vec![tools_dir(root).join("bin")];

@@ -25,7 +25,7 @@ use e2e_tests::netns::VethPair;
 
 use crate::{
     setup,
-    shell::{Cmd, is_root, tools_dir},
+    shell::{Cmd, install_tool, is_root, tools_dir},
 };
 pub use report::Report;
 
@@ -99,15 +99,7 @@ fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
         );
     }
     setup::debian_packages(&[("nginx", "nginx"), ("ip", "iproute2")])?;
-    if !tools_dir(root).join("bin/oha").is_file() {
-        eprintln!("installing the oha load generator {OHA_VERSION} into target/tools");
-        Cmd::new("cargo")
-            .args(["install", "--locked", "--root"])
-            .arg(tools_dir(root))
-            .arg(format!("oha@{OHA_VERSION}"))
-            .run()
-            .context("installing oha failed")?;
-    }
+    install_tool(root, "oha", OHA_VERSION, "the load generator")?;
     Ok(())
 }
 
