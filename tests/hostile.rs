@@ -149,16 +149,17 @@ async fn smuggling_variants_and_header_garbage_get_400_and_never_reach_the_upstr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn too_many_or_too_large_headers_get_431_and_a_long_uri_414() {
+async fn too_many_or_too_large_headers_get_431_and_count_against_the_source_and_a_long_uri_414() {
     let upstream = RecordingUpstream::start(ok_upstream()).await;
     let gateway = Gateway::start(
         &upstream.url(),
-        "[limits]\nmax_headers = 30\nmax_uri_bytes = 2048",
+        "[limits]\nmax_headers = 30\nmax_uri_bytes = 2048\n[blocking]\nmalformed = 2",
     );
     let host = gateway.addr;
+    let sender: IpAddr = "127.0.0.12".parse().expect("addr");
     let many: String = (0..40).map(|i| format!("X-H{i}: v\r\n")).collect();
     let answer = raw_request(
-        LOCALHOST,
+        sender,
         host,
         &format!("GET /mcp HTTP/1.1\r\nHost: {host}\r\n{many}\r\n"),
     )
@@ -166,12 +167,18 @@ async fn too_many_or_too_large_headers_get_431_and_a_long_uri_414() {
     assert_eq!(status_of(&answer), Some(431), "{answer:?}");
     let large = format!("X-Large: {}\r\n", "a".repeat(20_000));
     let answer = raw_request(
-        LOCALHOST,
+        sender,
         host,
         &format!("GET /mcp HTTP/1.1\r\nHost: {host}\r\n{large}\r\n"),
     )
     .await;
     assert_eq!(status_of(&answer), Some(431), "{answer:?}");
+    // Heads hyper refused never became requests to audit, but they count: two block the sender.
+    eventually("the sender of two bad heads is blocked", || {
+        gateway.audit_lines().iter().any(|line| {
+            line["event"] == "block" && line["ip"] == "127.0.0.12" && line["reason"] == "malformed"
+        })
+    });
 
     let long = format!("{}?q={}", gateway.url(), "a".repeat(3000));
     let answer = send(
@@ -191,7 +198,11 @@ async fn too_many_or_too_large_headers_get_431_and_a_long_uri_414() {
         "refused before the body was read"
     );
     assert_eq!(upstream.count(), 0);
-    let lines = gateway.audit_lines();
+    let lines: Vec<Value> = gateway
+        .audit_lines()
+        .into_iter()
+        .filter(|line| line["event"] == "request")
+        .collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0]["decision"], "too_large");
     assert_serving(&gateway).await;

@@ -16,7 +16,7 @@ use super::idle::{Activity, InProgressBody, Stale, WatchedWrites};
 use crate::{
     audit::Peer,
     config::Limits,
-    protection::ConnectionGuard,
+    protection::{ConnectionGuard, Offense},
     proxy::{Gateway, ProxyBody, Worker},
 };
 
@@ -121,6 +121,7 @@ where
     } = connection;
     let activity = Activity::new();
     let idle_timeout = gateway.settings().idle_timeout;
+    let protection = gateway.protection().clone();
     // Reference counts per request only on this connection's own cache lines (the context
     // and its activity): counting on the gateway's, which every worker shares, would move
     // that line between CPUs.
@@ -146,6 +147,11 @@ where
             result = connection.as_mut() => {
                 if let Err(err) = result {
                     tracing::debug!(%peer, error = %err, "connection ended with an error");
+                    // A request head hyper refused (400, 431) never became a request to audit;
+                    // it still counts against its source.
+                    if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_parse) {
+                        protection.offense(peer.ip(), Offense::Malformed);
+                    }
                 }
                 return;
             }
