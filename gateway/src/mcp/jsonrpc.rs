@@ -233,6 +233,12 @@ pub fn inspect_within(body: &[u8], limits: &ParseLimits) -> Result<Body, Inspect
 /// allocation: the parser below skips argument values without a depth limit of its own, and the
 /// upstream should not get what a recursive parser would choke on.
 fn depth_over(body: &[u8], max: usize) -> Option<usize> {
+    // Nesting needs an opening bracket per level: a body with few (an MCP message has about
+    // five) cannot be too deep. This count vectorizes; the exact scan below does not.
+    let openings = body.iter().filter(|b| matches!(b, b'[' | b'{')).count();
+    if openings <= max {
+        return None;
+    }
     let mut depth = 0usize;
     let mut in_string = false;
     let mut escaped = false;
