@@ -1,8 +1,11 @@
 //! The request path, in one place. [`Gateway::chain`] reads top to bottom:
 //!
-//! `authenticate -> read body -> parse -> check ownership -> limit -> audit -> forward`
+//! `check URI -> authenticate -> read body -> parse -> check ownership -> limit -> in-flight slot
+//! -> audit -> forward`
 //!
-//! and every step refuses with the one error type, [`Refusal`]. [`Gateway::finish`] then closes
+//! and every step refuses with the one error type, [`Refusal`]. Every step a client can make
+//! expensive is bounded by `[limits]` (URI, body, batch, JSON depth, argument keys, requests in
+//! flight). [`Gateway::finish`] then closes
 //! every request, whatever its outcome: it writes the response line of a forwarded request, or
 //! reports the offense and writes the audit lines of a refused one, and makes the answer. Metrics
 //! attach there.
