@@ -819,3 +819,64 @@ fn a_second_gateway_on_the_same_port_refuses_to_start() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_from_an_origin_not_allowed_get_403_and_those_without_origin_are_served() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let gateway = Gateway::start_with(
+        &upstream.url(),
+        Options {
+            top: "allowed_origins = [\"https://app.example.com\"]",
+            ..Options::default()
+        },
+    );
+    let with_origin = |origin: &'static str| {
+        let gateway = &gateway;
+        async move {
+            post(
+                gateway,
+                &[("authorization", ALICE), ("origin", origin)],
+                CALL,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        with_origin("https://app.example.com").await.status,
+        StatusCode::OK
+    );
+    let refused = with_origin("http://rebinding.attacker.example").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert_eq!(refused.json()["error"]["code"], -31003);
+    assert_eq!(
+        refused.json()["id"],
+        Value::Null,
+        "refused before the body was read"
+    );
+    assert_eq!(upstream.count(), 1, "the refused request was not forwarded");
+    let without = post(&gateway, &[("authorization", ALICE)], CALL).await;
+    assert_eq!(without.status, StatusCode::OK, "no Origin: not a browser");
+    let decisions: Vec<Value> = gateway
+        .audit_lines()
+        .iter()
+        .filter(|line| line["event"] == "request")
+        .map(|line| line["decision"].clone())
+        .collect();
+    assert_eq!(
+        decisions,
+        [json!("forwarded"), json!("forbidden"), json!("forwarded")]
+    );
+
+    // Without allowed_origins, no browser page is served at all.
+    let closed = Gateway::start(&upstream.url(), "");
+    let answer = post(
+        &closed,
+        &[
+            ("authorization", ALICE),
+            ("origin", "https://app.example.com"),
+        ],
+        CALL,
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+}

@@ -22,6 +22,11 @@ pub struct Config {
     /// gets 408.
     #[serde(default = "defaults::idle_timeout_secs")]
     pub idle_timeout_secs: u64,
+    /// Browser origins (`https://app.example.com`) whose requests are served; a request with
+    /// another `Origin` gets 403 (DNS rebinding). `["*"]` allows any. Requests without `Origin`
+    /// (clients outside a browser) are unaffected.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,

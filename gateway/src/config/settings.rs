@@ -14,7 +14,7 @@ use hyper::{
 use ipnet::IpNet;
 
 use super::file::{Limits, XdpModeConfig};
-use crate::policy::Sha256Digest;
+use crate::{mcp::origin::AllowedOrigins, policy::Sha256Digest};
 
 /// The validated configuration the gateway starts with.
 #[derive(Debug, Clone)]
@@ -31,6 +31,7 @@ pub struct NodeSettings {
     pub mcp_path: String,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,
+    pub allowed_origins: AllowedOrigins,
     pub upstream: UpstreamSettings,
     pub audit: AuditSettings,
     pub xdp: XdpSettings,

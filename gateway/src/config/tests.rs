@@ -237,6 +237,13 @@ fn errors_name_the_field() {
     );
     assert!(error("[upstream]\nurl = \"http://h:1/\"\n").contains("users"));
     assert!(error(&format!("{}[xdp]\nenabled = true\n", with_user(""))).contains("xdp.interface"));
+    assert!(
+        error(&format!(
+            "allowed_origins = [\"https://a.example\", \"a.example\"]\n{}",
+            with_user("")
+        ))
+        .contains("allowed_origins[1]")
+    );
 }
 
 #[test]

@@ -19,6 +19,7 @@ use super::{
     },
     users::users,
 };
+use crate::mcp::origin::AllowedOrigins;
 
 impl Config {
     /// Checks every field and adds the users from `MCP_API_KEY` / `MCP_USER_KEYS` (given as
@@ -37,6 +38,13 @@ impl Config {
         if self.idle_timeout_secs == 0 {
             return Err(invalid("idle_timeout_secs", "must be at least 1"));
         }
+        let allowed_origins =
+            AllowedOrigins::from_list(&self.allowed_origins).map_err(|index| {
+                invalid(
+                    format!("allowed_origins[{index}]"),
+                    "an origin is scheme://host[:port] (http or https), or \"*\"",
+                )
+            })?;
         let upstream = upstream(&self.upstream, &self.mcp_path)?;
         let (default_limit, tool_limits, rate_limit_status) = limits(&self.rate_limit)?;
         if self.audit.path.as_os_str().is_empty() {
@@ -52,6 +60,7 @@ impl Config {
                 mcp_path: self.mcp_path,
                 max_body_bytes: self.max_body_bytes,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+                allowed_origins,
                 upstream,
                 audit: AuditSettings {
                     path: self.audit.path,

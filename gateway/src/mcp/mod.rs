@@ -1,8 +1,9 @@
 //! What the gateway understands of MCP: the JSON-RPC messages of a request ([`jsonrpc`]), MCP's
-//! headers ([`headers`]), which caller owns which session ([`sessions`]), and the endpoints of the
-//! legacy HTTP+SSE transport ([`legacy_sse`]).
+//! headers ([`headers`]), which caller owns which session ([`sessions`]), which browser origins
+//! may call ([`origin`]), and the endpoints of the legacy HTTP+SSE transport ([`legacy_sse`]).
 
 pub mod headers;
 pub mod jsonrpc;
 pub mod legacy_sse;
+pub mod origin;
 pub mod sessions;

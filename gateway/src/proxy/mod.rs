@@ -1,6 +1,6 @@
 //! The request path, in one place. [`Gateway::chain`] reads top to bottom:
 //!
-//! `check URI -> authenticate -> read body -> parse -> check ownership -> limit -> in-flight slot
+//! `check URI and Origin -> authenticate -> read body -> parse -> check ownership -> limit -> in-flight slot
 //! -> audit -> forward`
 //!
 //! and every step refuses with the one error type, [`Refusal`]. Every step a client can make
@@ -174,6 +174,7 @@ impl<L: Limiter> Gateway<L> {
     ) -> Result<Response<ProxyBody>, Refusal> {
         let limits = &self.settings.limits;
         check_uri(&request, limits.max_uri_bytes)?;
+        self.settings.allowed_origins.check(request.headers())?;
         let caller = policy.authenticate(request.headers())?;
         call.context.caller = Some(&caller.name);
         let (parts, body) = request.into_parts();

@@ -16,6 +16,7 @@ use crate::{
     mcp::{
         headers::HeaderMismatch,
         jsonrpc::{self, Body, InspectError, code},
+        origin::OriginRefused,
         sessions::SessionError,
     },
     policy::AuthError,
@@ -204,6 +205,18 @@ impl From<SessionError> for Refusal {
                 err.to_string(),
             ),
         }
+    }
+}
+
+/// What the MCP transport prescribes for a request from an Origin the server does not accept.
+impl From<OriginRefused> for Refusal {
+    fn from(err: OriginRefused) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            Decision::Forbidden,
+            code::FORBIDDEN,
+            err.to_string(),
+        )
     }
 }
 
