@@ -167,9 +167,24 @@ impl XdpProgram {
         Ok(expired)
     }
 
+    /// Blocks an address (`/32`, `/128`: the blocklist) or a prefix (the prefix blocklist) until
+    /// `expires_at_ns` (0 = until unblocked).
+    pub fn add_block(
+        &mut self,
+        target: IpNet,
+        expires_at_ns: u64,
+        reason: BlockReason,
+    ) -> Result<(), XdpError> {
+        if is_host(target) {
+            self.block(target.addr(), expires_at_ns, reason)
+        } else {
+            self.block_prefix(target, expires_at_ns, reason)
+        }
+    }
+
     /// Removes the block of an address (`/32`, `/128`) or a prefix; `false` if there was none.
     pub fn remove_block(&mut self, target: IpNet) -> Result<bool, XdpError> {
-        let removed = if target.prefix_len() == target.max_prefix_len() {
+        let removed = if is_host(target) {
             self.blocklist()?.remove(&SourceKey::from(target.addr()))
         } else {
             self.prefix_blocklist()?.remove(&prefix_key(target))
@@ -234,6 +249,11 @@ impl XdpProgram {
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, XdpError> {
         self.ebpf.map_mut(name).ok_or(XdpError::Missing(name))
     }
+}
+
+/// Whether `target` is one address, kept in the blocklist rather than the prefix blocklist.
+fn is_host(target: IpNet) -> bool {
+    target.prefix_len() == target.max_prefix_len()
 }
 
 /// The LPM key of a prefix: IPv4 prefixes become v4-mapped IPv6 prefixes (/n -> /96+n), as the

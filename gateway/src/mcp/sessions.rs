@@ -117,6 +117,7 @@ impl Sessions {
     }
 
     /// Sessions bound now, and how many of them are `caller`'s.
+    #[cfg(test)]
     pub fn count(&self, caller: &str) -> (usize, usize) {
         let table = self.table();
         let own = table.issued.get(caller).map_or(0, |issued| issued.open);

@@ -13,7 +13,6 @@ use tokio::sync::mpsc;
 
 use super::{
     Block, BlockSet, Command, Connections, Offense, Origin,
-    block_set::host_address,
     networks::{offender_of, offenders_among, outside_allowlist, wider_network},
 };
 use crate::{
@@ -280,10 +279,7 @@ impl Enforcer {
         let written = self
             .program
             .as_mut()
-            .map(|program| match host_address(block.target) {
-                Some(source) => program.block(source, expires_at_ns, block.reason),
-                None => program.block_prefix(block.target, expires_at_ns, block.reason),
-            });
+            .map(|program| program.add_block(block.target, expires_at_ns, block.reason));
         let enforced_in = match written {
             Some(Ok(())) => "xdp",
             Some(Err(err)) => {
