@@ -232,6 +232,8 @@ pub enum BlockReason {
     PacketRate = 4,
     /// Kept opening more connections than the gateway allows one source.
     ConnectionFlood = 5,
+    /// Kept calling what its caller is not granted.
+    ForbiddenCalls = 6,
 }
 
 impl BlockReason {
@@ -243,6 +245,7 @@ impl BlockReason {
             3 => Some(Self::Malformed),
             4 => Some(Self::PacketRate),
             5 => Some(Self::ConnectionFlood),
+            6 => Some(Self::ForbiddenCalls),
             _ => None,
         }
     }
@@ -255,6 +258,7 @@ impl BlockReason {
             Self::Malformed => "malformed",
             Self::PacketRate => "packet_rate",
             Self::ConnectionFlood => "connection_flood",
+            Self::ForbiddenCalls => "forbidden_calls",
         }
     }
 }

@@ -9,15 +9,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audit::AuditLog,
-    config::{NodeSettings, Settings, XdpModeConfig},
+    config::{NodeSettings, PolicySettings, Settings, XdpModeConfig},
     kernel::{XdpError, XdpProgram},
     protection,
     proxy::Gateway,
     server,
 };
 
-/// Runs the gateway until SIGINT or SIGTERM.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
+/// Reads the policy again (the configuration file and the environment's keys), for a reload.
+pub type Reload = Arc<dyn Fn() -> anyhow::Result<PolicySettings> + Send + Sync>;
+
+/// Runs the gateway until SIGINT or SIGTERM. SIGHUP reopens the audit log and, with `reload`,
+/// swaps in the policy it reads.
+pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<()> {
     let node = &settings.node;
     let audit = AuditLog::open(&node.audit.path, node.audit.fsync).with_context(|| {
         format!(
@@ -58,7 +62,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let gateway = Arc::new(Gateway::new(settings, audit, protection));
     // The enforcer owns the XDP maps; ending it at shutdown detaches the program (pins stay).
     let enforcer = tokio::spawn(enforcer.run());
-    spawn_reopen_on_sighup(Arc::clone(&gateway))?;
+    spawn_reload_on_sighup(Arc::clone(&gateway), reload)?;
     spawn_limiter_sweep(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
     let threads =
@@ -145,11 +149,34 @@ fn attach(
     }
 }
 
-fn spawn_reopen_on_sighup(gateway: Arc<Gateway>) -> anyhow::Result<()> {
+/// On SIGHUP: reopens the audit log (rotation), and reloads the policy — users, keys, limits, tool
+/// limits, groups and grants. A file that does not validate changes nothing: the error names the
+/// field, and the gateway runs on with the policy it had. Connections, streams and limiter windows
+/// carry on; settings of the node (addresses, upstream, XDP) need a restart.
+fn spawn_reload_on_sighup(gateway: Arc<Gateway>, reload: Option<Reload>) -> anyhow::Result<()> {
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             gateway.audit().reopen().await;
+            let Some(reload) = &reload else {
+                continue;
+            };
+            // Parsing 100,000 users takes a while: not on the runtime's threads.
+            let reload = Arc::clone(reload);
+            let reloaded = tokio::task::spawn_blocking(move || reload())
+                .await
+                .unwrap_or_else(|err| Err(anyhow::anyhow!("reload failed: {err}")));
+            match reloaded {
+                Ok(policy) => {
+                    let users = policy.users.len();
+                    gateway.replace_policy(policy);
+                    tracing::info!(users, "policy reloaded");
+                }
+                Err(err) => tracing::error!(
+                    error = %format!("{err:#}"),
+                    "reload refused: the configuration does not validate; the current policy stays"
+                ),
+            }
         }
     });
     Ok(())

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod authz;
 pub mod config;
 pub mod demo_upstream;
 pub mod kernel;

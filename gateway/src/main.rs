@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::{
-    app,
+    app, authz,
     config::{Config, Settings},
     demo_upstream, kernel,
     policy::keys,
@@ -26,7 +26,7 @@ struct Cli {
     run: RunArgs,
 }
 
-#[derive(Args, Default)]
+#[derive(Args, Default, Clone)]
 struct RunArgs {
     /// TOML configuration file.
     #[arg(long, short)]
@@ -50,6 +50,29 @@ enum Command {
     HashKey,
     /// Validate a configuration file and exit.
     CheckConfig { file: PathBuf },
+    /// Say whether a user may call a tool (get a prompt, read a resource) under a configuration,
+    /// and which rule decides. Exit status: 0 allowed, 3 denied.
+    #[command(group(clap::ArgGroup::new("subject").required(true).args(["tool", "prompt", "resource"])))]
+    Explain {
+        /// TOML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        tool: Option<String>,
+        #[arg(long)]
+        prompt: Option<String>,
+        #[arg(long)]
+        resource: Option<String>,
+        /// The tool's annotations as the upstream lists them, as JSON (`'{"readOnlyHint":true}'`);
+        /// without them the tool counts as not listed yet, as in the running gateway.
+        #[arg(long)]
+        annotations: Option<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a small MCP server (tools `echo` and `add`) to try the gateway with.
     DemoUpstream {
         #[arg(long, default_value = "127.0.0.1:3000")]
@@ -110,7 +133,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None => {
             let settings = settings(&cli.run)?;
             release_unused_memory();
-            runtime()?.block_on(app::run(settings))
+            let reload = cli.run.config.clone().map(|path| {
+                let args = cli.run.clone();
+                std::sync::Arc::new(move || Ok(load(&path, &args)?.policy)) as app::Reload
+            });
+            runtime()?.block_on(app::run(settings, reload))
+        }
+        Some(Command::Explain {
+            config,
+            user,
+            tool,
+            prompt,
+            resource,
+            annotations,
+            json,
+        }) => {
+            let settings = load(&config, &RunArgs::default())?;
+            let (category, name) = match (tool, prompt, resource) {
+                (Some(tool), _, _) => (authz::Category::Tools, tool),
+                (_, Some(prompt), _) => (authz::Category::Prompts, prompt),
+                (_, _, Some(resource)) => (authz::Category::Resources, resource),
+                _ => anyhow::bail!("name a --tool, a --prompt or a --resource"),
+            };
+            let annotations = annotations
+                .map(|text| serde_json::from_str::<serde_json::Value>(&text))
+                .transpose()
+                .context("--annotations: not a JSON object")?;
+            let explanation = authz::explain(
+                &settings.policy,
+                &user,
+                category,
+                &name,
+                annotations.as_ref(),
+            )?;
+            if json {
+                print_output(&format!("{}\n", explanation.to_json()))?;
+            } else {
+                print_output(&explanation.to_string())?;
+            }
+            if !explanation.allowed {
+                std::process::exit(3);
+            }
+            Ok(())
         }
         Some(Command::GenKey) => {
             let key = keys::generate()?;
@@ -287,7 +351,7 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Res
     if let Err(err) = write_stdout(&banner) {
         tracing::warn!("cannot print the demo banner and key to stdout ({err}); serving anyway");
     }
-    app::run(settings).await
+    app::run(settings, None).await
 }
 
 fn toml_string(text: &str) -> String {

@@ -148,6 +148,13 @@ impl<'a> Line<'a> {
         let _ = serde_json::to_writer(&mut *self.out, &value);
     }
 
+    fn decision(&mut self, decision: Decision, reason: Option<&str>) {
+        self.plain(key!("decision"), decision.as_str());
+        if let Some(reason) = reason {
+            self.str(key!("reason"), Some(cap(reason)));
+        }
+    }
+
     fn finish(self) {
         self.out.extend_from_slice(b"}\n");
     }
@@ -176,11 +183,20 @@ pub fn request_lines(
     messages: &[Message],
     decision: Decision,
 ) -> Vec<u8> {
+    lines_with_reason(ctx, messages, decision, None)
+}
+
+fn lines_with_reason(
+    ctx: &RequestContext<'_>,
+    messages: &[Message],
+    decision: Decision,
+    reason: Option<&str>,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(256 * messages.len().max(1));
     if messages.is_empty() {
         let mut line = Line::start(&mut out, "request", ctx);
         line.http_request(ctx);
-        line.plain(key!("decision"), decision.as_str());
+        line.decision(decision, reason);
         line.finish();
     }
     for message in messages {
@@ -195,7 +211,7 @@ pub fn request_lines(
         if let Some(keys) = message.argument_keys() {
             line.strs(key!("arg_keys"), keys.iter().map(|key| cap(key)));
         }
-        line.plain(key!("decision"), decision.as_str());
+        line.decision(decision, reason);
         line.finish();
     }
     out
@@ -207,14 +223,16 @@ const MAX_REFUSED_TOOLS: usize = 16;
 /// The audit of a refused request: its `request` line as [`request_lines`] writes it for one
 /// message, but a single line for a refused batch, with the number of `messages` and the first
 /// distinct tools it called. A client cannot make the gateway write more for a request it refuses
-/// than for one it forwards.
+/// than for one it forwards. `reason` says why, where the decision alone does not (the rule that
+/// denied a call).
 pub fn refusal_lines(
     ctx: &RequestContext<'_>,
     messages: &[Message],
     decision: Decision,
+    reason: Option<&str>,
 ) -> Vec<u8> {
     if messages.len() <= 1 {
-        return request_lines(ctx, messages, decision);
+        return lines_with_reason(ctx, messages, decision, reason);
     }
     let mut tools: Vec<&str> = Vec::new();
     for tool in messages.iter().filter_map(Message::tool) {
@@ -230,7 +248,7 @@ pub fn refusal_lines(
     line.http_request(ctx);
     line.number(key!("messages"), messages.len());
     line.strs(key!("tools"), tools.into_iter().map(cap));
-    line.plain(key!("decision"), decision.as_str());
+    line.decision(decision, reason);
     line.finish();
     out
 }
@@ -510,7 +528,7 @@ pub(crate) mod tests {
             })
             .collect();
         let body = jsonrpc::inspect(format!("[{}]", calls.join(",")).as_bytes()).unwrap();
-        let out = refusal_lines(&ctx, &body.messages, Decision::RateLimited);
+        let out = refusal_lines(&ctx, &body.messages, Decision::RateLimited, None);
         let lines = parse_lines(&out);
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0]["messages"], 50);

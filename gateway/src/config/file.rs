@@ -40,6 +40,52 @@ pub struct Config {
     pub blocking: BlockingSection,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub authorization: AuthorizationSection,
+    /// Groups of users and what they may use: `[groups.support] members = ["alice"]`.
+    #[serde(default)]
+    pub groups: BTreeMap<String, GroupConfig>,
+}
+
+/// `[authorization]`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorizationSection {
+    /// What a caller may use where none of their rules speaks of it.
+    #[serde(default)]
+    pub default: DefaultDecision,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultDecision {
+    /// Today's behaviour: a caller without rules uses everything.
+    #[default]
+    Allow,
+    Deny,
+}
+
+/// What a user (in `[[users]]`) or a group may use. Every list is of glob patterns; `!pattern`
+/// denies, and a deny wins.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    /// User names.
+    #[serde(default)]
+    pub members: Vec<String>,
+    /// Tool names (`tools/call`, `tools/list`).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Prompt names (`prompts/get`, `prompts/list`).
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    /// Resource URIs (`resources/read`, `resources/subscribe`, the resource lists).
+    #[serde(default)]
+    pub resources: Vec<String>,
+    /// Annotations the upstream gives its tools: `"readOnlyHint"` grants only tools that have
+    /// it, `"!destructiveHint"` denies tools that have it.
+    #[serde(default)]
+    pub tool_annotations: Vec<String>,
 }
 
 /// `[limits]`: a bound on everything a client controls, so one client can only hurt itself.
@@ -182,6 +228,15 @@ pub struct UserConfig {
     pub key_sha256: String,
     #[serde(default)]
     pub rate_limit: Option<Limit>,
+    /// The user's own rule, as in `[groups.*]` (without `members`).
+    #[serde(default)]
+    pub tools: Vec<String>,
+    #[serde(default)]
+    pub prompts: Vec<String>,
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub tool_annotations: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -285,6 +340,10 @@ pub struct BlockingSection {
     /// lead to a block.
     #[serde(default = "defaults::refused_connections")]
     pub refused_connections: u32,
+    /// Calls refused as not granted (`[groups]`, `[[users]] tools`...) within `window_secs` that
+    /// lead to a block: one refusal is a caller's mistake, many are probing.
+    #[serde(default = "defaults::forbidden_calls")]
+    pub forbidden_calls: u32,
     #[serde(default = "defaults::window_secs")]
     pub window_secs: u64,
     /// First block's duration; each repeat offense doubles it, up to `max_block_secs`.
@@ -334,6 +393,7 @@ impl Default for BlockingSection {
             malformed: defaults::malformed(),
             packet_rate_events: defaults::packet_rate_events(),
             refused_connections: defaults::refused_connections(),
+            forbidden_calls: defaults::forbidden_calls(),
             window_secs: defaults::window_secs(),
             block_secs: defaults::block_secs(),
             max_block_secs: defaults::max_block_secs(),
@@ -431,6 +491,9 @@ mod defaults {
     }
     pub fn refused_connections() -> u32 {
         50
+    }
+    pub fn forbidden_calls() -> u32 {
+        20
     }
     pub fn block_secs() -> u64 {
         300

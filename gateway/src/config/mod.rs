@@ -5,6 +5,7 @@
 //! The validated settings come in two parts: [`NodeSettings`], fixed for the life of the process,
 //! and [`PolicySettings`], which a reload may swap while requests run (see `policy/`).
 
+mod authorization;
 mod file;
 mod protection;
 mod settings;
@@ -14,8 +15,9 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use file::{
-    AuditConfig, BlockingSection, Config, EscalationSection, Interfaces, Limit, Limits,
-    RateLimitConfig, UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
+    AuditConfig, AuthorizationSection, BlockingSection, Config, DefaultDecision, EscalationSection,
+    GroupConfig, Interfaces, Limit, Limits, RateLimitConfig, UpstreamConfig, UserConfig,
+    XdpModeConfig, XdpRateSection, XdpSection,
 };
 pub use protection::parse_prefix;
 pub use settings::{

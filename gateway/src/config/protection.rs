@@ -143,6 +143,7 @@ pub(super) fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolic
         ("malformed", section.malformed),
         ("packet_rate_events", section.packet_rate_events),
         ("refused_connections", section.refused_connections),
+        ("forbidden_calls", section.forbidden_calls),
     ] {
         if value == 0 {
             return Err(invalid(format!("blocking.{name}"), "must be at least 1"));
@@ -186,6 +187,7 @@ pub(super) fn blocking_policy(section: &BlockingSection) -> Result<BlockingPolic
         malformed: section.malformed,
         packet_rate_events: section.packet_rate_events,
         refused_connections: section.refused_connections,
+        forbidden_calls: section.forbidden_calls,
         window: Duration::from_secs(section.window_secs),
         block: Duration::from_secs(section.block_secs),
         max_block: Duration::from_secs(section.max_block_secs),

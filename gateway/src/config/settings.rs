@@ -14,7 +14,7 @@ use hyper::{
 use ipnet::IpNet;
 
 use super::file::{Limits, XdpModeConfig};
-use crate::{mcp::origin::AllowedOrigins, policy::Sha256Digest};
+use crate::{authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest};
 
 /// The validated configuration the gateway starts with.
 #[derive(Debug, Clone)]
@@ -85,6 +85,8 @@ pub struct User {
     pub name: String,
     pub key_digest: Sha256Digest,
     pub limit: Option<RateLimit>,
+    /// What the user may use; `None`: everything (no rule applies, `default = "allow"`).
+    pub grants: Option<Arc<Grants>>,
 }
 
 /// A request budget: at most `requests` in any window of `window`.
@@ -116,6 +118,7 @@ pub struct BlockingPolicy {
     pub malformed: u32,
     pub packet_rate_events: u32,
     pub refused_connections: u32,
+    pub forbidden_calls: u32,
     pub window: Duration,
     pub block: Duration,
     pub max_block: Duration,

@@ -29,6 +29,7 @@ pub(super) fn users(
             name: user.name.clone(),
             key_digest,
             limit,
+            grants: None,
         });
     }
     if let Some(key) = mcp_api_key {
@@ -82,7 +83,7 @@ fn check_unique(users: &[User]) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn check_user_name(name: &str) -> Result<(), &'static str> {
+pub(super) fn check_user_name(name: &str) -> Result<(), &'static str> {
     if name.is_empty() || name.len() > 64 {
         return Err("must be 1 to 64 characters");
     }
@@ -108,5 +109,6 @@ fn env_user(field: &str, name: &str, key: &str) -> Result<User, ConfigError> {
         name: name.to_owned(),
         key_digest: Sha256Digest::of(key.as_bytes()),
         limit: None,
+        grants: None,
     })
 }

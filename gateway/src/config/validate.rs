@@ -11,6 +11,7 @@ use hyper::{
 
 use super::{
     ConfigError,
+    authorization::assign_grants,
     file::{Config, Limit, Limits, RateLimitConfig, UpstreamConfig},
     invalid,
     protection::{blocking_policy, xdp_settings},
@@ -53,7 +54,8 @@ impl Config {
         let xdp = xdp_settings(&self.xdp, self.listen.port())?;
         let blocking = blocking_policy(&self.blocking)?;
         check_limits(&self.limits)?;
-        let users = users(&self.users, mcp_api_key, mcp_user_keys)?;
+        let mut users = users(&self.users, mcp_api_key, mcp_user_keys)?;
+        assign_grants(&self, &mut users)?;
         Ok(Settings {
             node: NodeSettings {
                 listen: self.listen,

@@ -41,7 +41,8 @@ pub struct Message {
     pub method: Option<String>,
     /// What the message is, decided once here for everything that reads it.
     pub kind: Kind,
-    /// `params.name` of `tools/call` and `prompts/get`, `params.uri` of `resources/read`.
+    /// `params.name` of `tools/call` and `prompts/get`, `params.uri` of the resource methods:
+    /// the member the server itself reads for that method, whatever else `params` holds.
     pub target: Option<String>,
     /// Top-level keys of `params.arguments`, never the values.
     pub arg_keys: Vec<String>,
@@ -339,12 +340,13 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             }
         }
         let (id, method) = (id.flatten(), method.flatten());
+        let kind = Kind::of(method.as_deref(), id.is_some());
         let (target, arg_keys) = match params.flatten() {
-            Some(params) => (params.target, params.arg_keys),
+            Some(params) => (target(kind, params.name, params.uri), params.arg_keys),
             None => (None, Vec::new()),
         };
         Ok(Message {
-            kind: Kind::of(method.as_deref(), id.is_some()),
+            kind,
             id,
             method,
             target,
@@ -443,9 +445,20 @@ impl<'de> Visitor<'de> for IdSeed {
 
 /// What `params` tells the gateway.
 struct Params {
-    /// `name` (tools, prompts) or else `uri` (resources).
-    target: Option<String>,
+    name: Option<String>,
+    uri: Option<String>,
     arg_keys: Vec<String>,
+}
+
+/// The member of `params` that names what a message of `kind` acts on. Chosen by the method, not
+/// by which member is present: `resources/read` with a `name` beside its `uri` reads the `uri`,
+/// and authorization must judge that.
+fn target(kind: Kind, name: Option<String>, uri: Option<String>) -> Option<String> {
+    match kind {
+        Kind::ToolCall | Kind::PromptGet => name,
+        Kind::ResourceRead | Kind::ResourceSubscription => uri,
+        _ => name.or(uri),
+    }
 }
 
 /// `params`: an object, or null (absent).
@@ -496,7 +509,8 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
             }
         }
         Ok(Some(Params {
-            target: name.flatten().or(uri.flatten()),
+            name: name.flatten(),
+            uri: uri.flatten(),
             arg_keys: arg_keys.unwrap_or_default(),
         }))
     }

@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use hyper::body::{Body, Frame, SizeHint};
 
+use super::sse::event_end;
+
 /// The first event is read before anything is passed on; past this size it is passed on unread.
 const MAX_FIRST_EVENT: usize = 8 * 1024;
 
@@ -186,20 +188,6 @@ impl<B> Drop for EndpointWatch<B> {
             self.endpoints.owners.remove(&endpoint);
         }
     }
-}
-
-/// Where the first event ends (after its blank line), if it is complete.
-fn event_end(bytes: &[u8]) -> Option<usize> {
-    // SSE lines end in CRLF, LF or CR; a blank line ends the event.
-    ["\r\n\r\n", "\n\n", "\r\r"]
-        .iter()
-        .filter_map(|blank| {
-            bytes
-                .windows(blank.len())
-                .position(|window| window == blank.as_bytes())
-                .map(|at| at + blank.len())
-        })
-        .min()
 }
 
 /// The name and data of an event; `None` for a block without data (comments, a bare `event:`).

@@ -1,9 +1,11 @@
 //! What the gateway understands of MCP: the JSON-RPC messages of a request ([`jsonrpc`]), MCP's
 //! headers ([`headers`]), which caller owns which session ([`sessions`]), which browser origins
-//! may call ([`origin`]), and the endpoints of the legacy HTTP+SSE transport ([`legacy_sse`]).
+//! may call ([`origin`]), the endpoints of the legacy HTTP+SSE transport ([`legacy_sse`]), and
+//! the events of an SSE stream ([`sse`]).
 
 pub mod headers;
 pub mod jsonrpc;
 pub mod legacy_sse;
 pub mod origin;
 pub mod sessions;
+pub mod sse;

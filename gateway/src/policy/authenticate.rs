@@ -10,7 +10,10 @@ use std::sync::Arc;
 use hyper::{HeaderMap, header::AUTHORIZATION};
 
 use super::{DigestMap, Sha256Digest};
-use crate::config::{RateLimit, User};
+use crate::{
+    authz::Grants,
+    config::{RateLimit, User},
+};
 
 /// An authenticated caller.
 #[derive(Debug)]
@@ -18,6 +21,8 @@ pub struct Caller {
     pub name: Arc<str>,
     /// Per-user rate limit, if the config overrides the default.
     pub limit: Option<RateLimit>,
+    /// What the caller may use; `None`: everything.
+    pub grants: Option<Arc<Grants>>,
 }
 
 /// Why a request was not authenticated.
@@ -44,6 +49,7 @@ impl Authenticator {
                 let caller = Caller {
                     name: user.name.as_str().into(),
                     limit: user.limit,
+                    grants: user.grants.clone(),
                 };
                 (user.key_digest, caller)
             })
@@ -91,11 +97,13 @@ mod tests {
                 name: "alice".into(),
                 key_digest: Sha256Digest::of(b"alice-key"),
                 limit: None,
+                grants: None,
             },
             User {
                 name: "bob".into(),
                 key_digest: Sha256Digest::of(b"bob-key"),
                 limit: None,
+                grants: None,
             },
         ])
     }

@@ -4,7 +4,8 @@
 //! A [`Policy`] is one immutable value. Requests read a snapshot of it; a reload builds a new one
 //! and swaps it in ([`PolicyStore::replace`]), so a request sees either the old policy
 //! or the new one, never a mix. State that must outlive a policy (limiter windows, sessions) lives
-//! outside it, keyed by caller name, so a reload resets nobody's window.
+//! outside it, keyed by caller name, so a reload resets nobody's window. Each caller's grants
+//! (see `authz/`) are part of it.
 
 mod authenticate;
 mod digest;
@@ -36,6 +37,8 @@ pub struct Policy {
     tool_limits: HashMap<String, RateLimit>,
     rate_limit_status: StatusCode,
     longest_window: Duration,
+    /// Some rule reads tool annotations: `tools/list` answers are read to learn them.
+    reads_annotations: bool,
 }
 
 impl Policy {
@@ -43,13 +46,24 @@ impl Policy {
     /// double their memory, about 10 MiB with 100,000 users).
     pub fn new(settings: PolicySettings) -> Self {
         let longest_window = settings.longest_window();
+        let reads_annotations = settings.users.iter().any(|user| {
+            user.grants
+                .as_ref()
+                .is_some_and(|grants| grants.uses_hints())
+        });
         Self {
             authenticator: Authenticator::new(&settings.users),
             default_limit: settings.default_limit,
             tool_limits: settings.tool_limits,
             rate_limit_status: settings.rate_limit_status,
             longest_window,
+            reads_annotations,
         }
+    }
+
+    /// Whether some rule reads the annotations of tools.
+    pub fn reads_annotations(&self) -> bool {
+        self.reads_annotations
     }
 
     /// The caller whose key the request carries.
@@ -159,6 +173,7 @@ pub(crate) mod test_support {
                     name: (*name).into(),
                     key_digest: Sha256Digest::of(format!("{name}-key").as_bytes()),
                     limit: None,
+                    grants: None,
                 })
                 .collect(),
             default_limit: RateLimit {

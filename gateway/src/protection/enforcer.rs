@@ -153,6 +153,7 @@ impl Enforcer {
             Offense::Malformed => self.policy.malformed,
             Offense::PacketRate => self.policy.packet_rate_events,
             Offense::TooManyConnections => self.policy.refused_connections,
+            Offense::Forbidden => self.policy.forbidden_calls,
         } as usize;
         let now = Instant::now();
         let window = self.policy.window;

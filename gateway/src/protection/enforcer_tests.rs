@@ -12,6 +12,7 @@ fn policy() -> BlockingPolicy {
         malformed: 2,
         packet_rate_events: 1,
         refused_connections: 4,
+        forbidden_calls: 4,
         window: Duration::from_secs(60),
         block: Duration::from_secs(10),
         max_block: Duration::from_secs(25),

@@ -42,6 +42,8 @@ pub enum Offense {
     PacketRate,
     /// A connection refused for `max_connections_per_source`.
     TooManyConnections,
+    /// A call of a tool, prompt or resource its caller is not granted.
+    Forbidden,
 }
 
 impl Offense {
@@ -52,6 +54,7 @@ impl Offense {
             Self::Malformed => BlockReason::Malformed,
             Self::PacketRate => BlockReason::PacketRate,
             Self::TooManyConnections => BlockReason::ConnectionFlood,
+            Self::Forbidden => BlockReason::ForbiddenCalls,
         }
     }
 }

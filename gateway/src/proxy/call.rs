@@ -7,6 +7,7 @@ use hyper::{HeaderMap, Method, Request, body::Incoming, header};
 
 use crate::{
     audit::{Peer, RequestContext},
+    authz::ListFilter,
     mcp::{
         headers::MCP_SESSION_ID,
         jsonrpc::{Body, Message},
@@ -56,6 +57,8 @@ pub struct Call<'a> {
     pub body: Option<Body>,
     /// When the request was sent upstream; `None` while (or if) it was not.
     pub forwarded_at: Option<Instant>,
+    /// How the answer's list results are filtered for the caller, if they are.
+    pub list_filter: Option<ListFilter>,
 }
 
 impl<'a> Call<'a> {
@@ -78,6 +81,7 @@ impl<'a> Call<'a> {
             route,
             body: None,
             forwarded_at: None,
+            list_filter: None,
         }
     }
 

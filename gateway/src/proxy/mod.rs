@@ -13,6 +13,7 @@
 //! A request reads one snapshot of the [`Policy`] from start to end, so a reload never mixes two
 //! policies in one request; limiter windows and sessions live outside the policy and survive it.
 
+mod answer;
 mod call;
 mod refusal;
 mod worker;
@@ -35,6 +36,7 @@ pub use worker::Worker;
 
 use crate::{
     audit::{self, AuditLog, Decision, Peer},
+    authz::{self, ToolCatalog},
     config::{NodeSettings, PolicySettings, Settings},
     limit::{HoldingSlot, InFlight, InFlightSlot, Limiter, SlidingWindow},
     mcp::{
@@ -64,6 +66,8 @@ pub struct Gateway<L: Limiter = SlidingWindow> {
     sessions: Sessions,
     /// Message endpoints of open legacy SSE streams, by caller.
     legacy_endpoints: Arc<Endpoints>,
+    /// Tool annotations the upstream listed, for rules that read them.
+    catalog: Arc<ToolCatalog>,
     protection: Protection,
 }
 
@@ -101,6 +105,7 @@ impl<L: Limiter> Gateway<L> {
             audit,
             sessions,
             legacy_endpoints: Arc::default(),
+            catalog: Arc::default(),
             protection,
         }
     }
@@ -181,6 +186,8 @@ impl<L: Limiter> Gateway<L> {
         let body = self.read_body(call.route, &parts.method, body).await?;
         parse_messages(call, &parts, &body, &limits.parse())?;
         self.check_ownership(call, &parts.uri, &caller.name)?;
+        self.authorize(caller, call)?;
+        call.list_filter = answer::list_filter(policy, caller, call, &self.catalog);
         self.limit(policy, caller, call).await?;
         let slot = self
             .in_flight
@@ -215,10 +222,15 @@ impl<L: Limiter> Gateway<L> {
         // failed, which only the gateway's own log can tell). A refusal is answered even if its
         // audit fails.
         if call.forwarded_at.is_none() && refusal.decision != Decision::AuditFailed {
-            if let Some(offense) = refusal.offense() {
+            if let Some(offense) = refusal.offense {
                 self.protection.offense(call.context.peer.ip, offense);
             }
-            let lines = audit::refusal_lines(&call.context, call.messages(), refusal.decision);
+            let lines = audit::refusal_lines(
+                &call.context,
+                call.messages(),
+                refusal.decision,
+                refusal.reason.as_deref(),
+            );
             if let Err(err) = worker.audit.write(lines).await {
                 tracing::error!(request_id = %call.context.request_id, error = %err, "could not audit a refused request");
             }
@@ -341,6 +353,23 @@ impl<L: Limiter> Gateway<L> {
         Ok(())
     }
 
+    /// Refuses calls of what the caller is not granted, before they cost any limit: a batch with
+    /// one such message is refused whole, so a batch is never half done.
+    fn authorize(&self, caller: &Caller, call: &Call<'_>) -> Result<(), Refusal> {
+        let Some(grants) = &caller.grants else {
+            return Ok(());
+        };
+        authz::check(grants, call.messages(), &self.catalog).map_err(|err| {
+            let mut refusal = Refusal::from(err);
+            if call.body.as_ref().is_some_and(|body| body.is_batch) {
+                refusal
+                    .message
+                    .push_str("; nothing of this batch was forwarded");
+            }
+            refusal
+        })
+    }
+
     /// Per caller and tool, then per caller: a batch costs one per message. Tool limits go first,
     /// so a call they refuse takes no slot of the caller's own limit.
     async fn limit(
@@ -412,7 +441,11 @@ impl<L: Limiter> Gateway<L> {
                 Refusal::from(err)
             })?;
         let response = response.map(|body| HoldingSlot::new(body, slot));
-        Ok(self.track_sessions(call, caller, is_delete, response))
+        let response = self.track_sessions(call, caller, is_delete, response);
+        match call.list_filter.take() {
+            Some(filter) => answer::filter_lists(response, filter).await,
+            None => Ok(response),
+        }
     }
 
     /// What the upstream's answer tells about sessions: a new session belongs to its caller, a

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 use crate::{
     audit::Decision,
+    authz::NotGranted,
     limit::Denied,
     mcp::{
         headers::HeaderMismatch,
@@ -37,6 +38,10 @@ pub struct Refusal {
     pub message: String,
     pub data: Option<Value>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What it counts as towards a block of its source.
+    pub offense: Option<Offense>,
+    /// Why, for the audit line only (the rule that denied a call).
+    pub reason: Option<String>,
 }
 
 impl Refusal {
@@ -53,6 +58,8 @@ impl Refusal {
             message: message.into(),
             data: None,
             headers: Vec::new(),
+            offense: default_offense(decision),
+            reason: None,
         }
     }
 
@@ -130,19 +137,6 @@ impl Refusal {
         )
     }
 
-    /// What the refusal counts as towards a block of its source.
-    pub fn offense(&self) -> Option<Offense> {
-        match self.decision {
-            Decision::Unauthenticated | Decision::InvalidKey => Some(Offense::AuthFailure),
-            Decision::RateLimited => Some(Offense::RateLimited),
-            Decision::BadRequest | Decision::TooLarge => Some(Offense::Malformed),
-            Decision::Forwarded
-            | Decision::Forbidden
-            | Decision::NotFound
-            | Decision::AuditFailed => None,
-        }
-    }
-
     /// The answer: a JSON-RPC error echoing the ids of `body`'s requests.
     pub fn into_response(self, body: Option<&Body>) -> Response<ProxyBody> {
         let payload = jsonrpc::error_body(body, self.code, &self.message, self.data);
@@ -151,6 +145,45 @@ impl Refusal {
             response.headers_mut().insert(name, value);
         }
         response
+    }
+}
+
+/// What a refusal with `decision` counts as, unless it says otherwise: a refusal of something
+/// not granted is `forbidden` like one of a foreign session, but only it counts.
+fn default_offense(decision: Decision) -> Option<Offense> {
+    match decision {
+        Decision::Unauthenticated | Decision::InvalidKey => Some(Offense::AuthFailure),
+        Decision::RateLimited => Some(Offense::RateLimited),
+        Decision::BadRequest | Decision::TooLarge => Some(Offense::Malformed),
+        Decision::Forwarded | Decision::Forbidden | Decision::NotFound | Decision::AuditFailed => {
+            None
+        }
+    }
+}
+
+/// A call of something the caller is not granted: 403, naming what was refused (the client sent
+/// those names); the audit line also names the rule. A batch is refused whole.
+impl From<NotGranted> for Refusal {
+    fn from(err: NotGranted) -> Self {
+        let mut refusal = Self::new(
+            StatusCode::FORBIDDEN,
+            Decision::Forbidden,
+            code::FORBIDDEN,
+            err.to_string(),
+        );
+        refusal.data = Some(json!({
+            "refused": err.refused.iter().map(|message| json!({
+                "index": message.index,
+                "kind": message.category.noun(),
+                "name": message.name,
+            })).collect::<Vec<_>>()
+        }));
+        refusal.offense = Some(Offense::Forbidden);
+        refusal.reason = err.refused.first().map(|first| match err.refused.len() {
+            1 => first.reason.clone(),
+            n => format!("{} (and {} more messages refused)", first.reason, n - 1),
+        });
+        refusal
     }
 }
 
@@ -277,6 +310,6 @@ mod tests {
             Refusal::from(crate::mcp::headers::check_mcp_headers(&headers, &body).unwrap_err());
         assert_eq!(refusal.status, StatusCode::BAD_REQUEST);
         assert_eq!(refusal.code, code::HEADER_MISMATCH);
-        assert_eq!(refusal.offense(), Some(Offense::Malformed));
+        assert_eq!(refusal.offense, Some(Offense::Malformed));
     }
 }

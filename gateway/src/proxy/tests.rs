@@ -41,6 +41,7 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
         route: Route::Mcp,
         body: None,
         forwarded_at: None,
+        list_filter: None,
     };
     call.body = Some(inspect(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap());
     gateway.limit(&policy, caller, &call).await

@@ -1,0 +1,260 @@
+//! Lists that show a caller only what they may use: the results of `tools/list`, `prompts/list`,
+//! `resources/list` and `resources/templates/list`, rewritten on their way back.
+//!
+//! Only the list itself changes: `nextCursor` and every other member pass as they are, so
+//! pagination works (a page may come back shorter, or empty with a cursor to the next). An item
+//! without the member that names it is dropped. Resource templates are matched as written
+//! (`file:///shared/{path}` against `file:///shared/**`). The same pass records the annotations
+//! of listed tools in the [`ToolCatalog`], before anything is removed.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{
+    grants::{Category, Grants, ToolHints},
+    hints::{Hints, ToolCatalog},
+};
+
+/// One of the four lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    pub fn of_method(method: &str) -> Option<Self> {
+        match method {
+            "tools/list" => Some(Self::Tools),
+            "prompts/list" => Some(Self::Prompts),
+            "resources/list" => Some(Self::Resources),
+            "resources/templates/list" => Some(Self::ResourceTemplates),
+            _ => None,
+        }
+    }
+
+    /// The member of the result that holds the list.
+    fn member(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    /// The member of an item that names it.
+    fn item_name(self) -> &'static str {
+        match self {
+            Self::Tools | Self::Prompts => "name",
+            Self::Resources => "uri",
+            Self::ResourceTemplates => "uriTemplate",
+        }
+    }
+
+    fn category(self) -> Category {
+        match self {
+            Self::Tools => Category::Tools,
+            Self::Prompts => Category::Prompts,
+            Self::Resources | Self::ResourceTemplates => Category::Resources,
+        }
+    }
+
+    /// The list a result holds, told by its shape (a stream where the request is not known).
+    fn of_result(result: &Value) -> Option<Self> {
+        [
+            Self::Tools,
+            Self::Prompts,
+            Self::ResourceTemplates,
+            Self::Resources,
+        ]
+        .into_iter()
+        .find(|kind| result.get(kind.member()).is_some_and(Value::is_array))
+    }
+}
+
+/// How one answer's lists are rewritten.
+pub struct ListFilter {
+    /// The caller's grants; `None` when only learning annotations.
+    grants: Option<Arc<Grants>>,
+    /// Where tool annotations are recorded, when any rule reads them.
+    catalog: Option<Arc<ToolCatalog>>,
+    /// The list requests (id, list) the answer responds to; empty: any list result, by shape.
+    expected: Vec<(Value, ListKind)>,
+}
+
+impl ListFilter {
+    pub fn new(
+        grants: Option<Arc<Grants>>,
+        catalog: Option<Arc<ToolCatalog>>,
+        expected: Vec<(Value, ListKind)>,
+    ) -> Self {
+        Self {
+            grants,
+            catalog,
+            expected,
+        }
+    }
+
+    /// A JSON answer (one message or a batch) rewritten; `None` if nothing changed or it is not
+    /// JSON (then it passes as it came).
+    pub fn rewrite_json(&self, body: &[u8]) -> Option<Bytes> {
+        let mut value: Value = serde_json::from_slice(body).ok()?;
+        self.apply(&mut value)
+            .then(|| Bytes::from(value.to_string()))
+    }
+
+    /// Rewrites a message or each message of a batch; whether anything was removed.
+    pub fn apply(&self, value: &mut Value) -> bool {
+        match value {
+            Value::Array(messages) => messages
+                .iter_mut()
+                .fold(false, |changed, message| self.apply_one(message) | changed),
+            message => self.apply_one(message),
+        }
+    }
+
+    fn apply_one(&self, message: &mut Value) -> bool {
+        let Some(result) = message.get("result") else {
+            return false;
+        };
+        let kind = if self.expected.is_empty() {
+            ListKind::of_result(result)
+        } else {
+            let id = message.get("id");
+            self.expected
+                .iter()
+                .find(|(expected, _)| Some(expected) == id)
+                .map(|(_, kind)| *kind)
+        };
+        let Some(kind) = kind else {
+            return false;
+        };
+        let Some(items) = message
+            .get_mut("result")
+            .and_then(|result| result.get_mut(kind.member()))
+            .and_then(Value::as_array_mut)
+        else {
+            return false;
+        };
+        if let (ListKind::Tools, Some(catalog)) = (kind, &self.catalog) {
+            catalog.learn(items.iter().filter_map(|item| {
+                let name = item.get("name")?.as_str()?;
+                Some((name, Hints::from_annotations(item.get("annotations"))))
+            }));
+        }
+        let Some(grants) = &self.grants else {
+            return false;
+        };
+        let before = items.len();
+        items.retain(|item| {
+            let Some(name) = item.get(kind.item_name()).and_then(Value::as_str) else {
+                return false;
+            };
+            let hints = || ToolHints::Listed(Hints::from_annotations(item.get("annotations")));
+            grants.decide(kind.category(), name, hints).allowed
+        });
+        items.len() != before
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::authz::{
+        grants::Rule,
+        patterns::{Patterns, Separator},
+    };
+
+    fn grants(tools: &[&str], resources: &[&str]) -> Arc<Grants> {
+        let list = |l: &[&str]| l.iter().map(|p| (*p).to_owned()).collect::<Vec<_>>();
+        let rule = Rule {
+            origin: "users.alice".into(),
+            tools: Patterns::new(&list(tools), Separator::Free).unwrap(),
+            resources: Patterns::new(&list(resources), Separator::Path).unwrap(),
+            ..Rule::default()
+        };
+        Arc::new(Grants::new(vec![Arc::new(rule)], false))
+    }
+
+    #[test]
+    fn a_tools_list_keeps_only_granted_tools_and_its_cursor() {
+        let filter = ListFilter::new(
+            Some(grants(&["tickets_*", "!tickets_delete"], &[])),
+            None,
+            vec![(json!(3), ListKind::Tools)],
+        );
+        let answer = json!({"jsonrpc":"2.0","id":3,"result":{"tools":[
+            {"name":"tickets_search"},{"name":"tickets_delete"},{"name":"deploy"},{"title":"nameless"}
+        ],"nextCursor":"page-2"}});
+        let rewritten: Value =
+            serde_json::from_slice(&filter.rewrite_json(answer.to_string().as_bytes()).unwrap())
+                .unwrap();
+        assert_eq!(
+            rewritten,
+            json!({"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"tickets_search"}],"nextCursor":"page-2"}})
+        );
+    }
+
+    #[test]
+    fn only_the_answers_to_the_list_requests_are_touched() {
+        let filter = ListFilter::new(
+            Some(grants(&["search"], &[])),
+            None,
+            vec![(json!("b"), ListKind::Tools)],
+        );
+        let mut batch = json!([
+            {"jsonrpc":"2.0","id":"a","result":{"tools":[{"name":"deploy"}]}},
+            {"jsonrpc":"2.0","id":"b","result":{"tools":[{"name":"deploy"},{"name":"search"}]}},
+        ]);
+        assert!(filter.apply(&mut batch));
+        assert_eq!(batch[0]["result"]["tools"], json!([{"name":"deploy"}]));
+        assert_eq!(batch[1]["result"]["tools"], json!([{"name":"search"}]));
+    }
+
+    #[test]
+    fn resources_and_templates_are_matched_by_uri_on_a_stream_by_their_shape() {
+        let filter = ListFilter::new(Some(grants(&[], &["file:///shared/**"])), None, Vec::new());
+        let mut resources = json!({"id":1,"result":{"resources":[
+            {"uri":"file:///shared/a.txt"},{"uri":"file:///private/b.txt"}
+        ]}});
+        assert!(filter.apply(&mut resources));
+        assert_eq!(
+            resources["result"]["resources"],
+            json!([{"uri":"file:///shared/a.txt"}])
+        );
+        let mut templates = json!({"id":2,"result":{"resourceTemplates":[
+            {"uriTemplate":"file:///shared/{path}"},{"uriTemplate":"file:///private/{path}"}
+        ]}});
+        assert!(filter.apply(&mut templates));
+        assert_eq!(
+            templates["result"]["resourceTemplates"],
+            json!([{"uriTemplate":"file:///shared/{path}"}])
+        );
+        let mut call_result = json!({"id":3,"result":{"content":[]}});
+        assert!(!filter.apply(&mut call_result));
+    }
+
+    #[test]
+    fn listed_annotations_are_learned_before_anything_is_removed() {
+        let catalog = Arc::new(ToolCatalog::default());
+        let filter = ListFilter::new(
+            Some(grants(&["search"], &[])),
+            Some(Arc::clone(&catalog)),
+            vec![(json!(1), ListKind::Tools)],
+        );
+        let mut answer = json!({"id":1,"result":{"tools":[
+            {"name":"search","annotations":{"readOnlyHint":true}},
+            {"name":"drop","annotations":{"destructiveHint":true}}
+        ]}});
+        assert!(filter.apply(&mut answer));
+        assert_eq!(catalog.hints("search").unwrap().read_only, Some(true));
+        assert_eq!(catalog.hints("drop").unwrap().destructive, Some(true));
+    }
+}

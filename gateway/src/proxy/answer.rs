@@ -1,0 +1,102 @@
+//! The upstream's answer on its way back, where the caller's grants change it: the results of the
+//! list methods filtered (`authz/`), whether the answer is JSON or an SSE stream.
+//!
+//! A JSON answer is read whole (within [`MAX_JSON_LIST_ANSWER`]), rewritten and sent with its new
+//! length; an SSE answer streams through [`FilteredEvents`]. An answer that cannot be filtered is
+//! never passed on unfiltered: it becomes a 502.
+
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Response, StatusCode, header};
+
+use super::{ProxyBody, Refusal, call::Call};
+use crate::{
+    audit::Decision,
+    authz::{FilteredEvents, ListFilter, ListKind, ToolCatalog},
+    mcp::jsonrpc::{Kind, code},
+    policy::{Caller, Policy},
+};
+
+/// The largest JSON list answer the gateway reads to filter it.
+pub const MAX_JSON_LIST_ANSWER: usize = 16 * 1024 * 1024;
+
+/// The filter the answer to `call` needs, if any: when the caller has grants, or some rule reads
+/// tool annotations (learned from any caller's `tools/list`). POSTs with list requests are
+/// filtered by request id; GET streams (legacy SSE, resumed streams) by the shape of each result.
+pub fn list_filter(
+    policy: &Policy,
+    caller: &Caller,
+    call: &Call<'_>,
+    catalog: &Arc<ToolCatalog>,
+) -> Option<ListFilter> {
+    let learn = policy.reads_annotations().then(|| Arc::clone(catalog));
+    if caller.grants.is_none() && learn.is_none() {
+        return None;
+    }
+    let expected = match &call.body {
+        Some(body) => {
+            let lists: Vec<_> = body
+                .messages
+                .iter()
+                .filter(|message| message.kind == Kind::List)
+                .filter_map(|message| {
+                    let kind = ListKind::of_method(message.method.as_deref()?)?;
+                    Some((message.id.clone()?, kind))
+                })
+                .collect();
+            if lists.is_empty() {
+                return None;
+            }
+            lists
+        }
+        // A stream the client opened: any list result on it is filtered.
+        None if call.context.http_method == hyper::Method::GET => Vec::new(),
+        None => return None,
+    };
+    Some(ListFilter::new(caller.grants.clone(), learn, expected))
+}
+
+/// `response` with its list results filtered.
+pub async fn filter_lists(
+    response: Response<ProxyBody>,
+    filter: ListFilter,
+) -> Result<Response<ProxyBody>, Refusal> {
+    if !response.status().is_success() {
+        return Ok(response);
+    }
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("text/event-stream") {
+        return Ok(response.map(|body| FilteredEvents::new(body, filter).boxed()));
+    }
+    if !content_type.starts_with("application/json") {
+        return Ok(response);
+    }
+    let (mut parts, body) = response.into_parts();
+    let body = Limited::new(body, MAX_JSON_LIST_ANSWER)
+        .collect()
+        .await
+        .map_err(|err| {
+            tracing::warn!(error = %err, "could not read a list answer of the upstream to filter it");
+            Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                Decision::Forwarded,
+                code::UPSTREAM_UNAVAILABLE,
+                format!(
+                    "the MCP server's list answer could not be read to filter it (at most {MAX_JSON_LIST_ANSWER} bytes): {err}"
+                ),
+            )
+        })?
+        .to_bytes();
+    let body = filter.rewrite_json(&body).unwrap_or(body);
+    // The length changed; hyper sets the new one from the body.
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok(Response::from_parts(
+        parts,
+        Full::new(body).map_err(|never| match never {}).boxed(),
+    ))
+}
