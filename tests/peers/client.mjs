@@ -36,6 +36,36 @@ try {
       out.sessionId = transport.sessionId;
       out.echo = text(await client.callTool({ name: "echo", arguments: { message: "anew" } }));
     }
+  } else if (scenario === "grants") {
+    // Everything the caller is shown, page by page, then the calls named in CALLS (tools),
+    // PROMPTS and READS (resource URIs), each with its outcome.
+    out.tools = [];
+    out.toolPages = 0;
+    let cursor;
+    do {
+      const page = await client.listTools(cursor ? { cursor } : {});
+      out.tools.push(...page.tools.map((tool) => tool.name));
+      out.toolPages++;
+      cursor = page.nextCursor;
+    } while (cursor);
+    out.prompts = (await client.listPrompts()).prompts.map((prompt) => prompt.name);
+    out.resources = (await client.listResources()).resources.map((resource) => resource.uri);
+    out.templates = (await client.listResourceTemplates()).resourceTemplates.map((t) => t.uriTemplate);
+    const attempt = async (what) => {
+      try {
+        await what();
+        return "ok";
+      } catch (error) {
+        return String(error?.message ?? error);
+      }
+    };
+    const list = (name) => (process.env[name] || "").split(",").filter(Boolean);
+    out.calls = {};
+    for (const name of list("CALLS")) out.calls[name] = await attempt(() => client.callTool({ name, arguments: {} }));
+    out.gets = {};
+    for (const name of list("PROMPTS")) out.gets[name] = await attempt(() => client.getPrompt({ name }));
+    out.reads = {};
+    for (const uri of list("READS")) out.reads[uri] = await attempt(() => client.readResource({ uri }));
   } else if (scenario === "burst") {
     out.ok = 0;
     out.errors = [];

@@ -217,6 +217,11 @@ impl Gateway {
         format!("http://{}/mcp", self.addr)
     }
 
+    /// The configuration file the gateway runs with (rewrite it, then SIGHUP, to reload).
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gateway.toml")
+    }
+
     /// What the gateway printed so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
@@ -316,6 +321,50 @@ impl EverythingServer {
 
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
+    }
+}
+
+/// `tests/peers/grants_server.mjs`: an MCP server of the official SDK with twelve annotated tools
+/// listed five per page, prompts, resources and templates, which records every call it gets.
+pub struct GrantsServer {
+    _process: KillOnDrop,
+    pub addr: SocketAddr,
+    record: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GrantsServer {
+    /// Answers with SSE streams, or with JSON when `json` is set.
+    pub fn start(json: bool) -> Self {
+        let peers = peers_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = dir.path().join("record.jsonl");
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = Command::new("node");
+        command
+            .arg(peers.join("grants_server.mjs"))
+            .env("PORT", port.to_string())
+            .env("RECORD", &record)
+            .env("JSON_RESPONSE", if json { "1" } else { "0" })
+            .current_dir(&peers);
+        let log = dir.path().join("server.log");
+        let process = spawn_listening(command, "grants_server.mjs (needs Node.js)", &log, addr);
+        GrantsServer {
+            _process: process,
+            addr,
+            record,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// Every call, prompt get and resource read that reached the server, in order.
+    pub fn received(&self) -> Vec<Value> {
+        read_audit(&self.record)
     }
 }
 

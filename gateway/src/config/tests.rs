@@ -304,3 +304,90 @@ fn duplicate_users_and_shared_keys_are_rejected() {
     );
     assert!(error(&same_key).contains("same key"));
 }
+
+/// `with_user`, plus Bob (another key) and `rest` after the users.
+fn with_alice_and_bob(alice_rule: &str, rest: &str) -> String {
+    let bob_hash = Sha256Digest::of(b"bob's key").to_hex();
+    format!(
+        "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n\
+         [[users]]\nname = \"alice\"\nkey_sha256 = \"{KEY_HASH}\"\n{alice_rule}\n\
+         [[users]]\nname = \"bob\"\nkey_sha256 = \"{bob_hash}\"\n{rest}\n"
+    )
+}
+
+fn grants_of<'s>(settings: &'s Settings, user: &str) -> Option<&'s crate::authz::Grants> {
+    let user = settings
+        .policy
+        .users
+        .iter()
+        .find(|u| u.name == user)
+        .unwrap();
+    user.grants.as_deref()
+}
+
+#[test]
+fn users_get_their_own_rule_and_their_groups_and_no_grants_without_rules() {
+    let settings = settings(&with_alice_and_bob(
+        "tools = [\"search\"]",
+        "[groups.support]\nmembers = [\"alice\"]\nprompts = [\"triage_*\"]\n",
+    ))
+    .unwrap();
+    let alice = grants_of(&settings, "alice").expect("alice has rules");
+    assert_eq!(
+        alice.origins().collect::<Vec<_>>(),
+        ["users.alice", "groups.support"]
+    );
+    assert!(
+        grants_of(&settings, "bob").is_none(),
+        "no rule, default allow: nothing to check"
+    );
+
+    let denying = settings_with_default_deny();
+    let bob = grants_of(&denying, "bob").expect("default deny gives everyone grants");
+    assert!(
+        !bob.decide(crate::authz::Category::Tools, "search", || unreachable!())
+            .allowed
+    );
+}
+
+fn settings_with_default_deny() -> Settings {
+    settings(&with_alice_and_bob(
+        "",
+        "[authorization]\ndefault = \"deny\"\n",
+    ))
+    .unwrap()
+}
+
+#[test]
+fn rule_errors_name_the_group_or_user_field_and_position() {
+    for (rule, rest, field) in [
+        ("tools = [\"ok\", \"bad[\"]", "", "users[0].tools[1]"),
+        ("resources = [\"!\"]", "", "users[0].resources[0]"),
+        (
+            "tool_annotations = [\"readonly\"]",
+            "",
+            "users[0].tool_annotations[0]",
+        ),
+        (
+            "",
+            "[groups.ops]\nmembers = [\"alice\", \"carol\"]",
+            "groups.ops.members[1]",
+        ),
+        (
+            "",
+            "[groups.ops]\nmembers = [\"bob\", \"bob\"]",
+            "groups.ops.members[1]",
+        ),
+        ("", "[groups.ops]\ntools = [\"{a\"]", "groups.ops.tools[0]"),
+        ("", "[groups.\"o p s\"]\nmembers = []", "groups.o p s"),
+        ("", "[authorization]\ndefault = \"maybe\"", "default"),
+        (
+            "",
+            "[blocking]\nforbidden_calls = 0",
+            "blocking.forbidden_calls",
+        ),
+    ] {
+        let message = error(&with_alice_and_bob(rule, rest));
+        assert!(message.contains(field), "{field}: {message}");
+    }
+}

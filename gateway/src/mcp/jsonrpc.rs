@@ -598,6 +598,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_target_is_the_member_the_method_reads_whatever_else_params_holds() {
+        let body = inspect(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"name":"allowed","uri":"file:///secret"}},
+                {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"uri":"file:///x","name":"echo"}},
+                {"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"name":"n"}}]"#,
+        )
+        .unwrap();
+        let targets: Vec<_> = body.messages.iter().map(|m| m.target.as_deref()).collect();
+        assert_eq!(targets, [Some("file:///secret"), Some("echo"), None]);
+    }
+
+    #[test]
     fn tool_call_gives_method_tool_and_argument_keys_only() {
         let body = inspect(
             br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"s3cret","nested":{"token":"x"}}}}"#,
