@@ -378,6 +378,9 @@ async fn a_source_that_keeps_calling_what_it_is_not_granted_is_blocked() {
     );
 }
 
+/// User, their key, the explain flag, the name, the annotations explain is told, allowed.
+type Case<'a> = (&'a str, &'a str, &'a str, &'a str, Option<&'a str>, bool);
+
 /// `gateway explain` for one case, as JSON.
 fn explain(
     gateway: &Gateway,
@@ -427,7 +430,7 @@ async fn gateway_explain_agrees_with_the_running_gateway_for_a_table_of_cases() 
         200
     );
     let read_only = r#"{"readOnlyHint":true}"#;
-    let cases: &[(&str, &str, &str, &str, Option<&str>, bool)] = &[
+    let cases: &[Case] = &[
         ("alice", ALICE, "--tool", "tickets_search", None, true),
         ("alice", ALICE, "--tool", "tickets_delete", None, false),
         ("alice", ALICE, "--tool", "deploy", None, false),

@@ -1,8 +1,10 @@
 //! The JSON-RPC inspection of a request body, on arbitrary bytes (seeded with MCP messages): it
-//! never panics, keeps within its limits, and its error answers are valid JSON-RPC.
+//! never panics, keeps within its limits, its error answers are valid JSON-RPC, and what it takes
+//! as a message's target (what authorization judges) is the member the server reads.
 #![no_main]
 
-use gateway::mcp::jsonrpc::{self, ParseLimits};
+use gateway::mcp::jsonrpc::{self, Kind, ParseLimits};
+use serde_json::Value;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|body: &[u8]| {
@@ -26,6 +28,21 @@ fuzz_target!(|body: &[u8]| {
             // `Value`: a number like 1e999 is valid JSON that serde_json cannot hold.)
             assert!(std::str::from_utf8(body).is_ok());
             assert!(serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok());
+            if let Ok(value) = serde_json::from_slice::<Value>(body) {
+                let values: Vec<&Value> = match &value {
+                    Value::Array(messages) => messages.iter().collect(),
+                    message => vec![message],
+                };
+                for (message, value) in parsed.messages.iter().zip(values) {
+                    let member = match message.kind {
+                        Kind::ToolCall | Kind::PromptGet => "name",
+                        Kind::ResourceRead | Kind::ResourceSubscription => "uri",
+                        _ => continue,
+                    };
+                    let read = value.get("params").and_then(|p| p.get(member));
+                    assert_eq!(message.target.as_deref(), read.and_then(Value::as_str), "{value}");
+                }
+            }
             let answer = jsonrpc::error_body(Some(&parsed), -31029, "x", None);
             let answer: serde_json::Value = serde_json::from_slice(&answer).expect("error body");
             assert!(answer.is_object() || answer.is_array());

@@ -13,6 +13,26 @@ use super::{
 const CONNECTIONS: u32 = 64;
 const CONTROL: &str = "gateway again (noise control)";
 const OTHER_BUILD: &str = "gateway, --compare-with build";
+const WITH_RULES: &str = "gateway, 50 rules per caller";
+
+/// A group of the bench's caller with 50 patterns (25 grants, 25 denies, literal and glob), the
+/// called tool granted by one of them: what a request pays for per-tool authorization.
+fn fifty_rules() -> String {
+    let mut tools = vec![
+        "\"echo\"".to_owned(),
+        "\"tickets_*\"".to_owned(),
+        "\"!tickets_delete\"".to_owned(),
+    ];
+    for i in 0..23 {
+        tools.push(format!("\"ns{i}/*\""));
+        tools.push(format!("\"!ns{i}/delete_*\""));
+    }
+    tools.push("\"!kb_admin_*\"".to_owned());
+    format!(
+        "[groups.bench]\nmembers = [\"user0\"]\ntools = [{}]\n",
+        tools.join(", ")
+    )
+}
 
 /// What oha measured in one run, and the CPU time the contender's processes used meanwhile.
 #[derive(Clone, Copy, Default)]
@@ -90,6 +110,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
     ]
     .into_iter()
     .chain(other_build.map(|(name, binary)| (name, binary, false, false)))
+    .chain([(WITH_RULES, &bench.gateway, false, false)])
     {
         let addr = free_addr()?;
         let dir = bench.dir(&name.replace([' ', ',', '/'], "-"));
@@ -98,12 +119,17 @@ pub fn run(bench: &Bench) -> Result<Section> {
         } else {
             dir.join("audit.jsonl")
         };
+        let rules = if name == WITH_RULES {
+            fifty_rules()
+        } else {
+            String::new()
+        };
         let config = gateway_config(
             addr,
             &upstream_url,
             &audit,
             std::slice::from_ref(&key),
-            "[blocking]\nenabled = false\n",
+            &format!("[blocking]\nenabled = false\n{rules}"),
         );
         let config = config.replace("[audit]\n", &format!("[audit]\nfsync = {fsync}\n"));
         contenders.push(Contender {
@@ -241,7 +267,20 @@ pub fn run(bench: &Bench) -> Result<Section> {
             0.0,
         ),
     ];
-    if contenders.len() > 6 {
+    let with_rules = contenders.len() - 1;
+    headline.extend([
+        (
+            "gateway with 50 rules per caller / gateway, req/s".into(),
+            rps[with_rules].median / rps[2].median,
+            0.97,
+        ),
+        (
+            "gateway CPU / gateway with 50 rules CPU per request, at saturation".into(),
+            cpu_ratio(2, with_rules),
+            0.97,
+        ),
+    ]);
+    if contenders.len() > 7 {
         // The --compare-with build, against this one and against this one's noise control.
         headline.extend([
             (
@@ -280,7 +319,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         headline,
         notes: vec![
             String::from(
-                "Targets: gateway >= 1.0x nginx throughput and p99 <= nginx p99; fsync >= 0.5x non-fsync; the audit file costs <= 10% (audit to file >= 0.9x audit to /dev/null).",
+                "Targets: gateway >= 1.0x nginx throughput and p99 <= nginx p99; fsync >= 0.5x non-fsync; the audit file costs <= 10% (audit to file >= 0.9x audit to /dev/null); 50 authorization rules per caller cost <= 3% (issue 20; compare with the noise control's spread).",
             ),
             format!(
                 "`{CONTROL}` is a second gateway identical to the first: the spread of its \
