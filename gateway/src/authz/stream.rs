@@ -140,7 +140,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::VecDeque, sync::Arc};
+    use std::sync::Arc;
 
     use http_body_util::BodyExt;
     use serde_json::{Value, json};
@@ -151,25 +151,7 @@ mod tests {
         grants::{Grants, Rule},
         patterns::{Patterns, Separator},
     };
-
-    /// A stream that yields `parts` one frame each.
-    struct Parts(VecDeque<String>);
-
-    impl Body for Parts {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(
-                self.0
-                    .pop_front()
-                    .map(|part| Ok(Frame::data(Bytes::from(part)))),
-            )
-        }
-    }
+    use crate::mcp::sse::Parts;
 
     fn only_search() -> ListFilter {
         let rule = Rule {
@@ -182,7 +164,7 @@ mod tests {
     }
 
     async fn frames(parts: &[&str]) -> Vec<String> {
-        let body = Parts(parts.iter().map(|p| (*p).to_owned()).collect());
+        let body = Parts::of(parts.iter().copied());
         let mut filtered = FilteredEvents::new(body, only_search());
         let mut frames = Vec::new();
         while let Some(frame) = filtered.frame().await {

@@ -228,7 +228,9 @@ pub struct UserConfig {
     pub key_sha256: String,
     #[serde(default)]
     pub rate_limit: Option<Limit>,
-    /// The user's own rule, as in `[groups.*]` (without `members`).
+    /// The user's own rule, as in `[groups.*]` (without `members`). The four lists are written
+    /// out in both structs: serde's `flatten` would lose `deny_unknown_fields`, and with it the
+    /// error that names a mistyped key.
     #[serde(default)]
     pub tools: Vec<String>,
     #[serde(default)]

@@ -230,30 +230,14 @@ fn absolute_path(reference: &str, sse_path: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::VecDeque;
-
     use http_body_util::BodyExt;
 
     use super::*;
-
-    /// A stream that yields `parts` one frame each.
-    struct Parts(VecDeque<&'static str>);
-
-    impl Body for Parts {
-        type Data = Bytes;
-        type Error = std::convert::Infallible;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-            Poll::Ready(self.0.pop_front().map(|part| Ok(Frame::data(part.into()))))
-        }
-    }
+    use crate::mcp::sse::Parts;
 
     fn watch(parts: &[&'static str], endpoints: &Arc<Endpoints>) -> EndpointWatch<Parts> {
         EndpointWatch::new(
-            Parts(parts.iter().copied().collect()),
+            Parts::of(parts.iter().copied()),
             Arc::clone(endpoints),
             "alice".into(),
             "/legacy/sse".into(),

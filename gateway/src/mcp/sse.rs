@@ -66,6 +66,39 @@ pub fn with_data(event: &[u8], data: &str) -> BytesMut {
     out
 }
 
+/// A stream body for tests that yields its parts one frame each, as an upstream's chunks arrive.
+#[cfg(test)]
+pub(crate) struct Parts(pub std::collections::VecDeque<bytes::Bytes>);
+
+#[cfg(test)]
+impl Parts {
+    pub fn of<'a>(parts: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(
+            parts
+                .into_iter()
+                .map(|part| bytes::Bytes::from(part.to_owned()))
+                .collect(),
+        )
+    }
+}
+
+#[cfg(test)]
+impl hyper::body::Body for Parts {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        std::task::Poll::Ready(
+            self.0
+                .pop_front()
+                .map(|part| Ok(hyper::body::Frame::data(part))),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
