@@ -326,6 +326,14 @@ async fn default_deny_refuses_callers_without_rules_and_a_batch_with_one_refused
                 .ends_with("nothing of this batch was forwarded")
         );
     }
+    // Completing a prompt's arguments is judged like getting the prompt.
+    let completion = r#"{"jsonrpc":"2.0","id":10,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"summarize"},"argument":{"name":"topic","value":"a"}}}"#;
+    let answer = post(&gateway, &[("authorization", ALICE)], completion).await;
+    assert_eq!(answer.status, 403);
+    assert_eq!(
+        answer.json()["error"]["message"],
+        "not granted to this caller: prompt \"summarize\""
+    );
     let ping = r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#;
     assert_eq!(
         post(&gateway, &[("authorization", ALICE)], ping)

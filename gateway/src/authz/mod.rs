@@ -29,8 +29,10 @@ use crate::mcp::jsonrpc::{Kind, Message};
 pub fn subject(message: &Message) -> Option<(Category, &str)> {
     let category = match message.kind {
         Kind::ToolCall => Category::Tools,
-        Kind::PromptGet => Category::Prompts,
-        Kind::ResourceRead | Kind::ResourceSubscription => Category::Resources,
+        Kind::PromptGet | Kind::PromptCompletion => Category::Prompts,
+        Kind::ResourceRead | Kind::ResourceSubscription | Kind::ResourceCompletion => {
+            Category::Resources
+        }
         _ => return None,
     };
     Some((category, message.target.as_deref().unwrap_or("")))

@@ -60,6 +60,10 @@ pub enum Kind {
     ResourceRead,
     /// `resources/subscribe` and `resources/unsubscribe`: `target` is the resource's URI.
     ResourceSubscription,
+    /// `completion/complete` of a prompt's arguments: `target` is the prompt.
+    PromptCompletion,
+    /// `completion/complete` of a resource template's arguments: `target` is the template.
+    ResourceCompletion,
     /// `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`.
     List,
     /// Any other request (`initialize`, `ping`, ...).
@@ -340,8 +344,13 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             }
         }
         let (id, method) = (id.flatten(), method.flatten());
-        let kind = Kind::of(method.as_deref(), id.is_some());
+        let mut kind = Kind::of(method.as_deref(), id.is_some());
         let (target, arg_keys) = match params.flatten() {
+            Some(params) if method.as_deref() == Some("completion/complete") => {
+                let (completion, target) = completion_target(params.reference);
+                kind = completion.unwrap_or(kind);
+                (target, params.arg_keys)
+            }
             Some(params) => (target(kind, params.name, params.uri), params.arg_keys),
             None => (None, Vec::new()),
         };
@@ -371,6 +380,7 @@ enum Field {
     Name,
     Uri,
     Arguments,
+    Ref,
     Other,
 }
 
@@ -390,6 +400,7 @@ impl<'de> Deserialize<'de> for Field {
                     "name" => Field::Name,
                     "uri" => Field::Uri,
                     "arguments" => Field::Arguments,
+                    "ref" => Field::Ref,
                     _ => Field::Other,
                 })
             }
@@ -448,6 +459,35 @@ struct Params {
     name: Option<String>,
     uri: Option<String>,
     arg_keys: Vec<String>,
+    /// `ref` of `completion/complete`.
+    reference: Option<Reference>,
+}
+
+/// What a completion is for: `{"type": "ref/prompt", "name": ...}` or
+/// `{"type": "ref/resource", "uri": ...}` (a member given twice is an error, as everywhere).
+#[derive(Deserialize)]
+struct Reference {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    name: Option<String>,
+    uri: Option<String>,
+}
+
+/// A completion's kind and target: it tells what a prompt or resource template takes, so it is
+/// judged like using that prompt or resource.
+fn completion_target(reference: Option<Reference>) -> (Option<Kind>, Option<String>) {
+    match reference {
+        Some(Reference {
+            kind: Some(kind),
+            name,
+            uri,
+        }) => match kind.as_str() {
+            "ref/prompt" => (Some(Kind::PromptCompletion), name),
+            "ref/resource" => (Some(Kind::ResourceCompletion), uri),
+            _ => (None, None),
+        },
+        _ => (None, None),
+    }
 }
 
 /// The member of `params` that names what a message of `kind` acts on. Chosen by the method, not
@@ -494,6 +534,7 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
         let mut name: Option<Option<String>> = None;
         let mut uri: Option<Option<String>> = None;
         let mut arg_keys: Option<Vec<String>> = None;
+        let mut reference: Option<Option<Reference>> = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Name => set_once(&mut name, "name", map.next_value()?)?,
@@ -503,6 +544,7 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
                     "arguments",
                     map.next_value_seed(ArgumentKeysSeed(self.0.max_argument_keys))?,
                 )?,
+                Field::Ref => set_once(&mut reference, "ref", map.next_value()?)?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -512,6 +554,7 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
             name: name.flatten(),
             uri: uri.flatten(),
             arg_keys: arg_keys.unwrap_or_default(),
+            reference: reference.flatten(),
         }))
     }
 }
@@ -596,6 +639,30 @@ pub fn error_body(body: Option<&Body>, code: i64, message: &str, data: Option<Va
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_completion_is_classified_by_what_it_completes() {
+        let body = inspect(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"admin_prompt"},"argument":{"name":"a","value":"x"}}},
+                {"jsonrpc":"2.0","id":2,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"file:///private/{path}"}}},
+                {"jsonrpc":"2.0","id":3,"method":"completion/complete","params":{"ref":{"type":"ref/other"}}}]"#,
+        )
+        .unwrap();
+        let seen: Vec<_> = body
+            .messages
+            .iter()
+            .map(|m| (m.kind, m.target.as_deref()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                (Kind::PromptCompletion, Some("admin_prompt")),
+                (Kind::ResourceCompletion, Some("file:///private/{path}")),
+                (Kind::OtherRequest, None),
+            ]
+        );
+        assert!(inspect(br#"{"id":1,"method":"completion/complete","params":{"ref":{"type":"ref/prompt","name":"a","name":"b"}}}"#).is_err());
+    }
 
     #[test]
     fn the_target_is_the_member_the_method_reads_whatever_else_params_holds() {
