@@ -7,9 +7,11 @@
 use std::{net::IpAddr, process::Command};
 
 use e2e_tests::{
-    ALICE, ALICE_KEY, BOB_KEY, EverythingServer, Gateway, GrantsServer, eventually, gateway_bin,
-    post, raw_post, raw_request, sdk_client,
+    ALICE, ALICE_KEY, BOB_KEY, EverythingServer, Gateway, GrantsServer, Recorded,
+    RecordingUpstream, eventually, gateway_bin, json_reply, post, raw_post, raw_request,
+    sdk_client,
 };
+use hyper::StatusCode;
 use serde_json::{Value, json};
 
 const BOB: &str = "Bearer bob-test-key-0123456789abcdef";
@@ -524,4 +526,45 @@ fn a_legacy_sse_stream_shows_only_the_granted_tools() {
             .unwrap()
             .contains("not granted")
     );
+}
+
+#[tokio::test]
+async fn a_list_answer_that_cannot_be_filtered_is_refused_and_never_passed_on() {
+    let upstream = RecordingUpstream::start(|recorded: &Recorded| {
+        let list = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"deploy"}]}}"#;
+        if String::from_utf8_lossy(&recorded.body).contains("\"cursor\"") {
+            // Not JSON, though it says so.
+            return json_reply(StatusCode::OK, "{\"tools\": [");
+        }
+        let mut answer = json_reply(StatusCode::OK, list);
+        // What an upstream compressing a list answer would say.
+        answer
+            .headers_mut()
+            .insert("content-encoding", "gzip".parse().unwrap());
+        answer
+    })
+    .await;
+    let gateway = Gateway::start(
+        &upstream.url(),
+        "[groups.agents]\nmembers = [\"alice\"]\ntools = [\"echo\"]\n",
+    );
+    let list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+    let gzip = ("accept-encoding", "gzip");
+    let answer = post(&gateway, &[("authorization", ALICE), gzip], list).await;
+    assert_eq!(answer.status, 502);
+    assert_eq!(answer.json()["error"]["code"], -31502);
+    assert!(
+        !upstream.last().headers.contains_key("accept-encoding"),
+        "a list request to filter goes upstream without Accept-Encoding"
+    );
+    let paged = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"cursor":"2"}}"#;
+    let answer = post(&gateway, &[("authorization", ALICE)], paged).await;
+    assert_eq!(answer.status, 502, "{:?}", answer.body);
+    assert!(!String::from_utf8_lossy(&answer.body).contains("tools"));
+
+    // A caller without rules gets the upstream's answer as it came.
+    let answer = post(&gateway, &[("authorization", BOB), gzip], list).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.headers["content-encoding"], "gzip");
+    assert_eq!(upstream.last().headers["accept-encoding"], "gzip");
 }

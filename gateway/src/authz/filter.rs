@@ -100,12 +100,19 @@ impl ListFilter {
         }
     }
 
-    /// A JSON answer (one message or a batch) rewritten; `None` if nothing changed or it is not
-    /// JSON (then it passes as it came).
-    pub fn rewrite_json(&self, body: &[u8]) -> Option<Bytes> {
-        let mut value: Value = serde_json::from_slice(body).ok()?;
-        self.apply(&mut value)
-            .then(|| Bytes::from(value.to_string()))
+    /// Whether the answer must be filtered for a caller (and not only read to learn annotations):
+    /// then an answer that cannot be read must not pass.
+    pub fn restricts(&self) -> bool {
+        self.grants.is_some()
+    }
+
+    /// A JSON answer (one message or a batch) rewritten: `Ok(None)` if nothing changed, an error
+    /// if it is not JSON.
+    pub fn rewrite_json(&self, body: &[u8]) -> Result<Option<Bytes>, serde_json::Error> {
+        let mut value: Value = serde_json::from_slice(body)?;
+        Ok(self
+            .apply(&mut value)
+            .then(|| Bytes::from(value.to_string())))
     }
 
     /// Rewrites a message or each message of a batch; whether anything was removed.
@@ -193,9 +200,13 @@ mod tests {
         let answer = json!({"jsonrpc":"2.0","id":3,"result":{"tools":[
             {"name":"tickets_search"},{"name":"tickets_delete"},{"name":"deploy"},{"title":"nameless"}
         ],"nextCursor":"page-2"}});
-        let rewritten: Value =
-            serde_json::from_slice(&filter.rewrite_json(answer.to_string().as_bytes()).unwrap())
-                .unwrap();
+        let rewritten: Value = serde_json::from_slice(
+            &filter
+                .rewrite_json(answer.to_string().as_bytes())
+                .unwrap()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(
             rewritten,
             json!({"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"tickets_search"}],"nextCursor":"page-2"}})

@@ -3,7 +3,8 @@
 //!
 //! A JSON answer is read whole (within [`MAX_JSON_LIST_ANSWER`]), rewritten and sent with its new
 //! length; an SSE answer streams through [`FilteredEvents`]. An answer that cannot be filtered is
-//! never passed on unfiltered: it becomes a 502.
+//! never passed on unfiltered: it becomes a 502. (The request went without `Accept-Encoding`, so a
+//! compressed answer is the upstream's mistake.)
 
 use std::sync::Arc;
 
@@ -57,6 +58,19 @@ pub fn list_filter(
     Some(ListFilter::new(caller.grants.clone(), learn, expected))
 }
 
+fn unfilterable(why: &str) -> Refusal {
+    tracing::warn!(
+        why,
+        "a list answer of the upstream could not be filtered; answering 502"
+    );
+    Refusal::new(
+        StatusCode::BAD_GATEWAY,
+        Decision::Forwarded,
+        code::UPSTREAM_UNAVAILABLE,
+        format!("the MCP server's list answer could not be filtered for this caller: {why}"),
+    )
+}
+
 /// `response` with its list results filtered.
 pub async fn filter_lists(
     response: Response<ProxyBody>,
@@ -64,6 +78,13 @@ pub async fn filter_lists(
 ) -> Result<Response<ProxyBody>, Refusal> {
     if !response.status().is_success() {
         return Ok(response);
+    }
+    let encoded = response
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|encoding| encoding != "identity");
+    if encoded && filter.restricts() {
+        return Err(unfilterable("it is compressed (Content-Encoding)"));
     }
     let content_type = response
         .headers()
@@ -81,18 +102,19 @@ pub async fn filter_lists(
         .collect()
         .await
         .map_err(|err| {
-            tracing::warn!(error = %err, "could not read a list answer of the upstream to filter it");
-            Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                Decision::Forwarded,
-                code::UPSTREAM_UNAVAILABLE,
-                format!(
-                    "the MCP server's list answer could not be read to filter it (at most {MAX_JSON_LIST_ANSWER} bytes): {err}"
-                ),
-            )
+            unfilterable(&format!(
+                "it could not be read (at most {MAX_JSON_LIST_ANSWER} bytes): {err}"
+            ))
         })?
         .to_bytes();
-    let body = filter.rewrite_json(&body).unwrap_or(body);
+    let body = match filter.rewrite_json(&body) {
+        Ok(rewritten) => rewritten.unwrap_or(body),
+        Err(err) if filter.restricts() => {
+            return Err(unfilterable(&format!("it is not JSON ({err})")));
+        }
+        // Only read to learn annotations: passed as it came.
+        Err(_) => body,
+    };
     // The length changed; hyper sets the new one from the body.
     parts.headers.remove(header::CONTENT_LENGTH);
     Ok(Response::from_parts(

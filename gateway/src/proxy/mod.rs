@@ -423,6 +423,11 @@ impl<L: Limiter> Gateway<L> {
         request_id: &HeaderValue,
         slot: InFlightSlot,
     ) -> Result<Response<ProxyBody>, Refusal> {
+        let mut parts = parts;
+        if call.list_filter.is_some() {
+            // An answer to filter must come uncompressed.
+            parts.headers.remove(hyper::header::ACCEPT_ENCODING);
+        }
         let is_delete = parts.method == Method::DELETE;
         // A legacy message goes to the endpoint its stream announced, which the client posted to.
         let client_path = (call.route == Route::LegacyMessage).then(|| parts.uri.path().to_owned());
