@@ -14,6 +14,7 @@ use crate::{
     protection,
     proxy::Gateway,
     server,
+    tls::Tls,
 };
 
 /// Reads the policy again (the configuration file and the environment's keys), for a reload.
@@ -30,8 +31,21 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         )
     })?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let listeners = server::bind(node.listen, workers)
-        .with_context(|| format!("listen: cannot bind {}", node.listen))?;
+    let listeners = server::bind_listeners(node.listen, node.plain_listen, workers).with_context(
+        || match node.plain_listen {
+            Some(plain) => format!(
+                "listen, plain_listen: cannot bind {} and {plain}",
+                node.listen
+            ),
+            None => format!("listen: cannot bind {}", node.listen),
+        },
+    )?;
+    let tls = node
+        .tls
+        .as_ref()
+        .map(Tls::new)
+        .transpose()
+        .context("tls: cannot set up TLS")?;
     let program = attach_xdp(node);
     let xdp_state = match &program {
         Some(_) => "attached",
@@ -47,6 +61,8 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     let policy = &settings.policy;
     tracing::info!(
         listen = %node.listen,
+        tls = node.tls.is_some(),
+        plain_listen = %node.plain_listen.map_or("none".to_owned(), |addr| addr.to_string()),
         path = %node.mcp_path,
         upstream = %node.upstream.url,
         users = policy.users.len(),
@@ -66,7 +82,7 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     spawn_limiter_sweep(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
     let threads =
-        server::run_workers(listeners, &gateway, &shutdown).context("cannot start workers")?;
+        server::run_workers(listeners, tls, &gateway, &shutdown).context("cannot start workers")?;
     shutdown_signal()?.await;
     tracing::info!("shutting down: finishing open requests");
     shutdown.cancel();
@@ -149,7 +165,8 @@ fn attach(
     }
 }
 
-/// On SIGHUP: reopens the audit log (rotation), and reloads the policy — users, keys, limits, tool
+/// On SIGHUP: reopens the audit log (rotation), reads the TLS certificates again (new connections
+/// get the new ones; a bad file keeps the old), and reloads the policy — users, keys, limits, tool
 /// limits, groups and grants. A file that does not validate changes nothing: the error names the
 /// field, and the gateway runs on with the policy it had. Connections, streams and limiter windows
 /// carry on; settings of the node (addresses, upstream, XDP) need a restart.
@@ -158,6 +175,15 @@ fn spawn_reload_on_sighup(gateway: Arc<Gateway>, reload: Option<Reload>) -> anyh
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             gateway.audit().reopen().await;
+            if let Some(tls) = &gateway.settings().tls {
+                match tls.certificates.reload() {
+                    Ok(count) => tracing::info!(certificates = count, "TLS certificates reloaded"),
+                    Err(err) => tracing::error!(
+                        error = %err,
+                        "TLS certificates NOT reloaded: the ones in force stay"
+                    ),
+                }
+            }
             let Some(reload) = &reload else {
                 continue;
             };

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod protection;
 pub mod proxy;
 pub mod server;
+pub mod tls;
 pub mod upstream;
 
 /// Locks `mutex`. A poisoned lock only means a thread panicked while holding it; the data is

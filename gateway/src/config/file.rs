@@ -10,8 +10,13 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where MCP clients connect: HTTPS with a `[tls]` section, plain HTTP without.
     #[serde(default = "defaults::listen")]
     pub listen: SocketAddr,
+    /// With `[tls]`: a second address that serves plain HTTP beside it (a health check on a
+    /// private address, say). Unset: none.
+    #[serde(default)]
+    pub plain_listen: Option<SocketAddr>,
     #[serde(default = "defaults::mcp_path")]
     pub mcp_path: String,
     #[serde(default = "defaults::max_body_bytes")]
@@ -41,10 +46,38 @@ pub struct Config {
     #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
+    pub tls: Option<TlsSection>,
+    #[serde(default)]
     pub authorization: AuthorizationSection,
     /// Groups of users and what they may use: `[groups.support] members = ["alice"]`.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupConfig>,
+}
+
+/// `[tls]`: with it, `listen` serves HTTPS (TLS 1.3 and 1.2; HTTP/2 and HTTP/1.1 by ALPN).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, leaf first: the certificate for clients that ask for no name or an
+    /// unknown one.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `cert` (PKCS#8, PKCS#1 or SEC1; RSA, ECDSA or Ed25519).
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// More certificates, each served for the DNS names in its subject alternative names (SNI).
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// A connection whose TLS handshake takes longer is closed (an offense of its source).
+    #[serde(default = "defaults::handshake_timeout_secs")]
+    pub handshake_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// `[authorization]`.
@@ -436,6 +469,9 @@ mod defaults {
     }
     pub fn idle_timeout_secs() -> u64 {
         30
+    }
+    pub fn handshake_timeout_secs() -> u64 {
+        10
     }
     pub fn caller_header() -> String {
         "X-MCP-Caller".into()

@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 pub use file::{
     AuditConfig, AuthorizationSection, BlockingSection, Config, DefaultDecision, EscalationSection,
-    GroupConfig, Interfaces, Limit, Limits, RateLimitConfig, UpstreamConfig, UserConfig,
-    XdpModeConfig, XdpRateSection, XdpSection,
+    GroupConfig, Interfaces, Limit, Limits, RateLimitConfig, TlsSection, UpstreamConfig,
+    UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
 };
 pub use protection::parse_prefix;
 pub use settings::{

@@ -14,7 +14,7 @@ use hyper::{
 use ipnet::IpNet;
 
 use super::file::{Limits, XdpModeConfig};
-use crate::{authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest};
+use crate::{authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest, tls::TlsSettings};
 
 /// The validated configuration the gateway starts with.
 #[derive(Debug, Clone)]
@@ -28,6 +28,10 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct NodeSettings {
     pub listen: SocketAddr,
+    /// Plain HTTP beside the TLS listener.
+    pub plain_listen: Option<SocketAddr>,
+    /// `listen` serves TLS with these.
+    pub tls: Option<TlsSettings>,
     pub mcp_path: String,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,

@@ -391,3 +391,15 @@ fn rule_errors_name_the_group_or_user_field_and_position() {
         assert!(message.contains(field), "{field}: {message}");
     }
 }
+
+#[test]
+fn plain_listen_needs_tls_and_its_own_address() {
+    let message = error(&format!(
+        "plain_listen = \"127.0.0.1:9000\"\n{}",
+        with_user("")
+    ));
+    assert!(message.starts_with("plain_listen: "), "{message}");
+    assert!(message.contains("[tls]"), "{message}");
+    let message = error(&with_user("").replace("[upstream]", "[tls]\n[upstream]"));
+    assert!(message.starts_with("tls: no certificate"), "{message}");
+}

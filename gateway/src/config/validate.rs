@@ -12,7 +12,7 @@ use hyper::{
 use super::{
     ConfigError,
     authorization::assign_grants,
-    file::{Config, Limit, Limits, RateLimitConfig, UpstreamConfig},
+    file::{Config, Limit, Limits, RateLimitConfig, TlsSection, UpstreamConfig},
     invalid,
     protection::{blocking_policy, xdp_settings},
     settings::{
@@ -20,7 +20,10 @@ use super::{
     },
     users::users,
 };
-use crate::mcp::origin::AllowedOrigins;
+use crate::{
+    mcp::origin::AllowedOrigins,
+    tls::{CertificateFiles, Certificates, TlsSettings},
+};
 
 impl Config {
     /// Checks every field and adds the users from `MCP_API_KEY` / `MCP_USER_KEYS` (given as
@@ -51,6 +54,19 @@ impl Config {
         if self.audit.path.as_os_str().is_empty() {
             return Err(invalid("audit.path", "must not be empty"));
         }
+        let tls = self.tls.as_ref().map(tls_settings).transpose()?;
+        let plain_listen = match (self.plain_listen, &tls) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "plain_listen",
+                    "serves plain HTTP beside a TLS listener: it needs a [tls] section (without                      one, `listen` is plain HTTP already)",
+                ));
+            }
+            (Some(plain), Some(_)) if plain == self.listen => {
+                return Err(invalid("plain_listen", "must differ from listen"));
+            }
+            (plain, _) => plain,
+        };
         let xdp = xdp_settings(&self.xdp, self.listen.port())?;
         let blocking = blocking_policy(&self.blocking)?;
         check_limits(&self.limits)?;
@@ -59,6 +75,8 @@ impl Config {
         Ok(Settings {
             node: NodeSettings {
                 listen: self.listen,
+                plain_listen,
+                tls,
                 mcp_path: self.mcp_path,
                 max_body_bytes: self.max_body_bytes,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
@@ -237,4 +255,40 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// `[tls]`: every certificate is read and checked against its key now, so a bad file stops the
+/// start (or a reload) with its name.
+fn tls_settings(section: &TlsSection) -> Result<TlsSettings, ConfigError> {
+    let first = match (&section.cert, &section.key) {
+        (Some(cert), Some(key)) => Some(CertificateFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (Some(_), None) => return Err(invalid("tls.key", "needed with tls.cert")),
+        (None, Some(_)) => return Err(invalid("tls.cert", "needed with tls.key")),
+        (None, None) => None,
+    };
+    let sources: Vec<CertificateFiles> = first
+        .into_iter()
+        .chain(section.certificates.iter().map(|c| CertificateFiles {
+            cert: c.cert.clone(),
+            key: c.key.clone(),
+        }))
+        .collect();
+    if sources.is_empty() {
+        return Err(invalid(
+            "tls",
+            "no certificate: set cert and key, or add [[tls.certificates]]",
+        ));
+    }
+    if section.handshake_timeout_secs == 0 {
+        return Err(invalid("tls.handshake_timeout_secs", "must be at least 1"));
+    }
+    let certificates = Certificates::load(sources, crate::tls::provider())
+        .map_err(|err| invalid("tls", err.to_string()))?;
+    Ok(TlsSettings {
+        certificates: Arc::new(certificates),
+        handshake_timeout: Duration::from_secs(section.handshake_timeout_secs),
+    })
 }

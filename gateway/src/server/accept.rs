@@ -1,6 +1,9 @@
 //! The accept loop of one worker: blocked sources, and sources over `max_connections_per_source`,
 //! are dropped before any HTTP parsing; every other connection is registered (so a later block
-//! can close it) and served in a task of its own.
+//! can close it) and served in a task of its own, which first completes the TLS handshake on a
+//! TLS listener. A handshake that fails or does not finish within `handshake_timeout_secs` closes
+//! the connection and counts as a malformed request of its source: an edge node must not hold
+//! sockets for clients that open them and never speak.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,11 +14,13 @@ use super::connection::{self, Connection, DRAIN_TIMEOUT};
 use crate::{
     protection::Offense,
     proxy::{Gateway, Worker},
+    tls::Tls,
 };
 
 /// Serves until `shutdown` is cancelled, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<Tls>,
     gateway: Arc<Gateway>,
     worker: Arc<Worker>,
     shutdown: CancellationToken,
@@ -54,18 +59,45 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let connection = Connection {
-            io: stream,
-            peer,
-            registration,
+        let (gateway, worker, shutdown) =
+            (Arc::clone(&gateway), Arc::clone(&worker), shutdown.clone());
+        let Some(tls) = &tls else {
+            let connection = Connection {
+                io: stream,
+                peer,
+                registration,
+            };
+            connections.spawn(connection::serve(
+                &builder, connection, gateway, worker, shutdown,
+            ));
+            continue;
         };
-        connections.spawn(connection::serve(
-            &builder,
-            connection,
-            Arc::clone(&gateway),
-            Arc::clone(&worker),
-            shutdown.clone(),
-        ));
+        let (tls, builder) = (tls.clone(), builder.clone());
+        connections.spawn(async move {
+            let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+            let stream = tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                        gateway.protection().offense(peer.ip(), Offense::Malformed);
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not done within {:?}", tls.handshake_timeout);
+                        gateway.protection().offense(peer.ip(), Offense::Malformed);
+                        return;
+                    }
+                },
+                () = registration.closed().cancelled() => return,
+            };
+            let connection = Connection {
+                io: stream,
+                peer,
+                registration,
+            };
+            connection::serve(&builder, connection, gateway, worker, shutdown).await;
+        });
     }
 
     connections.close();

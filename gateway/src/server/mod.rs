@@ -1,5 +1,5 @@
-//! Serving clients: accepting connections (HTTP/1.1 and h2c) and handing their requests to the
-//! gateway's chain.
+//! Serving clients: accepting connections (HTTP/1.1 and HTTP/2, in the clear or over TLS) and
+//! handing their requests to the gateway's chain.
 //!
 //! The gateway runs one worker per CPU, like nginx's worker processes: each worker is a thread with
 //! its own single-threaded runtime, its own listening socket on the same port (SO_REUSEPORT: the
@@ -20,7 +20,38 @@ use std::{net::SocketAddr, sync::Arc};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::proxy::{Gateway, Worker};
+use crate::{
+    proxy::{Gateway, Worker},
+    tls::Tls,
+};
+
+/// The listening sockets of one worker: the MCP listener (TLS when configured) and, beside a TLS
+/// one, the plain-HTTP listener of `plain_listen`.
+pub struct WorkerListeners {
+    pub main: std::net::TcpListener,
+    pub plain: Option<std::net::TcpListener>,
+}
+
+/// One listening socket per worker on `listen`, and on `plain_listen` if given.
+pub fn bind_listeners(
+    listen: SocketAddr,
+    plain_listen: Option<SocketAddr>,
+    workers: usize,
+) -> std::io::Result<Vec<WorkerListeners>> {
+    let main = bind(listen, workers)?;
+    let mut plain = match plain_listen {
+        Some(addr) => bind(addr, workers)?,
+        None => Vec::new(),
+    }
+    .into_iter();
+    Ok(main
+        .into_iter()
+        .map(|main| WorkerListeners {
+            main,
+            plain: plain.next(),
+        })
+        .collect())
+}
 
 /// Binds one listening socket per worker on `addr`, all with SO_REUSEPORT.
 pub fn bind(addr: SocketAddr, workers: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
@@ -59,15 +90,16 @@ fn tcp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::So
 /// Runs one worker thread per listener until `shutdown` is cancelled; returns when all have
 /// drained.
 pub fn run_workers(
-    listeners: Vec<std::net::TcpListener>,
+    listeners: Vec<WorkerListeners>,
+    tls: Option<Tls>,
     gateway: &Arc<Gateway>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
     listeners
         .into_iter()
         .enumerate()
-        .map(|(index, listener)| {
-            let (gateway, shutdown) = (Arc::clone(gateway), shutdown.clone());
+        .map(|(index, listeners)| {
+            let (gateway, shutdown, tls) = (Arc::clone(gateway), shutdown.clone(), tls.clone());
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || {
@@ -82,9 +114,11 @@ pub fn run_workers(
                         }
                     };
                     runtime.block_on(async move {
-                        let listener = match TcpListener::from_std(listener) {
-                            Ok(listener) => listener,
-                            Err(err) => {
+                        let main = TcpListener::from_std(listeners.main);
+                        let plain = listeners.plain.map(TcpListener::from_std).transpose();
+                        let (main, plain) = match (main, plain) {
+                            (Ok(main), Ok(plain)) => (main, plain),
+                            (Err(err), _) | (_, Err(err)) => {
                                 tracing::error!(error = %err, "cannot use the listening socket");
                                 return;
                             }
@@ -92,7 +126,26 @@ pub fn run_workers(
                         let worker = Arc::new(Worker::new(&gateway));
                         tokio::spawn(Arc::clone(&worker.audit).run());
                         tokio::spawn(worker.upstream.close_idle_periodically());
-                        accept::serve(listener, gateway, Arc::clone(&worker), shutdown).await;
+                        let serve_main = accept::serve(
+                            main,
+                            tls,
+                            Arc::clone(&gateway),
+                            Arc::clone(&worker),
+                            shutdown.clone(),
+                        );
+                        match plain {
+                            Some(plain) => {
+                                let serve_plain = accept::serve(
+                                    plain,
+                                    None,
+                                    gateway,
+                                    Arc::clone(&worker),
+                                    shutdown,
+                                );
+                                tokio::join!(serve_main, serve_plain);
+                            }
+                            None => serve_main.await,
+                        }
                         // Response lines still held by this worker.
                         worker.audit.flush();
                     });
