@@ -2,7 +2,8 @@
 //! and an XDP program that drops abusive sources in the kernel.
 //!
 //! The request path is in [`proxy`]: authenticate ([`policy`]) -> limit ([`limit`]) -> audit
-//! ([`audit`]) -> forward ([`upstream`]), around which [`server`] accepts and serves connections.
+//! ([`audit`]) -> forward ([`upstream`]), around which [`server`] accepts and serves connections
+//! (over TLS with [`tls`]); [`authz`] decides what each caller may use and see.
 //! [`protection`] turns misbehaviour into blocks, which [`kernel`] writes into the XDP program's
 //! maps. [`config`] reads the file; [`mcp`] is what the gateway understands of the protocol.
 
