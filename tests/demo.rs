@@ -106,3 +106,37 @@ async fn the_demo_keeps_serving_when_its_stdout_is_closed() {
         logs()
     );
 }
+
+/// `cargo xtask run -- demo --tls`: HTTPS with a certificate the demo makes and names; the curl
+/// line it prints works as printed.
+#[test]
+fn the_demo_with_tls_serves_https_and_its_printed_curl_line_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let log = dir.path().join("demo.log");
+    let mut command = demo_command(dir.path(), addr);
+    command.arg("--tls");
+    let _demo = spawn_listening(command, "demo --tls", &log, addr);
+    let printed = std::fs::read_to_string(&log).unwrap();
+    let curl_line = printed
+        .lines()
+        .find(|line| line.trim_start().starts_with("curl -s --cacert "))
+        .unwrap_or_else(|| panic!("the demo prints a curl line with its certificate:\n{printed}"));
+    assert!(
+        curl_line.contains(&format!("https://localhost:{}/mcp", addr.port())),
+        "{curl_line}"
+    );
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{curl_line} -w '\\n%{{http_code}}'"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        out.ends_with("\n200"),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(out.contains("hello"), "{out}");
+}

@@ -2,6 +2,7 @@ use std::{
     fmt::Write as _,
     io::{Read, Write},
     net::SocketAddr,
+    os::unix::fs::OpenOptionsExt,
     path::PathBuf,
 };
 
@@ -96,6 +97,10 @@ enum Command {
         /// Do not attach XDP to the loopback interface (it is attached only when root).
         #[arg(long)]
         no_xdp: bool,
+        /// Serve HTTPS, with a self-signed certificate for localhost made now and written next to
+        /// the audit log.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -214,7 +219,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             audit_path,
             no_xdp,
-        }) => runtime()?.block_on(demo(listen, audit_path, !no_xdp)),
+            tls,
+        }) => runtime()?.block_on(demo(listen, audit_path, !no_xdp, tls)),
         Some(Command::Xdp {
             command: XdpCommand::Status,
             pin_path,
@@ -316,7 +322,7 @@ fn validate(mut config: Config, args: &RunArgs) -> anyhow::Result<Settings> {
     Ok(config.validate(api_key.as_deref(), user_keys.as_deref())?)
 }
 
-async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Result<()> {
+async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool, tls: bool) -> anyhow::Result<()> {
     let upstream = demo_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let key = keys::generate()?;
     // As root, the demo shows the kernel half too: generic XDP on loopback, limited to the
@@ -328,8 +334,24 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Res
     } else {
         ""
     };
+    let (tls_section, url, cacert) = if tls {
+        let cert = demo_certificate(&audit_path)?;
+        let section = format!(
+            "[tls]\ncert = {}\nkey = {}\n",
+            toml_string(&cert.0.to_string_lossy()),
+            toml_string(&cert.1.to_string_lossy())
+        );
+        let cacert = format!(" --cacert {}", cert.0.display());
+        (
+            section,
+            format!("https://localhost:{}/mcp", listen.port()),
+            cacert,
+        )
+    } else {
+        (String::new(), format!("http://{listen}/mcp"), String::new())
+    };
     let toml = format!(
-        "listen = \"{listen}\"\naudit.path = {}\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[[users]]\nname = \"demo\"\nkey_sha256 = \"{}\"\n{xdp_section}",
+        "listen = \"{listen}\"\naudit.path = {}\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[[users]]\nname = \"demo\"\nkey_sha256 = \"{}\"\n{xdp_section}{tls_section}",
         toml_string(&audit_path.to_string_lossy()),
         keys::hash(&key)?
     );
@@ -337,10 +359,10 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Res
         .map_err(anyhow::Error::msg)?
         .validate(None, None)?;
     let banner = format!(
-        "Demo: the gateway on http://{listen}/mcp in front of a built-in MCP server (tools: echo, add).\n\
+        "Demo: the gateway on {url} in front of a built-in MCP server (tools: echo, add).\n\
          Key for user \"demo\" (shown once): {key}\n\
          Call a tool:\n  \
-         curl -s http://{listen}/mcp -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+         curl -s{cacert} {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
          -H 'Accept: application/json, text/event-stream' \
          -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"hello\"}}}}}}'\n\
          Audit log: {}   (Ctrl-C to stop)\n",
@@ -352,6 +374,30 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool) -> anyhow::Res
         tracing::warn!("cannot print the demo banner and key to stdout ({err}); serving anyway");
     }
     app::run(settings, None).await
+}
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, made now and written beside the audit
+/// log (`demo-tls/cert.pem`, `demo-tls/key.pem`, the key readable by its owner only).
+fn demo_certificate(audit_path: &std::path::Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let dir = audit_path
+        .parent()
+        .unwrap_or(std::path::Path::new("."))
+        .join("demo-tls");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .context("cannot make a certificate")?;
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem())
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&key)
+        .and_then(|mut file| file.write_all(made.signing_key.serialize_pem().as_bytes()))
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    Ok((cert, key))
 }
 
 fn toml_string(text: &str) -> String {
