@@ -180,60 +180,18 @@ impl Grants {
         name: &str,
         hints: impl FnOnce() -> ToolHints,
     ) -> Verdict<'_> {
-        let tool_hints = (category == Category::Tools && self.uses_hints()).then(hints);
-        let mut granted = None;
-        let mut missing = None;
+        let hints = (category == Category::Tools && self.uses_hints()).then(hints);
+        let (mut granted, mut missing) = (None, None);
         for rule in &self.rules {
-            let origin = rule.origin.as_str();
-            let matched = rule.patterns(category).check(name);
-            if let Match::Denied(pattern) = matched {
-                return deny(Reason::Denied {
-                    rule: origin,
-                    category,
-                    pattern,
-                });
-            }
-            let Some(hints) = tool_hints else {
-                if let (Match::Allowed(pattern), None) = (matched, granted) {
-                    granted = Some(Reason::Granted {
-                        rule: origin,
-                        category,
-                        pattern: Some(pattern),
-                    });
+            match rule.judge(category, name, hints) {
+                Judgement::Denies(reason) => return deny(reason),
+                Judgement::Grants(reason) => {
+                    granted.get_or_insert(reason);
                 }
-                continue;
-            };
-            if let Some(&hint) = rule.refused_hints.iter().find(|h| hints.hints().holds(**h)) {
-                return deny(Reason::HintRefused {
-                    rule: origin,
-                    hint,
-                    hints,
-                });
-            }
-            let pattern = match matched {
-                Match::Allowed(pattern) => Some(pattern),
-                _ if !rule.tools.allows_any() && !rule.required_hints.is_empty() => None,
-                _ => continue,
-            };
-            match rule
-                .required_hints
-                .iter()
-                .find(|h| !hints.hints().holds(**h))
-            {
-                Some(&hint) => {
-                    missing.get_or_insert(Reason::HintMissing {
-                        rule: origin,
-                        hint,
-                        hints,
-                    });
+                Judgement::LacksHint(reason) => {
+                    missing.get_or_insert(reason);
                 }
-                None => {
-                    granted.get_or_insert(Reason::Granted {
-                        rule: origin,
-                        category,
-                        pattern,
-                    });
-                }
+                Judgement::Silent => {}
             }
         }
         if let Some(reason) = granted {
@@ -257,6 +215,59 @@ impl Grants {
                     deny: self.default_deny,
                 },
             },
+        }
+    }
+}
+
+/// What one rule says about a name.
+enum Judgement<'a> {
+    Denies(Reason<'a>),
+    Grants(Reason<'a>),
+    /// Its patterns grant the tool, but the tool lacks a hint the rule requires.
+    LacksHint(Reason<'a>),
+    Silent,
+}
+
+impl Rule {
+    /// `hints` is `Some` for a tool when some rule of the caller reads annotations.
+    fn judge(&self, category: Category, name: &str, hints: Option<ToolHints>) -> Judgement<'_> {
+        let rule = self.origin.as_str();
+        let pattern = match self.patterns(category).check(name) {
+            Match::Denied(pattern) => {
+                return Judgement::Denies(Reason::Denied {
+                    rule,
+                    category,
+                    pattern,
+                });
+            }
+            Match::Allowed(pattern) => Some(pattern),
+            Match::None => None,
+        };
+        let Some(hints) = hints else {
+            return match pattern {
+                Some(pattern) => Judgement::Grants(Reason::Granted {
+                    rule,
+                    category,
+                    pattern: Some(pattern),
+                }),
+                None => Judgement::Silent,
+            };
+        };
+        let has = |hint: &&Hint| hints.hints().holds(**hint);
+        if let Some(&hint) = self.refused_hints.iter().find(has) {
+            return Judgement::Denies(Reason::HintRefused { rule, hint, hints });
+        }
+        // A rule of annotations only grants every tool that has them.
+        if pattern.is_none() && (self.tools.allows_any() || self.required_hints.is_empty()) {
+            return Judgement::Silent;
+        }
+        match self.required_hints.iter().find(|hint| !has(hint)) {
+            Some(&hint) => Judgement::LacksHint(Reason::HintMissing { rule, hint, hints }),
+            None => Judgement::Grants(Reason::Granted {
+                rule,
+                category,
+                pattern,
+            }),
         }
     }
 }
