@@ -131,24 +131,32 @@ async fn curl_calls_a_tool_over_http2_and_tls_and_plain_listen_serves_beside_it(
     let url = format!("https://localhost:{}/mcp", gateway.addr.port());
     let resolve = format!("localhost:{}:127.0.0.1", gateway.addr.port());
     let ca = pki.ca();
-    let (out, err) = curl(&[
-        "--http2",
-        "--cacert",
-        ca.to_str().unwrap(),
-        "--resolve",
-        &resolve,
+    let authorization = format!("Authorization: {ALICE}");
+    let call = [
         "-H",
-        &format!("Authorization: {ALICE}"),
+        &authorization,
         "-H",
         "Content-Type: application/json",
         "-H",
         "Accept: application/json, text/event-stream",
         "-d",
         CALL,
-        "-w",
-        "\n%{http_code} %{http_version}",
-        &url,
-    ]);
+    ];
+    let over_tls = [
+        "--http2",
+        "--cacert",
+        ca.to_str().unwrap(),
+        "--resolve",
+        &resolve,
+    ];
+    let (out, err) = curl(
+        &[
+            &over_tls[..],
+            &call,
+            &["-w", "\n%{http_code} %{http_version}", &url],
+        ]
+        .concat(),
+    );
     assert!(out.ends_with("\n200 2"), "{out}\n{err}\n{}", gateway.logs());
     assert_eq!(upstream.count(), 1);
     let line = gateway
@@ -162,19 +170,8 @@ async fn curl_calls_a_tool_over_http2_and_tls_and_plain_listen_serves_beside_it(
     );
 
     // Plain HTTP beside it.
-    let (out, _) = curl(&[
-        "-H",
-        &format!("Authorization: {ALICE}"),
-        "-H",
-        "Content-Type: application/json",
-        "-H",
-        "Accept: application/json, text/event-stream",
-        "-d",
-        CALL,
-        "-w",
-        "\n%{http_code}",
-        &format!("http://{plain}/mcp"),
-    ]);
+    let plain_url = format!("http://{plain}/mcp");
+    let (out, _) = curl(&[&call[..], &["-w", "\n%{http_code}", &plain_url]].concat());
     assert!(out.ends_with("\n200"), "{out}");
     // And not on the TLS address: a plain request there is no handshake.
     let (out, _) = curl(&[

@@ -96,6 +96,8 @@ impl Rule {
 pub struct Grants {
     rules: Vec<Arc<Rule>>,
     default_deny: bool,
+    /// Some rule reads tool annotations (known once, asked on every tool call).
+    uses_hints: bool,
 }
 
 /// Where a tool's annotations come from for a decision.
@@ -157,15 +159,17 @@ pub enum Reason<'a> {
 
 impl Grants {
     pub fn new(rules: Vec<Arc<Rule>>, default_deny: bool) -> Self {
+        let uses_hints = rules.iter().any(|rule| rule.uses_hints());
         Self {
             rules,
             default_deny,
+            uses_hints,
         }
     }
 
     /// Whether decisions on tools read their annotations.
     pub fn uses_hints(&self) -> bool {
-        self.rules.iter().any(|rule| rule.uses_hints())
+        self.uses_hints
     }
 
     /// Where the caller's rules are written, for `gateway explain`.

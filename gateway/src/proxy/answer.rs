@@ -15,7 +15,7 @@ use super::{ProxyBody, Refusal, call::Call};
 use crate::{
     audit::Decision,
     authz::{FilteredEvents, ListFilter, ListKind, ToolCatalog},
-    mcp::jsonrpc::{Kind, code},
+    mcp::jsonrpc::code,
     policy::{Caller, Policy},
 };
 
@@ -40,7 +40,6 @@ pub fn list_filter(
             let lists: Vec<_> = body
                 .messages
                 .iter()
-                .filter(|message| message.kind == Kind::List)
                 .filter_map(|message| {
                     let kind = ListKind::of_method(message.method.as_deref()?)?;
                     Some((message.id.clone()?, kind))

@@ -1,7 +1,7 @@
 //! The request path, in one place. [`Gateway::chain`] reads top to bottom:
 //!
-//! `check URI and Origin -> authenticate -> read body -> parse -> check ownership -> limit -> in-flight slot
-//! -> audit -> forward`
+//! `check URI and Origin -> authenticate -> read body -> parse -> check ownership -> authorize ->
+//! limit -> in-flight slot -> audit -> forward (list answers filtered for the caller)`
 //!
 //! and every step refuses with the one error type, [`Refusal`]. Every step a client can make
 //! expensive is bounded by `[limits]` (URI, body, batch, JSON depth, argument keys, requests in
@@ -416,14 +416,13 @@ impl<L: Limiter> Gateway<L> {
     async fn forward(
         &self,
         worker: &Worker,
-        parts: request::Parts,
+        mut parts: request::Parts,
         body: Bytes,
         caller: &Arc<str>,
         call: &mut Call<'_>,
         request_id: &HeaderValue,
         slot: InFlightSlot,
     ) -> Result<Response<ProxyBody>, Refusal> {
-        let mut parts = parts;
         if call.list_filter.is_some() {
             // An answer to filter must come uncompressed.
             parts.headers.remove(hyper::header::ACCEPT_ENCODING);

@@ -26,7 +26,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let limits = gateway.settings().limits;
-    let builder = connection::http_builder(&limits);
+    // Shared by the handshake tasks of TLS connections, which serve after the accept loop moved on.
+    let builder = Arc::new(connection::http_builder(&limits));
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -72,7 +73,7 @@ pub async fn serve(
             ));
             continue;
         };
-        let (tls, builder) = (tls.clone(), builder.clone());
+        let (tls, builder) = (tls.clone(), Arc::clone(&builder));
         connections.spawn(async move {
             let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
             let stream = tokio::select! {
