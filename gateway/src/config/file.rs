@@ -182,8 +182,17 @@ impl Default for Limits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
-    /// `http://host:port/path` of the MCP server.
+    /// `http://host:port/path` or `https://host:port/path` of the MCP server.
     pub url: String,
+    /// PEM bundle of the CAs an `https://` upstream's certificate must chain to (default: the
+    /// system's trust store).
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// PEM certificate chain and key the gateway presents to an `https://` upstream that asks.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     /// Header that carries the authenticated caller's name upstream.
     #[serde(default = "defaults::caller_header")]
     pub caller_header: String,

@@ -14,7 +14,10 @@ use hyper::{
 use ipnet::IpNet;
 
 use super::file::{Limits, XdpModeConfig};
-use crate::{authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest, tls::TlsSettings};
+use crate::{
+    authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest, tls::TlsSettings,
+    upstream::UpstreamTls,
+};
 
 /// The validated configuration the gateway starts with.
 #[derive(Debug, Clone)]
@@ -47,6 +50,8 @@ pub struct NodeSettings {
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
     pub url: Uri,
+    /// Set for an `https://` URL.
+    pub tls: Option<UpstreamTls>,
     pub caller_header: HeaderName,
     pub timeout: Duration,
     pub authorization: Option<HeaderValue>,

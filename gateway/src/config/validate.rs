@@ -22,7 +22,8 @@ use super::{
 };
 use crate::{
     mcp::origin::AllowedOrigins,
-    tls::{CertificateFiles, Certificates, TlsSettings},
+    tls::{CertificateFiles, Certificates, TlsSettings, read_chain, read_key, read_roots},
+    upstream::{ClientIdentity, UpstreamTls},
 };
 
 impl Config {
@@ -105,12 +106,16 @@ fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings
         .url
         .parse()
         .map_err(|err| invalid("upstream.url", format!("not a URL: {err}")))?;
-    if url.scheme_str() != Some("http") || url.authority().is_none() {
-        return Err(invalid(
-            "upstream.url",
-            "must be http://host:port/path (the gateway speaks plain HTTP to its upstream)",
-        ));
-    }
+    let host = match (url.scheme_str(), url.host()) {
+        (Some("http" | "https"), Some(host)) if !host.is_empty() => host,
+        _ => {
+            return Err(invalid(
+                "upstream.url",
+                "must be http://host:port/path or https://host:port/path",
+            ));
+        }
+    };
+    let tls = upstream_tls(section, host, url.scheme_str() == Some("https"))?;
     let legacy_sse_path = match &section.sse_path {
         None => None,
         Some(path)
@@ -154,11 +159,58 @@ fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings
         .transpose()?;
     Ok(UpstreamSettings {
         url,
+        tls,
         caller_header,
         timeout: Duration::from_secs(section.timeout_secs),
         authorization,
         legacy_sse_path,
     })
+}
+
+/// The TLS client of an `https://` upstream; the TLS settings are refused for `http://`.
+fn upstream_tls(
+    section: &UpstreamConfig,
+    host: &str,
+    https: bool,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    let client_files = match (&section.client_cert, &section.client_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (Some(_), None) => return Err(invalid("upstream.client_key", "needed with client_cert")),
+        (None, Some(_)) => return Err(invalid("upstream.client_cert", "needed with client_key")),
+    };
+    if !https {
+        if section.ca.is_some() {
+            return Err(invalid("upstream.ca", "only for an https:// url"));
+        }
+        if client_files.is_some() {
+            return Err(invalid("upstream.client_cert", "only for an https:// url"));
+        }
+        return Ok(None);
+    }
+    let roots = match &section.ca {
+        Some(path) => read_roots(path).map_err(|err| invalid("upstream.ca", err.to_string()))?,
+        None => UpstreamTls::system_roots(),
+    };
+    if roots.is_empty() {
+        return Err(invalid(
+            "upstream.ca",
+            "needed: the system trust store has no CA certificate to verify the https:// upstream",
+        ));
+    }
+    let identity = client_files
+        .map(|(cert, key)| {
+            Ok(ClientIdentity {
+                chain: read_chain(cert)
+                    .map_err(|err| invalid("upstream.client_cert", err.to_string()))?,
+                key: read_key(key)
+                    .map_err(|err| invalid("upstream.client_key", err.to_string()))?,
+            })
+        })
+        .transpose()?;
+    UpstreamTls::new(host, roots, identity)
+        .map(Some)
+        .map_err(|err| invalid("upstream.client_cert", err.to_string()))
 }
 
 /// The `[rate_limit]` section: the default limit, the per-tool limits and the refusal status.

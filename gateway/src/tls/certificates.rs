@@ -15,6 +15,7 @@ use std::{
 };
 
 use rustls::{
+    RootCertStore,
     crypto::CryptoProvider,
     pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
     server::{ClientHello, ResolvesServerCert},
@@ -48,6 +49,34 @@ fn file_error(path: &Path, message: impl fmt::Display) -> CertificateError {
     }
 }
 
+/// The PEM certificates in `path`, in order; at least one.
+pub fn read_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, CertificateError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|err| file_error(path, err))?
+        .collect::<Result<_, _>>()
+        .map_err(|err| file_error(path, err))?;
+    if chain.is_empty() {
+        return Err(file_error(path, "no PEM certificate in this file"));
+    }
+    Ok(chain)
+}
+
+/// The PEM private key in `path` (PKCS#8, PKCS#1 RSA or SEC1 EC).
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, CertificateError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|err| file_error(path, err))
+}
+
+/// The CA certificates in the PEM bundle at `path`, as trust anchors.
+pub fn read_roots(path: &Path) -> Result<RootCertStore, CertificateError> {
+    let mut roots = RootCertStore::empty();
+    for certificate in read_chain(path)? {
+        roots
+            .add(certificate)
+            .map_err(|err| file_error(path, format!("not a usable CA certificate: {err}")))?;
+    }
+    Ok(roots)
+}
+
 /// One certificate ready to serve, and the names it serves.
 struct Loaded {
     key: Arc<CertifiedKey>,
@@ -57,20 +86,14 @@ struct Loaded {
 /// Reads a PEM chain (leaf first) and its key (PKCS#8, PKCS#1 RSA or SEC1 EC; RSA, ECDSA or
 /// Ed25519), and checks that they belong together.
 fn load(files: &CertificateFiles, provider: &CryptoProvider) -> Result<Loaded, CertificateError> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|err| file_error(&files.cert, err))?
-        .collect::<Result<_, _>>()
-        .map_err(|err| file_error(&files.cert, err))?;
-    let Some(leaf) = chain.first() else {
-        return Err(file_error(&files.cert, "no PEM certificate in this file"));
-    };
+    let chain = read_chain(&files.cert)?;
+    let leaf = &chain[0];
     let names = webpki::EndEntityCert::try_from(leaf)
         .map_err(|err| file_error(&files.cert, format!("not a usable certificate: {err}")))?
         .valid_dns_names()
         .map(str::to_ascii_lowercase)
         .collect();
-    let key =
-        PrivateKeyDer::from_pem_file(&files.key).map_err(|err| file_error(&files.key, err))?;
+    let key = read_key(&files.key)?;
     let key =
         CertifiedKey::from_der(chain, key, provider).map_err(|err| CertificateError::Mismatch {
             cert: files.cert.clone(),

@@ -15,7 +15,9 @@ use std::{sync::Arc, time::Duration};
 use rustls::{ServerConfig, server::ServerSessionMemoryCache};
 use tokio_rustls::TlsAcceptor;
 
-pub use certificates::{CertificateError, CertificateFiles, Certificates};
+pub use certificates::{
+    CertificateError, CertificateFiles, Certificates, read_chain, read_key, read_roots,
+};
 
 /// Sessions the server remembers for resumption without a ticket (about 100 bytes each).
 const SESSION_CACHE: usize = 16 * 1024;

@@ -1,6 +1,6 @@
-//! Forwarding to the MCP server over the worker's pooled HTTP/1.1 connections. The
-//! upstream sees a plain client: its own Host, the caller's identity in one header, never the
-//! caller's key.
+//! Forwarding to the MCP server over the worker's pooled connections: HTTP/1.1 over TCP, or over
+//! TLS for an `https://` upstream, which may also choose HTTP/2 (`tls.rs`). The upstream sees a
+//! plain client: its own Host, the caller's identity in one header, never the caller's key.
 
 use std::{sync::Arc, time::Duration};
 
@@ -13,8 +13,10 @@ use hyper::{
 };
 
 mod pool;
+mod tls;
 
 pub use pool::{ConnectionPool, PoolError, PooledBody};
+pub use tls::{ClientIdentity, UpstreamTls};
 
 use crate::config::UpstreamSettings;
 
@@ -42,18 +44,19 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(settings: &UpstreamSettings) -> Self {
         let url = &settings.url;
-        // The config accepts only http:// URLs with a host.
+        // The config accepts only http:// and https:// URLs with a host.
+        let default_port = if settings.tls.is_some() { 443 } else { 80 };
         let address = format!(
             "{}:{}",
             url.host().unwrap_or("localhost"),
-            url.port_u16().unwrap_or(80)
+            url.port_u16().unwrap_or(default_port)
         );
         let host = url
             .authority()
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         Self {
-            pool: ConnectionPool::new(address),
+            pool: ConnectionPool::new(address, settings.tls.clone()),
             path: url
                 .path_and_query()
                 .cloned()

@@ -1,16 +1,21 @@
-//! A worker's keep-alive HTTP/1.1 connections to the MCP server.
+//! A worker's connections to the MCP server: keep-alive HTTP/1.1 connections, over TCP or TLS,
+//! or one multiplexed HTTP/2 connection when a TLS upstream chooses `h2` by ALPN.
 //!
 //! Each worker has its own pool, used only from its own thread, for one server. That is all
 //! hyper-util's general client would do here, and its per-request work (hashing the scheme and
 //! authority into its pool map, a task spawned to watch each connection become idle again) was
-//! about a tenth of the gateway's own instructions per request (callgrind). Here a connection goes
-//! back to the pool when its response body has been read to the end, and is taken again only
-//! once hyper says it is ready for the next request.
+//! about a tenth of the gateway's own instructions per request (callgrind). Here an HTTP/1.1
+//! connection goes back to the pool when its response body has been read to the end, and is taken
+//! again only once hyper says it is ready for the next request; the HTTP/2 connection is shared by
+//! every request until the server closes it.
 
 use std::{
     collections::VecDeque,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -18,16 +23,28 @@ use std::{
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{
-    Request, Response,
+    Request, Response, Uri, Version,
     body::{Body, Frame, Incoming, SizeHint},
-    client::conn::http1::{self, SendRequest},
+    client::conn::{http1, http2},
+    header,
 };
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpStream,
+};
 
+use super::UpstreamTls;
 use crate::lock;
 
-type Sender = SendRequest<Full<Bytes>>;
+type Sender = http1::SendRequest<Full<Bytes>>;
+type Http2Sender = http2::SendRequest<Full<Bytes>>;
+
+/// A new connection, by the protocol the server chose.
+enum Connection {
+    Http1(Sender),
+    Http2(Http2Sender),
+}
 
 /// Idle connections kept per worker; more are closed when their response ends.
 const MAX_IDLE: usize = 1024;
@@ -48,6 +65,12 @@ pub enum PoolError {
     },
     #[error("no connection to {address} within {CONNECT_TIMEOUT:?}")]
     ConnectTimeout { address: String },
+    #[error("TLS with {address} failed: {source}")]
+    Tls {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Http(#[from] hyper::Error),
 }
@@ -55,8 +78,16 @@ pub enum PoolError {
 pub struct ConnectionPool {
     /// `host:port` of the server.
     address: String,
-    /// Most recently returned at the back.
+    /// Set for an `https://` upstream.
+    tls: Option<UpstreamTls>,
+    /// HTTP/1.1 connections, the most recently returned at the back.
     idle: Mutex<VecDeque<Idle>>,
+    /// The HTTP/2 connection, once the server chose HTTP/2.
+    http2: Mutex<Option<Http2Sender>>,
+    /// Held while a TLS connection is made and its protocol is not known yet.
+    connecting: tokio::sync::Mutex<()>,
+    /// The TLS server answered ALPN with HTTP/1.1 (or nothing).
+    speaks_http1_only: AtomicBool,
 }
 
 struct Idle {
@@ -65,10 +96,14 @@ struct Idle {
 }
 
 impl ConnectionPool {
-    pub fn new(address: String) -> Arc<Self> {
+    pub fn new(address: String, tls: Option<UpstreamTls>) -> Arc<Self> {
         Arc::new(Self {
             address,
+            tls,
             idle: Mutex::new(VecDeque::new()),
+            http2: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            speaks_http1_only: AtomicBool::new(false),
         })
     }
 
@@ -79,9 +114,15 @@ impl ConnectionPool {
         mut request: Request<Full<Bytes>>,
     ) -> Result<Response<PooledBody>, PoolError> {
         loop {
+            if let Some(sender) = self.shared_http2() {
+                return self.send_http2(sender, request).await;
+            }
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                None => match self.new_connection().await? {
+                    Connection::Http1(sender) => (sender, false),
+                    Connection::Http2(sender) => return self.send_http2(sender, request).await,
+                },
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -102,6 +143,58 @@ impl ConnectionPool {
                     _ => return Err(err.into_error().into()),
                 },
             }
+        }
+    }
+
+    /// Sends on the HTTP/2 connection. Its streams need the target in absolute form, with the
+    /// Host header's authority. A request the server refused unsent (the connection was closing)
+    /// goes out once more, on a new connection.
+    async fn send_http2(
+        self: &Arc<Self>,
+        mut sender: Http2Sender,
+        mut request: Request<Full<Bytes>>,
+    ) -> Result<Response<PooledBody>, PoolError> {
+        to_absolute_form(&mut request);
+        let mut retried = false;
+        loop {
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    return Ok(response.map(|body| PooledBody {
+                        body,
+                        ended: false,
+                        release: None,
+                    }));
+                }
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) if !retried => {
+                        request = unsent;
+                        retried = true;
+                        lock(&self.http2).take();
+                        sender = match self.new_connection().await? {
+                            Connection::Http2(sender) => sender,
+                            // The server no longer offers HTTP/2: this request stays HTTP/2
+                            // shaped, so it fails; the next ones use HTTP/1.1.
+                            Connection::Http1(sender) => {
+                                self.checkin(sender);
+                                return Err(err.into_error().into());
+                            }
+                        };
+                    }
+                    _ => return Err(err.into_error().into()),
+                },
+            }
+        }
+    }
+
+    /// The HTTP/2 connection, while it is open.
+    fn shared_http2(&self) -> Option<Http2Sender> {
+        let mut shared = lock(&self.http2);
+        match shared.as_ref() {
+            Some(sender) if sender.is_closed() => {
+                *shared = None;
+                None
+            }
+            sender => sender.cloned(),
         }
     }
 
@@ -149,30 +242,97 @@ impl ConnectionPool {
         }
     }
 
-    async fn connect(&self) -> Result<Sender, PoolError> {
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address))
+    /// A connection for a request that found none idle. Until a TLS server has answered ALPN with
+    /// HTTP/1.1, new connections are made one at a time, and a request that waited for one takes
+    /// the HTTP/2 connection it made: a burst of first requests opens one connection, not one
+    /// each.
+    async fn new_connection(&self) -> Result<Connection, PoolError> {
+        if self.tls.is_none() || self.speaks_http1_only.load(Ordering::Relaxed) {
+            return self.connect().await;
+        }
+        let _one_at_a_time = self.connecting.lock().await;
+        if let Some(sender) = self.shared_http2() {
+            return Ok(Connection::Http2(sender));
+        }
+        let connection = self.connect().await?;
+        match &connection {
+            Connection::Http2(sender) => *lock(&self.http2) = Some(sender.clone()),
+            Connection::Http1(_) => self.speaks_http1_only.store(true, Ordering::Relaxed),
+        }
+        Ok(connection)
+    }
+
+    /// A new connection: TCP, then TLS for an `https://` upstream, both within
+    /// [`CONNECT_TIMEOUT`]; then HTTP/2 if the server chose it by ALPN, else HTTP/1.1.
+    async fn connect(&self) -> Result<Connection, PoolError> {
+        let timed_out = || PoolError::ConnectTimeout {
+            address: self.address.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let stream = tokio::time::timeout_at(deadline, TcpStream::connect(&self.address))
             .await
-            .map_err(|_| PoolError::ConnectTimeout {
-                address: self.address.clone(),
-            })?
+            .map_err(|_| timed_out())?
             .map_err(|source| PoolError::Connect {
                 address: self.address.clone(),
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        // Head and body copied into one buffer and written with write(2): requests are small, and
-        // this measured fewer instructions than hyper's writev path (callgrind, about 0.5k/request).
-        let (sender, connection) = http1::Builder::new()
-            .writev(false)
+        let Some(tls) = &self.tls else {
+            return http1_handshake(stream).await.map(Connection::Http1);
+        };
+        let stream = tokio::time::timeout_at(deadline, tls.connect(stream))
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|source| PoolError::Tls {
+                address: self.address.clone(),
+                source,
+            })?;
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            return http1_handshake(stream).await.map(Connection::Http1);
+        }
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(stream))
             .await?;
         tokio::spawn(async move {
             if let Err(err) = connection.await {
-                tracing::debug!(error = %err, "upstream connection ended with an error");
+                tracing::debug!(error = %err, "upstream HTTP/2 connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Connection::Http2(sender))
     }
+}
+
+async fn http1_handshake<S>(stream: S) -> Result<Sender, PoolError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Head and body copied into one buffer and written with write(2): requests are small, and
+    // this measured fewer instructions than hyper's writev path (callgrind, about 0.5k/request).
+    let (sender, connection) = http1::Builder::new()
+        .writev(false)
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An HTTP/2 request carries its target as `:scheme` and `:authority`: the absolute form, from the
+/// Host header, which HTTP/2 replaces.
+fn to_absolute_form(request: &mut Request<Full<Bytes>>) {
+    let Some(host) = request.headers_mut().remove(header::HOST) else {
+        return;
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.scheme = Some(hyper::http::uri::Scheme::HTTPS);
+    parts.authority = host.to_str().ok().and_then(|host| host.parse().ok());
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+    }
+    *request.version_mut() = Version::HTTP_2;
 }
 
 /// The oldest are at the front: drops those closed or past their time.
@@ -276,7 +436,7 @@ mod tests {
                 );
             }
         });
-        (ConnectionPool::new(address), accepted)
+        (ConnectionPool::new(address, None), accepted)
     }
 
     /// A body of unknown length, so it goes out chunked, one part per frame.
@@ -365,7 +525,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let pool = ConnectionPool::new(address);
+        let pool = ConnectionPool::new(address, None);
         match pool.send(get("/")).await {
             Err(PoolError::Connect { .. }) => {}
             Err(err) => panic!("expected a connect error, got {err}"),
