@@ -40,12 +40,15 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
             None => format!("listen: cannot bind {}", node.listen),
         },
     )?;
-    let tls = node
-        .tls
-        .as_ref()
-        .map(Tls::new)
-        .transpose()
-        .context("tls: cannot set up TLS")?;
+    let main_listener = server::Listener {
+        tls: node
+            .tls
+            .as_ref()
+            .map(Tls::new)
+            .transpose()
+            .context("tls: cannot set up TLS")?,
+        proxy_protocol: node.proxy_protocol.clone(),
+    };
     let program = attach_xdp(node);
     let xdp_state = match &program {
         Some(_) => "attached",
@@ -62,6 +65,7 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     tracing::info!(
         listen = %node.listen,
         tls = node.tls.is_some(),
+        proxy_protocol = node.proxy_protocol.is_some(),
         plain_listen = %node.plain_listen.map_or("none".to_owned(), |addr| addr.to_string()),
         path = %node.mcp_path,
         upstream = %node.upstream.url,
@@ -81,8 +85,8 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     spawn_reload_on_sighup(Arc::clone(&gateway), reload)?;
     spawn_limiter_sweep(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
-    let threads =
-        server::run_workers(listeners, tls, &gateway, &shutdown).context("cannot start workers")?;
+    let threads = server::run_workers(listeners, &main_listener, &gateway, &shutdown)
+        .context("cannot start workers")?;
     shutdown_signal()?.await;
     tracing::info!("shutting down: finishing open requests");
     shutdown.cancel();

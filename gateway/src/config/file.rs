@@ -32,6 +32,14 @@ pub struct Config {
     /// (clients outside a browser) are unaffected.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Every connection to `listen` starts with a PROXY protocol header (v1 or v2) saying who the
+    /// client is: for nodes behind an L4 load balancer.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The load balancers (addresses or CIDR prefixes): connections from anywhere else are
+    /// refused when `proxy_protocol` is on.
+    #[serde(default)]
+    pub proxy_protocol_from: Vec<String>,
     pub upstream: UpstreamConfig,
     #[serde(default)]
     pub rate_limit: RateLimitConfig,

@@ -15,8 +15,8 @@ use ipnet::IpNet;
 
 use super::file::{Limits, XdpModeConfig};
 use crate::{
-    authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest, tls::TlsSettings,
-    upstream::UpstreamTls,
+    authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest, server::ProxyProtocol,
+    tls::TlsSettings, upstream::UpstreamTls,
 };
 
 /// The validated configuration the gateway starts with.
@@ -35,6 +35,8 @@ pub struct NodeSettings {
     pub plain_listen: Option<SocketAddr>,
     /// `listen` serves TLS with these.
     pub tls: Option<TlsSettings>,
+    /// Connections to `listen` come from these load balancers, with a PROXY protocol header.
+    pub proxy_protocol: Option<ProxyProtocol>,
     pub mcp_path: String,
     pub max_body_bytes: usize,
     pub idle_timeout: Duration,

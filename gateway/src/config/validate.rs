@@ -14,7 +14,7 @@ use super::{
     authorization::assign_grants,
     file::{Config, Limit, Limits, RateLimitConfig, TlsSection, UpstreamConfig},
     invalid,
-    protection::{blocking_policy, xdp_settings},
+    protection::{blocking_policy, parse_prefix, xdp_settings},
     settings::{
         AuditSettings, NodeSettings, PolicySettings, RateLimit, Settings, UpstreamSettings,
     },
@@ -22,6 +22,7 @@ use super::{
 };
 use crate::{
     mcp::origin::AllowedOrigins,
+    server::ProxyProtocol,
     tls::{CertificateFiles, Certificates, TlsSettings, read_chain, read_key, read_roots},
     upstream::{ClientIdentity, UpstreamTls},
 };
@@ -60,7 +61,7 @@ impl Config {
             (Some(_), None) => {
                 return Err(invalid(
                     "plain_listen",
-                    "serves plain HTTP beside a TLS listener: it needs a [tls] section (without                      one, `listen` is plain HTTP already)",
+                    "serves plain HTTP beside a TLS listener: it needs a [tls] section (without one, `listen` is plain HTTP already)",
                 ));
             }
             (Some(plain), Some(_)) if plain == self.listen => {
@@ -68,6 +69,7 @@ impl Config {
             }
             (plain, _) => plain,
         };
+        let proxy_protocol = proxy_protocol(self.proxy_protocol, &self.proxy_protocol_from)?;
         let xdp = xdp_settings(&self.xdp, self.listen.port())?;
         let blocking = blocking_policy(&self.blocking)?;
         check_limits(&self.limits)?;
@@ -78,6 +80,7 @@ impl Config {
                 listen: self.listen,
                 plain_listen,
                 tls,
+                proxy_protocol,
                 mcp_path: self.mcp_path,
                 max_body_bytes: self.max_body_bytes,
                 idle_timeout: Duration::from_secs(self.idle_timeout_secs),
@@ -165,6 +168,35 @@ fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings
         authorization,
         legacy_sse_path,
     })
+}
+
+/// `proxy_protocol` and the balancers it is accepted from: both or neither.
+fn proxy_protocol(on: bool, from: &[String]) -> Result<Option<ProxyProtocol>, ConfigError> {
+    let balancers = from
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            parse_prefix(text).ok_or_else(|| {
+                invalid(
+                    format!("proxy_protocol_from[{index}]"),
+                    "not an address or CIDR prefix",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match (on, balancers.is_empty()) {
+        (false, true) => Ok(None),
+        (false, false) => Err(invalid(
+            "proxy_protocol_from",
+            "only with proxy_protocol = true",
+        )),
+        (true, true) => Err(invalid(
+            "proxy_protocol_from",
+            "needed with proxy_protocol = true: the load balancers' addresses, the only ones \
+             allowed to say who the client is",
+        )),
+        (true, false) => Ok(Some(ProxyProtocol::new(balancers))),
+    }
 }
 
 /// The TLS client of an `https://` upstream; the TLS settings are refused for `http://`.

@@ -4,34 +4,63 @@
 //! TLS listener. A handshake that fails or does not finish within `handshake_timeout_secs` closes
 //! the connection and counts as a malformed request of its source: an edge node must not hold
 //! sockets for clients that open them and never speak.
+//!
+//! Behind a load balancer (`proxy_protocol`), the source is the client the balancer names in its
+//! PROXY protocol header: the checks above wait until the header is read, in the connection's
+//! task.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::net::TcpListener;
+use hyper_util::{rt::TokioExecutor, server::conn::auto};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-use super::connection::{self, Connection, DRAIN_TIMEOUT};
+use super::{
+    ProxyProtocol,
+    connection::{self, Connection, DRAIN_TIMEOUT},
+    proxy_protocol::HeaderError,
+};
 use crate::{
-    protection::Offense,
+    protection::{ConnectionGuard, Offense},
     proxy::{Gateway, Worker},
     tls::Tls,
 };
 
+/// How a listener's connections start: TLS or not, and behind a load balancer or not.
+#[derive(Clone, Default)]
+pub struct Listener {
+    pub tls: Option<Tls>,
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// What the tasks of one listener's connections share.
+struct Shared {
+    listener: Listener,
+    builder: auto::Builder<TokioExecutor>,
+    gateway: Arc<Gateway>,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+}
+
 /// Serves until `shutdown` is cancelled, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
 pub async fn serve(
-    listener: TcpListener,
-    tls: Option<Tls>,
+    socket: TcpListener,
+    listener: Listener,
     gateway: Arc<Gateway>,
     worker: Arc<Worker>,
     shutdown: CancellationToken,
 ) {
-    let limits = gateway.settings().limits;
-    // Shared by the handshake tasks of TLS connections, which serve after the accept loop moved on.
-    let builder = Arc::new(connection::http_builder(&limits));
+    let shared = Arc::new(Shared {
+        builder: connection::http_builder(&gateway.settings().limits),
+        listener,
+        gateway,
+        worker,
+        shutdown,
+    });
     let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = socket.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -40,65 +69,43 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = shutdown.cancelled() => break,
-        };
-        // Blocked sources are refused here even without XDP, before any HTTP parsing.
-        if gateway.protection().is_blocked(peer.ip()) {
-            drop(stream);
-            continue;
-        }
-        let Some(registration) = gateway.protection().connections().register(
-            peer.ip(),
-            &shutdown,
-            limits.max_connections_per_source,
-        ) else {
-            // Refused before any HTTP parsing; its source pays with an offense.
-            drop(stream);
-            gateway
-                .protection()
-                .offense(peer.ip(), Offense::TooManyConnections);
-            continue;
+            () = shared.shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let (gateway, worker, shutdown) =
-            (Arc::clone(&gateway), Arc::clone(&worker), shutdown.clone());
-        let Some(tls) = &tls else {
-            let connection = Connection {
-                io: stream,
-                peer,
-                registration,
-            };
-            connections.spawn(connection::serve(
-                &builder, connection, gateway, worker, shutdown,
-            ));
-            continue;
-        };
-        let (tls, builder) = (tls.clone(), Arc::clone(&builder));
-        connections.spawn(async move {
-            let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
-            let stream = tokio::select! {
-                done = handshake => match done {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "TLS handshake failed");
-                        gateway.protection().offense(peer.ip(), Offense::Malformed);
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake not done within {:?}", tls.handshake_timeout);
-                        gateway.protection().offense(peer.ip(), Offense::Malformed);
-                        return;
-                    }
-                },
-                () = registration.closed().cancelled() => return,
-            };
-            let connection = Connection {
-                io: stream,
-                peer,
-                registration,
-            };
-            connection::serve(&builder, connection, gateway, worker, shutdown).await;
-        });
+        match &shared.listener.proxy_protocol {
+            None => {
+                let Some(registration) = shared.admit(peer) else {
+                    continue;
+                };
+                if shared.listener.tls.is_none() {
+                    let connection = Connection {
+                        io: stream,
+                        peer,
+                        registration,
+                    };
+                    connections.spawn(connection::serve(
+                        &shared.builder,
+                        connection,
+                        Arc::clone(&shared.gateway),
+                        Arc::clone(&shared.worker),
+                        shared.shutdown.clone(),
+                    ));
+                } else {
+                    connections.spawn(Arc::clone(&shared).serve(stream, peer, registration));
+                }
+            }
+            Some(proxy_protocol) if !proxy_protocol.trusts(peer.ip()) => {
+                // Not a balancer: it may not say who the client is, and has no other way in.
+                tracing::debug!(%peer, "connection refused: not from a proxy_protocol_from address");
+                shared
+                    .gateway
+                    .protection()
+                    .offense(peer.ip(), Offense::Malformed);
+            }
+            Some(_) => {
+                connections.spawn(Arc::clone(&shared).serve_balanced(stream, peer));
+            }
+        }
     }
 
     connections.close();
@@ -107,5 +114,88 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("open connections did not finish within {DRAIN_TIMEOUT:?}; closing them");
+    }
+}
+
+impl Shared {
+    /// Registers a connection of `source`, or refuses it: blocked sources here even without XDP,
+    /// and sources over their connection limit (an offense).
+    fn admit(&self, source: SocketAddr) -> Option<ConnectionGuard> {
+        let protection = self.gateway.protection();
+        if protection.is_blocked(source.ip()) {
+            return None;
+        }
+        let registration = protection.connections().register(
+            source.ip(),
+            &self.shutdown,
+            self.gateway.settings().limits.max_connections_per_source,
+        );
+        if registration.is_none() {
+            protection.offense(source.ip(), Offense::TooManyConnections);
+        }
+        registration
+    }
+
+    /// A balancer's connection: its header names the client, who is then admitted as any other.
+    async fn serve_balanced(self: Arc<Self>, mut stream: TcpStream, balancer: SocketAddr) {
+        let Some(proxy_protocol) = &self.listener.proxy_protocol else {
+            return;
+        };
+        let client = match proxy_protocol.read_header(&mut stream, balancer).await {
+            Ok(client) => client,
+            // Balancers' TCP health checks connect and close without a word.
+            Err(HeaderError::Closed) => return,
+            Err(err) => {
+                // Not counted against the balancer: blocking it would block every client.
+                tracing::warn!(%balancer, error = %err, "connection from a load balancer refused");
+                return;
+            }
+        };
+        if let Some(registration) = self.admit(client) {
+            self.serve(stream, client, registration).await;
+        }
+    }
+
+    /// Serves an admitted connection, after its TLS handshake on a TLS listener.
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        registration: ConnectionGuard,
+    ) {
+        let gateway = Arc::clone(&self.gateway);
+        let worker = Arc::clone(&self.worker);
+        let shutdown = self.shutdown.clone();
+        let Some(tls) = &self.listener.tls else {
+            let connection = Connection {
+                io: stream,
+                peer,
+                registration,
+            };
+            return connection::serve(&self.builder, connection, gateway, worker, shutdown).await;
+        };
+        let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+        let stream = tokio::select! {
+            done = handshake => match done {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    gateway.protection().offense(peer.ip(), Offense::Malformed);
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done within {:?}", tls.handshake_timeout);
+                    gateway.protection().offense(peer.ip(), Offense::Malformed);
+                    return;
+                }
+            },
+            () = registration.closed().cancelled() => return,
+        };
+        let connection = Connection {
+            io: stream,
+            peer,
+            registration,
+        };
+        connection::serve(&self.builder, connection, gateway, worker, shutdown).await;
     }
 }

@@ -8,22 +8,24 @@
 //! limits, sessions, audit log, blocks) is shared through the [`Gateway`].
 
 //!
-//! [`accept`] takes connections and refuses blocked sources; [`connection`] serves one, whatever
-//! stream carries it; [`idle`] notices clients that are idle, too slow, or no longer reading.
+//! [`accept`] takes connections and refuses blocked sources; [`proxy_protocol`] reads who the
+//! client is behind a load balancer; [`connection`] serves one, whatever stream carries it;
+//! [`idle`] notices clients that are idle, too slow, or no longer reading.
 
 mod accept;
 mod connection;
 pub mod idle;
+mod proxy_protocol;
+
+pub use accept::Listener;
+pub use proxy_protocol::ProxyProtocol;
 
 use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{
-    proxy::{Gateway, Worker},
-    tls::Tls,
-};
+use crate::proxy::{Gateway, Worker};
 
 /// The listening sockets of one worker: the MCP listener (TLS when configured) and, beside a TLS
 /// one, the plain-HTTP listener of `plain_listen`.
@@ -88,10 +90,11 @@ fn tcp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<socket2::So
 }
 
 /// Runs one worker thread per listener until `shutdown` is cancelled; returns when all have
-/// drained.
+/// drained. `main` says how connections to the main listener start; those to the plain listener
+/// are plain HTTP.
 pub fn run_workers(
     listeners: Vec<WorkerListeners>,
-    tls: Option<Tls>,
+    main: &Listener,
     gateway: &Arc<Gateway>,
     shutdown: &CancellationToken,
 ) -> std::io::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -99,7 +102,8 @@ pub fn run_workers(
         .into_iter()
         .enumerate()
         .map(|(index, listeners)| {
-            let (gateway, shutdown, tls) = (Arc::clone(gateway), shutdown.clone(), tls.clone());
+            let (gateway, shutdown, main_listener) =
+                (Arc::clone(gateway), shutdown.clone(), main.clone());
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
                 .spawn(move || {
@@ -128,7 +132,7 @@ pub fn run_workers(
                         tokio::spawn(worker.upstream.close_idle_periodically());
                         let serve_main = accept::serve(
                             main,
-                            tls,
+                            main_listener,
                             Arc::clone(&gateway),
                             Arc::clone(&worker),
                             shutdown.clone(),
@@ -137,7 +141,7 @@ pub fn run_workers(
                             Some(plain) => {
                                 let serve_plain = accept::serve(
                                     plain,
-                                    None,
+                                    Listener::default(),
                                     gateway,
                                     Arc::clone(&worker),
                                     shutdown,
