@@ -14,7 +14,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use super::Decision;
-use crate::mcp::jsonrpc::Message;
+use crate::{mcp::jsonrpc::Message, policy::AuthMethod, tls::ClientCertificate};
 
 /// Longest string field written; longer ones are cut and marked.
 const MAX_FIELD_LEN: usize = 256;
@@ -24,15 +24,21 @@ const MAX_FIELD_LEN: usize = 256;
 pub struct Peer {
     pub ip: IpAddr,
     pub ip_text: HeaderValue,
+    /// The client certificate the connection presented (mTLS), verified by the handshake.
+    pub certificate: Option<ClientCertificate>,
 }
 
 impl Peer {
-    pub fn new(ip: IpAddr) -> Self {
+    pub fn new(ip: IpAddr, certificate: Option<ClientCertificate>) -> Self {
         let ip = ip.to_canonical();
         // An address's text is always a valid header value.
         let ip_text = HeaderValue::try_from(ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { ip, ip_text }
+        Self {
+            ip,
+            ip_text,
+            certificate,
+        }
     }
 
     fn ip_str(&self) -> &str {
@@ -46,6 +52,8 @@ pub struct RequestContext<'a> {
     pub request_id: &'a str,
     pub peer: &'a Peer,
     pub caller: Option<&'a str>,
+    /// How the caller authenticated, once it has.
+    pub auth: Option<AuthMethod>,
     pub user_agent: Option<String>,
     pub session: Option<String>,
     pub http_method: Method,
@@ -106,6 +114,10 @@ impl<'a> Line<'a> {
     /// request by `request_id`).
     fn http_request(&mut self, ctx: &RequestContext<'_>) {
         self.plain(key!("ip"), ctx.peer.ip_str());
+        match ctx.auth {
+            Some(method) => self.plain(key!("auth"), method.as_str()),
+            None => self.str(key!("auth"), None),
+        }
         self.str(key!("user_agent"), ctx.user_agent.as_deref().map(cap));
         self.str(key!("session"), ctx.session.as_deref().map(cap));
         // An HTTP method is a token: no character of it needs escaping.
@@ -397,8 +409,9 @@ pub(crate) mod tests {
     fn ctx() -> RequestContext<'static> {
         RequestContext {
             request_id: "r-1",
-            peer: Box::leak(Box::new(Peer::new("192.0.2.1".parse().unwrap()))),
+            peer: Box::leak(Box::new(Peer::new("192.0.2.1".parse().unwrap(), None))),
             caller: Some("alice"),
+            auth: Some(AuthMethod::Key),
             user_agent: Some("x".repeat(1000)),
             session: Some("s-1".into()),
             http_method: Method::POST,
@@ -429,6 +442,7 @@ pub(crate) mod tests {
             "request_id",
             "caller",
             "ip",
+            "auth",
             "user_agent",
             "session",
             "method",

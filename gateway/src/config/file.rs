@@ -79,6 +79,20 @@ pub struct TlsSection {
     /// A connection whose TLS handshake takes longer is closed (an offense of its source).
     #[serde(default = "defaults::handshake_timeout_secs")]
     pub handshake_timeout_secs: u64,
+    /// PEM bundle of the CAs that sign client certificates: with it, clients are asked for one.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// `"required"` (the default with `client_ca`): no handshake without a valid certificate;
+    /// `"optional"`: clients without one authenticate with a key.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthMode>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    Required,
+    Optional,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -275,7 +289,13 @@ impl Default for AuditConfig {
 pub struct UserConfig {
     pub name: String,
     /// Hex SHA-256 of the user's key (`gateway hash-key`).
-    pub key_sha256: String,
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// A name in the client certificate that identifies the user (`CN=...`, `DNS:...`,
+    /// `email:...`, `URI:...`), with `[tls] client_ca`: alone, the certificate is enough; with
+    /// `key_sha256`, both are needed.
+    #[serde(default)]
+    pub tls_subject: Option<String>,
     #[serde(default)]
     pub rate_limit: Option<Limit>,
     /// The user's own rule, as in `[groups.*]` (without `members`). The four lists are written

@@ -94,7 +94,11 @@ impl PolicySettings {
 #[derive(Debug, Clone)]
 pub struct User {
     pub name: String,
-    pub key_digest: Sha256Digest,
+    /// The digest of the user's key, if the user has one.
+    pub key_digest: Option<Sha256Digest>,
+    /// The name in a client certificate that identifies the user, if any; with a key, both are
+    /// needed.
+    pub tls_subject: Option<Box<str>>,
     pub limit: Option<RateLimit>,
     /// What the user may use; `None`: everything (no rule applies, `default = "allow"`).
     pub grants: Option<Arc<Grants>>,

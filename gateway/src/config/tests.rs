@@ -215,7 +215,7 @@ fn xdp_section_fills_the_program_config() {
 fn errors_name_the_field() {
     assert!(error(&with_user("timeout_secs = 0")).contains("upstream.timeout_secs"));
     assert!(
-        error("[upstream]\nurl = \"https://x/mcp\"\n[[users]]\nname=\"a\"\nkey_sha256=\"00\"")
+        error("[upstream]\nurl = \"ftp://x/mcp\"\n[[users]]\nname=\"a\"\nkey_sha256=\"00\"")
             .contains("upstream.url")
     );
     let bad_hash =
@@ -279,7 +279,7 @@ fn env_keys_add_users() {
     assert_eq!(names, ["default", "bob", "carol"]);
     assert_eq!(
         settings.policy.users[1].key_digest,
-        Sha256Digest::of(b"bob-key-0123456789")
+        Some(Sha256Digest::of(b"bob-key-0123456789"))
     );
 
     let config = Config::from_toml("[upstream]\nurl = \"http://h:1/mcp\"\n").unwrap();
@@ -402,4 +402,33 @@ fn plain_listen_needs_tls_and_its_own_address() {
     assert!(message.contains("[tls]"), "{message}");
     let message = error(&with_user("").replace("[upstream]", "[tls]\n[upstream]"));
     assert!(message.starts_with("tls: no certificate"), "{message}");
+}
+
+#[test]
+fn a_user_needs_a_key_or_a_certificate_name_and_a_certificate_name_needs_client_ca() {
+    let upstream = "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n";
+    let err = error(&format!("{upstream}[[users]]\nname = \"a\"\n"));
+    assert!(
+        err.contains("users[0].key_sha256: needed, unless the user is identified by tls_subject"),
+        "{err}"
+    );
+    let err = error(&format!(
+        "{upstream}[[users]]\nname = \"a\"\ntls_subject = \"agent\"\n"
+    ));
+    assert!(
+        err.contains("users[0].tls_subject: a certificate name starts with"),
+        "{err}"
+    );
+    let err = error(&format!(
+        "{upstream}[[users]]\nname = \"a\"\ntls_subject = \"CN=agent\"\n"
+    ));
+    assert!(
+        err.contains("users[0].tls_subject: needs [tls] client_ca"),
+        "{err}"
+    );
+    let err = error(&format!(
+        "{upstream}[[users]]\nname = \"a\"\ntls_subject = \"CN=agent\"\n\
+         [[users]]\nname = \"b\"\ntls_subject = \"CN=agent\"\n"
+    ));
+    assert!(err.contains("same tls_subject as another user"), "{err}");
 }

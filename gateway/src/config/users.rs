@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use super::{ConfigError, file::UserConfig, invalid, settings::User, validate::rate_limit};
-use crate::policy::Sha256Digest;
+use crate::{policy::Sha256Digest, tls};
 
 /// Every user: those of the file, then the environment's. Names and keys must be unique.
 pub(super) fn users(
@@ -15,12 +15,36 @@ pub(super) fn users(
     for (index, user) in configured.iter().enumerate() {
         let field = |name: &str| format!("users[{index}].{name}");
         check_user_name(&user.name).map_err(|message| invalid(field("name"), message))?;
-        let key_digest = Sha256Digest::from_hex(&user.key_sha256).ok_or_else(|| {
-            invalid(
+        let key_digest = user
+            .key_sha256
+            .as_deref()
+            .map(|hex| {
+                Sha256Digest::from_hex(hex).ok_or_else(|| {
+                    invalid(
+                        field("key_sha256"),
+                        "must be 64 hex characters (SHA-256 of the key: `gateway hash-key`)",
+                    )
+                })
+            })
+            .transpose()?;
+        let tls_subject = user.tls_subject.as_deref();
+        if let Some(subject) = tls_subject
+            && !tls::is_name(subject)
+        {
+            return Err(invalid(
+                field("tls_subject"),
+                format!(
+                    "a certificate name starts with one of {:?} (as OpenSSL prints it)",
+                    tls::NAME_KINDS
+                ),
+            ));
+        }
+        if key_digest.is_none() && tls_subject.is_none() {
+            return Err(invalid(
                 field("key_sha256"),
-                "must be 64 hex characters (SHA-256 of the key: `gateway hash-key`)",
-            )
-        })?;
+                "needed, unless the user is identified by tls_subject",
+            ));
+        }
         let limit = user
             .rate_limit
             .map(|limit| rate_limit(&field("rate_limit"), limit))
@@ -28,6 +52,7 @@ pub(super) fn users(
         users.push(User {
             name: user.name.clone(),
             key_digest,
+            tls_subject: tls_subject.map(Box::from),
             limit,
             grants: None,
         });
@@ -65,7 +90,16 @@ pub(super) fn users(
 fn check_unique(users: &[User]) -> Result<(), ConfigError> {
     let mut names = HashSet::with_capacity(users.len());
     let mut digests = HashSet::with_capacity(users.len());
+    let mut subjects = HashSet::new();
     for user in users {
+        if let Some(subject) = &user.tls_subject
+            && !subjects.insert(subject)
+        {
+            return Err(invalid(
+                format!("users ({})", user.name),
+                "same tls_subject as another user",
+            ));
+        }
         if !names.insert(user.name.as_str()) {
             return Err(invalid(
                 format!("users ({})", user.name),
@@ -73,7 +107,9 @@ fn check_unique(users: &[User]) -> Result<(), ConfigError> {
             ));
         }
         // Sha256Digest compares in constant time.
-        if !digests.insert(user.key_digest) {
+        if let Some(digest) = user.key_digest
+            && !digests.insert(digest)
+        {
             return Err(invalid(
                 format!("users ({})", user.name),
                 "same key as another user: every user needs their own key",
@@ -107,7 +143,8 @@ fn env_user(field: &str, name: &str, key: &str) -> Result<User, ConfigError> {
     }
     Ok(User {
         name: name.to_owned(),
-        key_digest: Sha256Digest::of(key.as_bytes()),
+        key_digest: Some(Sha256Digest::of(key.as_bytes())),
+        tls_subject: None,
         limit: None,
         grants: None,
     })

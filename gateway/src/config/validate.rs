@@ -12,7 +12,7 @@ use hyper::{
 use super::{
     ConfigError,
     authorization::assign_grants,
-    file::{Config, Limit, Limits, RateLimitConfig, TlsSection, UpstreamConfig},
+    file::{ClientAuthMode, Config, Limit, Limits, RateLimitConfig, TlsSection, UpstreamConfig},
     invalid,
     protection::{blocking_policy, parse_prefix, xdp_settings},
     settings::{
@@ -23,7 +23,9 @@ use super::{
 use crate::{
     mcp::origin::AllowedOrigins,
     server::ProxyProtocol,
-    tls::{CertificateFiles, Certificates, TlsSettings, read_chain, read_key, read_roots},
+    tls::{
+        CertificateFiles, Certificates, ClientAuth, TlsSettings, read_chain, read_key, read_roots,
+    },
     upstream::{ClientIdentity, UpstreamTls},
 };
 
@@ -74,6 +76,17 @@ impl Config {
         let blocking = blocking_policy(&self.blocking)?;
         check_limits(&self.limits)?;
         let mut users = users(&self.users, mcp_api_key, mcp_user_keys)?;
+        if let Some(index) = self
+            .users
+            .iter()
+            .position(|user| user.tls_subject.is_some())
+            && tls.as_ref().is_none_or(|tls| tls.client_auth.is_none())
+        {
+            return Err(invalid(
+                format!("users[{index}].tls_subject"),
+                "needs [tls] client_ca: without it no client presents a certificate",
+            ));
+        }
         assign_grants(&self, &mut users)?;
         Ok(Settings {
             node: NodeSettings {
@@ -371,8 +384,19 @@ fn tls_settings(section: &TlsSection) -> Result<TlsSettings, ConfigError> {
     }
     let certificates = Certificates::load(sources, crate::tls::provider())
         .map_err(|err| invalid("tls", err.to_string()))?;
+    let client_auth = match (&section.client_ca, section.client_auth) {
+        (None, None) => None,
+        (None, Some(_)) => return Err(invalid("tls.client_auth", "needs tls.client_ca")),
+        (Some(path), mode) => Some(ClientAuth {
+            roots: Arc::new(
+                read_roots(path).map_err(|err| invalid("tls.client_ca", err.to_string()))?,
+            ),
+            required: mode != Some(ClientAuthMode::Optional),
+        }),
+    };
     Ok(TlsSettings {
         certificates: Arc::new(certificates),
+        client_auth,
         handshake_timeout: Duration::from_secs(section.handshake_timeout_secs),
     })
 }

@@ -1,10 +1,16 @@
-//! Authentication: per-user bearer keys, stored only as SHA-256 digests.
+//! Authentication: per-user bearer keys, stored only as SHA-256 digests, and client certificates
+//! (mTLS) for users identified by `tls_subject`.
 //!
 //! Lookup hashes the presented token and finds the user by digest. The map compares digests only
 //! in constant time (`Sha256Digest`'s `PartialEq`), so the lookup does not leak how much of a
 //! digest matched (and a digest tells nothing of its key). A second comparison after the lookup,
 //! as there once was, repeated the first at about 240 instructions per request.
+//!
+//! A user with a `tls_subject` and no key is identified by the certificate alone; one with both
+//! needs both (the key of a user whose certificate is not presented is refused). A certificate
+//! of one user with the key of another is refused: the request would have two identities.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hyper::{HeaderMap, header::AUTHORIZATION};
@@ -13,6 +19,7 @@ use super::{DigestMap, Sha256Digest};
 use crate::{
     authz::Grants,
     config::{RateLimit, User},
+    tls::ClientCertificate,
 };
 
 /// An authenticated caller.
@@ -23,6 +30,28 @@ pub struct Caller {
     pub limit: Option<RateLimit>,
     /// What the caller may use; `None`: everything.
     pub grants: Option<Arc<Grants>>,
+    /// Has a key: a certificate alone does not authenticate this caller.
+    has_key: bool,
+    /// Has a `tls_subject`: a key alone does not authenticate this caller.
+    has_subject: bool,
+}
+
+/// How a caller proved who it is, as audited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    Key,
+    Certificate,
+    KeyAndCertificate,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Key => "key",
+            Self::Certificate => "certificate",
+            Self::KeyAndCertificate => "key+certificate",
+        }
+    }
 }
 
 /// Why a request was not authenticated.
@@ -34,40 +63,87 @@ pub enum AuthError {
     Malformed,
     #[error("invalid key: the bearer key is not known to this gateway")]
     InvalidKey,
+    #[error("client certificate required: this key is valid only with its user's certificate")]
+    CertificateRequired,
+    #[error("the client certificate and the bearer key belong to different users")]
+    IdentitiesDiffer,
 }
 
-/// The users the gateway accepts, keyed by the digest of their key.
+/// The users the gateway accepts, found by the digest of their key or by a name in their
+/// certificate.
 pub struct Authenticator {
-    by_digest: DigestMap<Caller>,
+    callers: Vec<Caller>,
+    by_digest: DigestMap<u32>,
+    by_subject: HashMap<Box<str>, u32>,
 }
 
 impl Authenticator {
     pub fn new(users: &[User]) -> Self {
-        let by_digest = users
+        let mut by_digest = DigestMap::default();
+        let mut by_subject = HashMap::new();
+        let callers = users
             .iter()
-            .map(|user| {
-                let caller = Caller {
+            .enumerate()
+            .map(|(index, user)| {
+                // Fewer users than u32::MAX: configs are read into memory whole.
+                let index = u32::try_from(index).unwrap_or(u32::MAX);
+                if let Some(digest) = user.key_digest {
+                    by_digest.insert(digest, index);
+                }
+                if let Some(subject) = &user.tls_subject {
+                    by_subject.insert(subject.clone(), index);
+                }
+                Caller {
                     name: user.name.as_str().into(),
                     limit: user.limit,
                     grants: user.grants.clone(),
-                };
-                (user.key_digest, caller)
+                    has_key: user.key_digest.is_some(),
+                    has_subject: user.tls_subject.is_some(),
+                }
             })
             .collect();
-        Self { by_digest }
+        Self {
+            callers,
+            by_digest,
+            by_subject,
+        }
     }
 
-    /// The caller whose key is in the `Authorization: Bearer` header. The query string is never
+    /// The caller whose key is in the `Authorization: Bearer` header, or whose name is in the
+    /// client `certificate`, or both, as the caller's config says. The query string is never
     /// consulted: keys in URLs end up in logs and browser histories.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Caller, AuthError> {
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<(&Caller, AuthMethod), AuthError> {
+        let by_certificate = certificate
+            .and_then(|certificate| certificate.names().find_map(|n| self.by_subject.get(n)))
+            .copied();
         let mut values = headers.get_all(AUTHORIZATION).iter();
-        let value = values.next().ok_or(AuthError::Missing)?;
+        let Some(value) = values.next() else {
+            return match by_certificate.and_then(|index| self.caller(index)) {
+                Some(caller) if !caller.has_key => Ok((caller, AuthMethod::Certificate)),
+                _ => Err(AuthError::Missing),
+            };
+        };
         if values.next().is_some() {
             return Err(AuthError::Malformed);
         }
         let token = bearer_token(value.as_bytes()).ok_or(AuthError::Malformed)?;
         let digest = Sha256Digest::of(token);
-        self.by_digest.get(&digest).ok_or(AuthError::InvalidKey)
+        let index = *self.by_digest.get(&digest).ok_or(AuthError::InvalidKey)?;
+        let caller = self.caller(index).ok_or(AuthError::InvalidKey)?;
+        match by_certificate {
+            Some(certified) if certified != index => Err(AuthError::IdentitiesDiffer),
+            Some(_) => Ok((caller, AuthMethod::KeyAndCertificate)),
+            None if caller.has_subject => Err(AuthError::CertificateRequired),
+            None => Ok((caller, AuthMethod::Key)),
+        }
+    }
+
+    fn caller(&self, index: u32) -> Option<&Caller> {
+        self.callers.get(usize::try_from(index).ok()?)
     }
 }
 
@@ -95,17 +171,128 @@ mod tests {
         Authenticator::new(&[
             User {
                 name: "alice".into(),
-                key_digest: Sha256Digest::of(b"alice-key"),
+                key_digest: Some(Sha256Digest::of(b"alice-key")),
+                tls_subject: None,
                 limit: None,
                 grants: None,
             },
             User {
                 name: "bob".into(),
-                key_digest: Sha256Digest::of(b"bob-key"),
+                key_digest: Some(Sha256Digest::of(b"bob-key")),
+                tls_subject: None,
+                limit: None,
+                grants: None,
+            },
+            User {
+                name: "carol".into(),
+                key_digest: None,
+                tls_subject: Some("CN=carol-agent".into()),
+                limit: None,
+                grants: None,
+            },
+            User {
+                name: "dave".into(),
+                key_digest: Some(Sha256Digest::of(b"dave-key")),
+                tls_subject: Some("URI:spiffe://example.org/dave".into()),
                 limit: None,
                 grants: None,
             },
         ])
+    }
+
+    /// A real certificate (rcgen) with `common_name` and these subject alternative names: URIs
+    /// (with `://`), or DNS names and IP addresses.
+    fn certificate(common_name: &str, names: &[&str]) -> ClientCertificate {
+        let (uris, names): (Vec<&str>, Vec<&str>) =
+            names.iter().partition(|name| name.contains("://"));
+        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+        let mut params = rcgen::CertificateParams::new(names).unwrap();
+        for uri in uris {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        }
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        ClientCertificate::from_der(&der).unwrap()
+    }
+
+    fn with_certificate(
+        authorization: Option<&str>,
+        certificate: &ClientCertificate,
+    ) -> Result<(String, AuthMethod), AuthError> {
+        let headers = authorization.map_or_else(HeaderMap::new, with_auth);
+        authenticator()
+            .authenticate(&headers, Some(certificate))
+            .map(|(caller, method)| (caller.name.to_string(), method))
+    }
+
+    #[test]
+    fn a_certificate_names_its_subject_and_alternative_names_as_openssl_prints_them() {
+        let certificate = certificate(
+            "agent",
+            &["agent.example.org", "127.0.0.1", "spiffe://example.org/a"],
+        );
+        let names: Vec<&str> = certificate.names().collect();
+        assert_eq!(
+            names,
+            [
+                "CN=agent",
+                "DNS:agent.example.org",
+                "URI:spiffe://example.org/a"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_certificate_alone_identifies_a_user_without_a_key() {
+        let carol = certificate("carol-agent", &[]);
+        assert_eq!(
+            with_certificate(None, &carol).unwrap(),
+            ("carol".into(), AuthMethod::Certificate)
+        );
+        // Alice's key over carol's certificate: two identities.
+        assert_eq!(
+            with_certificate(Some("Bearer alice-key"), &carol).unwrap_err(),
+            AuthError::IdentitiesDiffer
+        );
+        // A certificate nobody is configured with changes nothing for keys.
+        let stranger = certificate("stranger", &["stranger.example.org"]);
+        assert_eq!(
+            with_certificate(Some("Bearer alice-key"), &stranger).unwrap(),
+            ("alice".into(), AuthMethod::Key)
+        );
+        assert_eq!(
+            with_certificate(None, &stranger).unwrap_err(),
+            AuthError::Missing
+        );
+    }
+
+    #[test]
+    fn a_user_with_both_needs_both() {
+        let dave = certificate("dave", &[]);
+        let dave_with_uri = certificate("dave", &["spiffe://example.org/dave"]);
+        assert_eq!(
+            with_certificate(Some("Bearer dave-key"), &dave_with_uri).unwrap(),
+            ("dave".into(), AuthMethod::KeyAndCertificate)
+        );
+        assert_eq!(
+            with_certificate(None, &dave_with_uri).unwrap_err(),
+            AuthError::Missing,
+            "the certificate without the key"
+        );
+        assert_eq!(
+            with_certificate(Some("Bearer dave-key"), &dave).unwrap_err(),
+            AuthError::CertificateRequired,
+            "the key without the certificate"
+        );
+        assert_eq!(
+            caller("Bearer dave-key").unwrap_err(),
+            AuthError::CertificateRequired
+        );
     }
 
     fn with_auth(value: &str) -> HeaderMap {
@@ -116,8 +303,8 @@ mod tests {
 
     fn caller(value: &str) -> Result<String, AuthError> {
         authenticator()
-            .authenticate(&with_auth(value))
-            .map(|caller| caller.name.to_string())
+            .authenticate(&with_auth(value), None)
+            .map(|(caller, _)| caller.name.to_string())
     }
 
     #[test]
@@ -135,7 +322,9 @@ mod tests {
     #[test]
     fn missing_malformed_and_wrong_keys_are_told_apart() {
         assert_eq!(
-            authenticator().authenticate(&HeaderMap::new()).unwrap_err(),
+            authenticator()
+                .authenticate(&HeaderMap::new(), None)
+                .unwrap_err(),
             AuthError::Missing
         );
         for malformed in [
@@ -167,7 +356,7 @@ mod tests {
         let mut headers = with_auth("Bearer alice-key");
         headers.append(AUTHORIZATION, HeaderValue::from_static("Bearer bob-key"));
         assert_eq!(
-            authenticator().authenticate(&headers).unwrap_err(),
+            authenticator().authenticate(&headers, None).unwrap_err(),
             AuthError::Malformed
         );
     }

@@ -22,12 +22,13 @@ use std::{
 
 use hyper::{HeaderMap, StatusCode};
 
-pub use authenticate::{AuthError, Authenticator, Caller};
+pub use authenticate::{AuthError, AuthMethod, Authenticator, Caller};
 pub use digest::{DigestMap, Sha256Digest};
 
 use crate::{
     config::{PolicySettings, RateLimit},
     lock,
+    tls::ClientCertificate,
 };
 
 /// The users, their keys and the limits, as one value.
@@ -66,9 +67,13 @@ impl Policy {
         self.reads_annotations
     }
 
-    /// The caller whose key the request carries.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<&Caller, AuthError> {
-        self.authenticator.authenticate(headers)
+    /// The caller whose key the request carries, or whose certificate the connection presented.
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<(&Caller, AuthMethod), AuthError> {
+        self.authenticator.authenticate(headers, certificate)
     }
 
     /// The caller's own limit, or the default.
@@ -171,7 +176,8 @@ pub(crate) mod test_support {
                 .iter()
                 .map(|name| User {
                     name: (*name).into(),
-                    key_digest: Sha256Digest::of(format!("{name}-key").as_bytes()),
+                    key_digest: Some(Sha256Digest::of(format!("{name}-key").as_bytes())),
+                    tls_subject: None,
                     limit: None,
                     grants: None,
                 })
@@ -208,7 +214,7 @@ mod tests {
         let store = PolicyStore::new(Policy::new(settings(&["alice"], 10)));
         let worker = WorkerPolicy::default();
         let before = worker.snapshot(&store);
-        assert!(before.authenticate(&bearer("alice")).is_ok());
+        assert!(before.authenticate(&bearer("alice"), None).is_ok());
         assert!(
             Arc::ptr_eq(&before, &worker.snapshot(&store)),
             "one copy per worker until the policy changes"
@@ -217,9 +223,9 @@ mod tests {
         // Alice's key is revoked and Bob's added.
         store.replace(Policy::new(settings(&["bob"], 10)));
         let after = worker.snapshot(&store);
-        assert!(after.authenticate(&bearer("alice")).is_err());
-        assert!(after.authenticate(&bearer("bob")).is_ok());
+        assert!(after.authenticate(&bearer("alice"), None).is_err());
+        assert!(after.authenticate(&bearer("bob"), None).is_ok());
         // The request that started before the swap finishes with the policy it had.
-        assert!(before.authenticate(&bearer("alice")).is_ok());
+        assert!(before.authenticate(&bearer("alice"), None).is_ok());
     }
 }

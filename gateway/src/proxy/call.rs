@@ -74,6 +74,7 @@ impl<'a> Call<'a> {
                 request_id,
                 peer,
                 caller: None,
+                auth: None,
                 user_agent: header_str(headers, &header::USER_AGENT).map(str::to_owned),
                 session: header_str(headers, &MCP_SESSION_ID).map(str::to_owned),
                 http_method: request.method().clone(),

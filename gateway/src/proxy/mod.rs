@@ -180,8 +180,10 @@ impl<L: Limiter> Gateway<L> {
         let limits = &self.settings.limits;
         check_uri(&request, limits.max_uri_bytes)?;
         self.settings.allowed_origins.check(request.headers())?;
-        let caller = policy.authenticate(request.headers())?;
+        let (caller, method) =
+            policy.authenticate(request.headers(), call.context.peer.certificate.as_ref())?;
         call.context.caller = Some(&caller.name);
+        call.context.auth = Some(method);
         let (parts, body) = request.into_parts();
         let body = self.read_body(call.route, &parts.method, body).await?;
         parse_messages(call, &parts, &body, &limits.parse())?;

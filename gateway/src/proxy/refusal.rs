@@ -190,7 +190,10 @@ impl From<NotGranted> for Refusal {
 impl From<AuthError> for Refusal {
     fn from(err: AuthError) -> Self {
         let (decision, challenge) = match err {
-            AuthError::Missing | AuthError::Malformed => {
+            AuthError::Missing
+            | AuthError::Malformed
+            | AuthError::CertificateRequired
+            | AuthError::IdentitiesDiffer => {
                 (Decision::Unauthenticated, HeaderValue::from_static(REALM))
             }
             AuthError::InvalidKey => (

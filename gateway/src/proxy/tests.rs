@@ -26,14 +26,17 @@ fn gateway(policy: PolicySettings, dir: &tempfile::TempDir) -> Gateway {
 /// Runs the chain's limit step for one single-message call of `name`.
 async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
     let policy = gateway.policy();
-    let caller = policy.authenticate(&bearer(name)).expect("a known key");
-    let peer = Peer::new("192.0.2.1".parse().unwrap());
+    let (caller, _) = policy
+        .authenticate(&bearer(name), None)
+        .expect("a known key");
+    let peer = Peer::new("192.0.2.1".parse().unwrap(), None);
     let request = Request::new(());
     let mut call = Call {
         context: audit::RequestContext {
             request_id: "r",
             peer: &peer,
             caller: Some(&caller.name),
+            auth: None,
             user_agent: None,
             session: None,
             http_method: request.method().clone(),
@@ -98,5 +101,10 @@ async fn a_policy_can_be_swapped_while_requests_run() {
     for request in requests {
         request.await.unwrap();
     }
-    assert!(gateway.policy().authenticate(&bearer("user199")).is_ok());
+    assert!(
+        gateway
+            .policy()
+            .authenticate(&bearer("user199"), None)
+            .is_ok()
+    );
 }

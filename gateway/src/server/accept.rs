@@ -23,7 +23,7 @@ use super::{
 use crate::{
     protection::{ConnectionGuard, Offense},
     proxy::{Gateway, Worker},
-    tls::Tls,
+    tls::{ClientCertificate, Tls},
 };
 
 /// How a listener's connections start: TLS or not, and behind a load balancer or not.
@@ -81,6 +81,7 @@ pub async fn serve(
                     let connection = Connection {
                         io: stream,
                         peer,
+                        certificate: None,
                         registration,
                     };
                     connections.spawn(connection::serve(
@@ -170,6 +171,7 @@ impl Shared {
             let connection = Connection {
                 io: stream,
                 peer,
+                certificate: None,
                 registration,
             };
             return connection::serve(&self.builder, connection, gateway, worker, shutdown).await;
@@ -191,9 +193,17 @@ impl Shared {
             },
             () = registration.closed().cancelled() => return,
         };
+        // Verified by the handshake; only its names are kept, for the connection's requests.
+        let certificate = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .and_then(|leaf| ClientCertificate::from_der(leaf));
         let connection = Connection {
             io: stream,
             peer,
+            certificate,
             registration,
         };
         connection::serve(&self.builder, connection, gateway, worker, shutdown).await;

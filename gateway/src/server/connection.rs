@@ -18,6 +18,7 @@ use crate::{
     config::Limits,
     protection::{ConnectionGuard, Offense},
     proxy::{Gateway, ProxyBody, Worker},
+    tls::ClientCertificate,
 };
 
 /// Longest wait for open connections to finish after shutdown was asked for.
@@ -99,6 +100,8 @@ async fn respond(
 pub struct Connection<IO> {
     pub io: IO,
     pub peer: SocketAddr,
+    /// The client certificate presented in the TLS handshake, if any.
+    pub certificate: Option<ClientCertificate>,
     /// Cancelled when the source gets blocked or the gateway shuts down.
     pub registration: ConnectionGuard,
 }
@@ -117,6 +120,7 @@ where
     let Connection {
         io,
         peer,
+        certificate,
         registration,
     } = connection;
     let activity = Activity::new();
@@ -128,7 +132,7 @@ where
     let context = Arc::new(ConnectionContext {
         gateway,
         worker,
-        client: Peer::new(peer.ip()),
+        client: Peer::new(peer.ip(), certificate),
         activity: Arc::clone(&activity),
     });
     let service = service_fn(move |request| respond(Arc::clone(&context), request));

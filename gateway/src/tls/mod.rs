@@ -9,6 +9,7 @@
 //! The handshake runs in the connection's own task with its own timeout (`server/accept.rs`).
 
 mod certificates;
+mod client_auth;
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 pub use certificates::{
     CertificateError, CertificateFiles, Certificates, read_chain, read_key, read_roots,
 };
+pub use client_auth::{ClientAuth, ClientCertificate, NAME_KINDS, is_name};
 
 /// Sessions the server remembers for resumption without a ticket (about 100 bytes each).
 const SESSION_CACHE: usize = 16 * 1024;
@@ -31,6 +33,8 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
     pub certificates: Arc<Certificates>,
+    /// Client certificates are asked for (mTLS).
+    pub client_auth: Option<ClientAuth>,
     pub handshake_timeout: Duration,
 }
 
@@ -43,10 +47,13 @@ pub struct Tls {
 
 impl Tls {
     pub fn new(settings: &TlsSettings) -> Result<Self, rustls::Error> {
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_cert_resolver(Arc::clone(&settings.certificates) as _);
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let builder = match &settings.client_auth {
+            Some(client_auth) => builder.with_client_cert_verifier(client_auth.verifier()?),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::clone(&settings.certificates) as _);
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE);
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
