@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    if policy().authenticate(&headers).is_ok() {
+    if policy().authenticate(&headers, None).is_ok() {
         let value = headers["authorization"].as_bytes();
         assert!(value[..6].eq_ignore_ascii_case(b"bearer"));
         assert_eq!(

@@ -10,6 +10,7 @@ mod proxy;
 mod report;
 mod sse;
 pub mod syn_flood;
+mod tls;
 mod xdp_cost;
 
 use std::{
@@ -42,6 +43,8 @@ pub enum Scenario {
     Xdp,
     /// Legitimate load under a flood, in network namespaces: XDP vs userspace block vs none.
     Flood,
+    /// TLS ending in the proxy: nginx vs HAProxy vs gateway, keep-alive and handshakes.
+    Tls,
 }
 
 /// How long and how often each measurement runs, and what else to measure.
@@ -85,12 +88,15 @@ pub fn run(root: &Path, scenario: Scenario, plan: Plan) -> Result<()> {
     if wanted(Scenario::Flood) {
         report.add(flood::run(&bench)?);
     }
+    if wanted(Scenario::Tls) {
+        report.add(tls::run(&bench)?);
+    }
     let written = report.write(root, scenario == Scenario::All)?;
     println!("results: {}", written.display());
     Ok(())
 }
 
-/// nginx from Debian, oha from crates.io (into target/tools), when missing.
+/// nginx, HAProxy and openssl from Debian, oha from crates.io (into target/tools), when missing.
 fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
     let needs_root = matches!(scenario, Scenario::All | Scenario::Xdp | Scenario::Flood);
     if needs_root && !is_root() {
@@ -98,7 +104,12 @@ fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
             "the xdp and flood scenarios load XDP programs and make network namespaces: run as root"
         );
     }
-    setup::debian_packages(&[("nginx", "nginx"), ("ip", "iproute2")])?;
+    setup::debian_packages(&[
+        ("nginx", "nginx"),
+        ("ip", "iproute2"),
+        ("haproxy", "haproxy"),
+        ("openssl", "openssl"),
+    ])?;
     install_tool(root, "oha", OHA_VERSION, "the load generator")?;
     Ok(())
 }

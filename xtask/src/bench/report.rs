@@ -45,6 +45,7 @@ impl Report {
                 format!("CPU: {cpu}, {cores} cores"),
                 format!("Kernel: {kernel}"),
                 format!("nginx: {}", version_of(Path::new("nginx"), &["-v"])),
+                format!("HAProxy: {}", version_of(Path::new("haproxy"), &["-v"])),
                 format!(
                     "Load generator: {} (and `cargo xtask load` for per-key and per-source load)",
                     version_of(&bench.oha(), &["--version"])

@@ -1,8 +1,5 @@
-//! A certificate authority of the test's own (rcgen), and the certificates it signs: shared by the
-//! TLS tests as a module, since the support library leaves TLS crates out of xtask's build.
-
-// Each test binary that includes this module uses a part of it.
-#![allow(dead_code)]
+//! A certificate authority of the test's own (rcgen), and the certificates it signs. Here rather
+//! than in the support library, which leaves TLS crates out of xtask's build.
 
 use std::path::PathBuf;
 

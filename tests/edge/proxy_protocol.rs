@@ -12,8 +12,7 @@ use e2e_tests::{
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-#[path = "common/pki.rs"]
-mod pki;
+use crate::pki;
 
 const BALANCER: [u8; 4] = [127, 0, 0, 2];
 const STRANGER: [u8; 4] = [127, 0, 0, 1];

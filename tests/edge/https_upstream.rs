@@ -21,9 +21,7 @@ use hyper::{HeaderMap, Request, StatusCode, Version, body::Incoming, service::se
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-#[path = "common/pki.rs"]
-mod pki;
-use pki::Pki;
+use crate::pki::Pki;
 
 /// What reached the TLS upstream with one request.
 #[derive(Debug, Clone)]
