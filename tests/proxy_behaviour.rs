@@ -1,21 +1,14 @@
 //! The gateway binary between a raw HTTP client and an in-process upstream that records what
 //! reaches it: streaming, headers, error answers and the audit log's failure modes.
 
-use std::{
-    convert::Infallible,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{convert::Infallible, time::Duration};
 
 use bytes::Bytes;
 use e2e_tests::{
     ALICE, ALICE_KEY, BOB_KEY, CALL, Gateway, Options, RecordingUpstream, eventually, free_port,
-    json_reply, ok_upstream, post, raw_post, read_audit, send,
+    json_reply, ok_upstream, post, raw_post, read_audit, send, streaming_upstream,
 };
-use http_body_util::{
-    BodyExt, Full,
-    channel::{Channel, Sender},
-};
+use http_body_util::{BodyExt, Full, channel::Sender};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::{
     client::legacy::Client,
@@ -111,22 +104,6 @@ async fn configured_upstream_credential_replaces_the_callers() {
         !gateway.logs().contains("upstream-service-token"),
         "the credential is not logged"
     );
-}
-
-/// An upstream whose one answer is an event stream that the test writes into.
-async fn streaming_upstream() -> (Sender<Bytes, Infallible>, RecordingUpstream) {
-    let (events, stream) = Channel::<Bytes, Infallible>::new(1);
-    let stream = Arc::new(Mutex::new(Some(stream)));
-    let upstream = RecordingUpstream::start(move |_| {
-        let stream = stream.lock().unwrap().take().expect("one stream");
-        let mut response = Response::new(stream.boxed());
-        response
-            .headers_mut()
-            .insert("content-type", "text/event-stream".parse().unwrap());
-        response
-    })
-    .await;
-    (events, upstream)
 }
 
 /// Alice's call to `gateway`, accepting a stream for an answer.

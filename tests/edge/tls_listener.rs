@@ -232,30 +232,27 @@ async fn presented_name(addr: SocketAddr, ca: &Path, name: &str) -> Result<Strin
         .to_owned())
 }
 
-/// One HTTP/1.1 MCP call on an open TLS stream; the status line.
-async fn call_on<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    stream: &mut S,
-) -> String {
-    let request = format!(
-        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: {ALICE}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{CALL}",
-        CALL.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 4096];
-    let read = stream.read(&mut answer).await.unwrap();
-    String::from_utf8_lossy(&answer[..read])
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_owned()
+/// Reads from `stream` until what arrived contains `text`; false if it did not within 5 s.
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, text: &str) -> bool {
+    let mut arrived = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&arrived).contains(text) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(read)) if read > 0 => arrived.extend_from_slice(&buffer[..read]),
+            _ => return false,
+        }
+    }
+    true
 }
 
-#[tokio::test]
-async fn certificates_reload_on_sighup_without_dropping_connections_and_a_bad_file_keeps_the_old() {
-    let upstream = RecordingUpstream::start(ok_upstream()).await;
+// Two threads: the upstream's stream is written from the test while the client reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_reload_on_sighup_while_a_stream_stays_open_and_a_bad_file_keeps_the_old() {
+    let (mut events, upstream) = e2e_tests::streaming_upstream().await;
     let pki = Pki::new();
     let (gateway, _) = tls_gateway(&pki, &upstream.url(), "");
-    let config = client_config(&pki.ca());
     assert_eq!(
         presented_name(gateway.addr, &pki.ca(), "localhost")
             .await
@@ -263,13 +260,21 @@ async fn certificates_reload_on_sighup_without_dropping_connections_and_a_bad_fi
         "first"
     );
 
+    // A call answered with an SSE stream, open across both reloads.
     let tcp = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+    let connector = tokio_rustls::TlsConnector::from(client_config(&pki.ca()));
     let mut open = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .unwrap();
-    assert_eq!(call_on(&mut open).await, "HTTP/1.1 200 OK");
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: localhost\r\nAuthorization: {ALICE}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{CALL}",
+        CALL.len()
+    );
+    open.write_all(request.as_bytes()).await.unwrap();
+    let event = |n: u32| bytes::Bytes::from(format!("data: {{\"n\":{n}}}\n\n"));
+    events.send_data(event(1)).await.unwrap();
+    assert!(read_until(&mut open, "{\"n\":1}").await, "the first event");
 
     // A new certificate in the same files, then SIGHUP.
     let (new_cert, new_key) = pki.leaf("second", "second", &["localhost"]);
@@ -285,10 +290,10 @@ async fn certificates_reload_on_sighup_without_dropping_connections_and_a_bad_fi
             .unwrap(),
         "second"
     );
-    assert_eq!(
-        call_on(&mut open).await,
-        "HTTP/1.1 200 OK",
-        "the open connection goes on"
+    events.send_data(event(2)).await.unwrap();
+    assert!(
+        read_until(&mut open, "{\"n\":2}").await,
+        "the stream goes on after the reload"
     );
 
     // A key that does not belong to the certificate: refused, the one in force stays.
@@ -313,6 +318,11 @@ async fn certificates_reload_on_sighup_without_dropping_connections_and_a_bad_fi
             .await
             .unwrap(),
         "second"
+    );
+    events.send_data(event(3)).await.unwrap();
+    assert!(
+        read_until(&mut open, "{\"n\":3}").await,
+        "and after the refusal"
     );
 }
 

@@ -17,7 +17,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{
+    BodyExt, Full,
+    channel::{Channel, Sender},
+    combinators::BoxBody,
+};
 use hyper::{
     HeaderMap, Method, Request, Response, StatusCode, Uri, body::Incoming, service::service_fn,
 };
@@ -478,6 +482,22 @@ impl RecordingUpstream {
             .cloned()
             .expect("the upstream saw a request")
     }
+}
+
+/// An upstream whose one answer is an event stream that the test writes into.
+pub async fn streaming_upstream() -> (Sender<Bytes, Infallible>, RecordingUpstream) {
+    let (events, stream) = Channel::<Bytes, Infallible>::new(1);
+    let stream = Arc::new(Mutex::new(Some(stream)));
+    let upstream = RecordingUpstream::start(move |_| {
+        let stream = stream.lock().unwrap().take().expect("one stream");
+        let mut response = Response::new(stream.boxed());
+        response
+            .headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        response
+    })
+    .await;
+    (events, upstream)
 }
 
 /// An upstream handler answering every request with an empty tool result.
