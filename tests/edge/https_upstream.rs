@@ -272,22 +272,7 @@ fn upstream_tls_config_errors_name_the_field() {
         ),
         ("ftp://localhost/mcp", String::new(), "upstream.url"),
     ] {
-        let config = pki.dir.path().join("bad.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[upstream]\nurl = \"{url}\"\n{keys}\n[[users]]\nname = \"a\"\nkey_sha256 = \"{}\"\n",
-                "0".repeat(64)
-            ),
-        )
-        .unwrap();
-        let output = std::process::Command::new(e2e_tests::gateway_bin())
-            .arg("check-config")
-            .arg(&config)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{expected}");
+        let stderr = crate::refused_config("", url, &keys, "");
         assert!(stderr.contains(expected), "{expected}: {stderr}");
         if expected == "upstream.ca: " {
             assert!(stderr.contains("missing.pem"), "{stderr}");

@@ -4,7 +4,6 @@
 //! certificates are made by the test (rcgen): a CA, and leaf certificates signed by it.
 
 use std::{
-    io::Write as _,
     net::SocketAddr,
     path::Path,
     process::{Command, Stdio},
@@ -390,16 +389,7 @@ fn tls_config_errors_name_the_field_and_the_file() {
             "tls.client_auth: needs tls.client_ca",
         ),
     ] {
-        let config = pki.dir.path().join("bad.toml");
-        let mut file = std::fs::File::create(&config).unwrap();
-        writeln!(file, "[upstream]\nurl = \"http://127.0.0.1:9/mcp\"\n[[users]]\nname = \"a\"\nkey_sha256 = \"{}\"\n{sections}", "0".repeat(64)).unwrap();
-        let output = Command::new(e2e_tests::gateway_bin())
-            .args(["check-config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success());
+        let stderr = crate::refused_config("", "http://127.0.0.1:9/mcp", "", &sections);
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
 }

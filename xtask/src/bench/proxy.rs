@@ -1,7 +1,7 @@
 //! Scenario 1: proxy overhead. One upstream (the gateway's demo MCP server) for every contender:
 //! direct, nginx doing the same job as closely as it can, the gateway, the gateway with fsync.
 
-use std::{net::SocketAddr, process::Command};
+use std::{net::SocketAddr, path::Path, process::Command};
 
 use anyhow::{Context, Result, bail};
 
@@ -91,7 +91,14 @@ pub fn run(bench: &Bench) -> Result<Section> {
     contenders.push(Contender {
         name: "nginx",
         url: format!("http://{nginx_addr}/mcp"),
-        service: Some(start_nginx(bench, nginx_addr, upstream_addr, &key)?),
+        service: Some(start_nginx(
+            bench,
+            "nginx",
+            nginx_addr,
+            upstream_addr,
+            &key,
+            None,
+        )?),
     });
     // The audit log cannot be switched off; writing it to /dev/null keeps everything but the
     // file I/O, which is what the audit costs beyond formatting its lines.
@@ -396,18 +403,33 @@ fn oha(bench: &Bench, url: &str, key: &str, rate: Option<u64>) -> Result<Run> {
     })
 }
 
-/// nginx configured to do the gateway's job as closely as it can.
-fn start_nginx(
+/// nginx configured to do the gateway's job as closely as it can; with `tls` (certificate and key
+/// files), ending TLS too (HTTP/2 and HTTP/1.1, sessions resumed from a cache or by ticket).
+pub fn start_nginx(
     bench: &Bench,
+    name: &str,
     listen: SocketAddr,
     upstream: SocketAddr,
     key: &str,
+    tls: Option<(&Path, &Path)>,
 ) -> Result<Service> {
-    let dir = bench.dir("nginx");
+    let dir = bench.dir(name);
     for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
     let d = dir.display();
+    let (listen_directive, tls) = match tls {
+        Some((cert, private_key)) => (
+            format!("{listen} ssl http2 reuseport"),
+            format!(
+                "ssl_certificate {};\n        ssl_certificate_key {};\n        \
+                 ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_session_cache shared:SSL:10m;",
+                cert.display(),
+                private_key.display()
+            ),
+        ),
+        None => (format!("{listen} reuseport"), String::new()),
+    };
     let config = format!(
         r#"worker_processes auto;
 user root;
@@ -432,7 +454,8 @@ http {{
         keepalive 128;
     }}
     server {{
-        listen {listen} reuseport;
+        listen {listen_directive};
+        {tls}
         location = /mcp {{
             if ($mcp_caller = "") {{ return 401; }}
             limit_req zone=callers burst=1000000 nodelay;

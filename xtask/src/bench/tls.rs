@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     Bench, CALL_BODY, CpuTime, Service, Spread, bench_keys, demo_upstream, free_addr,
-    gateway_config, report::Section, start_gateway,
+    gateway_config, proxy::start_nginx, report::Section, start_gateway,
 };
 
 const CONNECTIONS: u32 = 64;
@@ -56,7 +56,14 @@ pub fn run(bench: &Bench) -> Result<Section> {
     contenders.push(Contender {
         name: "nginx",
         addr: nginx,
-        service: start_nginx(bench, nginx, upstream_addr, &key, &cert, &private_key)?,
+        service: start_nginx(
+            bench,
+            "tls-nginx",
+            nginx,
+            upstream_addr,
+            &key,
+            Some((&cert, &private_key)),
+        )?,
     });
     let haproxy = free_addr()?;
     contenders.push(Contender {
@@ -319,83 +326,6 @@ fn make_certificate(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBu
         bail!("openssl req could not make the benchmark's certificate");
     }
     Ok((cert, key))
-}
-
-/// nginx terminating TLS and doing the proxy scenario's job.
-fn start_nginx(
-    bench: &Bench,
-    listen: SocketAddr,
-    upstream: SocketAddr,
-    key: &str,
-    cert: &Path,
-    private_key: &Path,
-) -> Result<Service> {
-    let dir = bench.dir("tls-nginx");
-    for sub in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(dir.join(sub))?;
-    }
-    let d = dir.display();
-    let config = format!(
-        r#"worker_processes auto;
-user root;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache shared:SSL:10m;
-    ssl_session_tickets on;
-    map $http_authorization $mcp_caller {{
-        default "";
-        "Bearer {key}" "user0";
-    }}
-    limit_req_zone $mcp_caller zone=callers:10m rate=1000000r/s;
-    log_format audit escape=json '{{"ts":"$time_iso8601","caller":"$mcp_caller","ip":"$remote_addr","user_agent":"$http_user_agent","request_id":"$request_id","status":"$status","request_time":"$request_time"}}';
-    upstream mcp {{
-        server {upstream};
-        keepalive 128;
-    }}
-    server {{
-        listen {listen} ssl http2 reuseport;
-        ssl_certificate {cert};
-        ssl_certificate_key {private_key};
-        location = /mcp {{
-            if ($mcp_caller = "") {{ return 401; }}
-            limit_req zone=callers burst=1000000 nodelay;
-            access_log {d}/audit.jsonl audit;
-            client_max_body_size 4m;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Authorization "";
-            proxy_set_header X-MCP-Caller $mcp_caller;
-            proxy_set_header X-Request-Id $request_id;
-            proxy_buffering off;
-            proxy_pass http://mcp;
-        }}
-    }}
-}}
-"#,
-        cert = cert.display(),
-        private_key = private_key.display(),
-    );
-    let path = dir.join("nginx.conf");
-    std::fs::write(&path, config)?;
-    let mut command = Command::new("nginx");
-    command
-        .arg("-p")
-        .arg(&dir)
-        .arg("-c")
-        .arg(&path)
-        .args(["-g", "daemon off;"]);
-    let mut service = Service::spawn(command, dir.join("nginx.log"))?;
-    service.wait_for_port(listen)?;
-    Ok(service)
 }
 
 /// HAProxy terminating TLS and doing the same job: the key mapped to a caller, a per-caller
