@@ -113,15 +113,20 @@ impl ConnectionPool {
         self: &Arc<Self>,
         mut request: Request<Full<Bytes>>,
     ) -> Result<Response<PooledBody>, PoolError> {
+        // The HTTP/2 and connection futures are boxed: held inline, their TLS and HTTP/2 state
+        // made this future several KiB, copied on every request (callgrind: +17k instructions per
+        // proxied call, most of it memcpy).
         loop {
             if let Some(sender) = self.shared_http2() {
-                return self.send_http2(sender, request).await;
+                return Box::pin(self.send_http2(sender, request)).await;
             }
             let (mut sender, reused) = match self.checkout() {
                 Some(sender) => (sender, true),
-                None => match self.new_connection().await? {
+                None => match Box::pin(self.new_connection()).await? {
                     Connection::Http1(sender) => (sender, false),
-                    Connection::Http2(sender) => return self.send_http2(sender, request).await,
+                    Connection::Http2(sender) => {
+                        return Box::pin(self.send_http2(sender, request)).await;
+                    }
                 },
             };
             match sender.try_send_request(request).await {
