@@ -74,24 +74,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         match &shared.listener.proxy_protocol {
             None => {
-                let Some(registration) = shared.admit(peer) else {
-                    continue;
-                };
-                if shared.listener.tls.is_none() {
-                    let connection = Connection {
-                        io: stream,
-                        peer,
-                        certificate: None,
-                        registration,
-                    };
-                    connections.spawn(connection::serve(
-                        &shared.builder,
-                        connection,
-                        Arc::clone(&shared.gateway),
-                        Arc::clone(&shared.worker),
-                        shared.shutdown.clone(),
-                    ));
-                } else {
+                if let Some(registration) = shared.admit(peer) {
                     connections.spawn(Arc::clone(&shared).serve(stream, peer, registration));
                 }
             }
