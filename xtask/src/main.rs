@@ -148,7 +148,7 @@ fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// The eBPF object embedded by the last build (aya-build writes it into the build script's OUT_DIR).
+/// The eBPF object embedded by the last build (gateway/build.rs copies it into its OUT_DIR).
 fn ebpf_object(root: &Path) -> Result<PathBuf> {
     let build_dir = pgo::output_dir(root)?.join("build");
     let newest = std::fs::read_dir(&build_dir)?
