@@ -305,7 +305,9 @@ pub enum Verdict {
     DropRate = 3,
     /// Dropped: over the per-source new-connection (SYN) rate.
     DropSynRate = 4,
-    /// Passed without any check: the source is on the allowlist.
+    /// Passed: a block or rate limit would have dropped it, but the source is on the allowlist.
+    /// (Allowlisted sources within their limits count as `Pass`: the allowlist is consulted only
+    /// before a drop.)
     Allowlisted = 5,
     /// A frame too short for the headers it announces, or a bad IPv4 header length; passed, the
     /// network stack drops it.

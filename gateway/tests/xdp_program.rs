@@ -265,6 +265,7 @@ fn truncated_frames_and_bad_headers_pass_as_parse_errors() {
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
 fn allowlisted_sources_are_never_dropped() {
     let mut program = Program::new();
+    let mut events = program.kernel.take_events().expect("events");
     program
         .kernel
         .allow("198.51.100.0/28".parse().expect("prefix"))
@@ -273,6 +274,14 @@ fn allowlisted_sources_are_never_dropped() {
         .kernel
         .allow("2001:db8::/64".parse().expect("prefix"))
         .expect("allow");
+    // The program drops a blocklisted source without looking at the allowlist: allowing a prefix
+    // lifts the blocks inside it, and blocking an allowlisted address is refused.
+    assert!(program.kernel.blocks().expect("blocks").is_empty());
+    let refused = program
+        .kernel
+        .block(IpAddr::from(BLOCKED_V4), 0, BlockReason::Manual)
+        .unwrap_err();
+    assert!(refused.to_string().contains("allowlisted"), "{refused}");
     program
         .kernel
         .block_prefix(
@@ -281,11 +290,27 @@ fn allowlisted_sources_are_never_dropped() {
             BlockReason::Manual,
         )
         .expect("block prefix");
+    program.configure(|config| {
+        config.packets_per_sec = 1;
+        config.burst = 1;
+        config.clock_override_ns = 1_000 * SECOND;
+    });
+    // In a blocked prefix.
     assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_PASS);
+    // Within its rate, then over it.
+    assert_eq!(program.run(&v6_tcp(BLOCKED_V6, PORT)), XDP_PASS);
     assert_eq!(program.run(&v6_tcp(BLOCKED_V6, PORT)), XDP_PASS);
     // Outside the allowed /28 but inside the blocked /24.
     assert_eq!(program.run(&v4_tcp([198, 51, 100, 77], PORT)), XDP_DROP);
-    program.assert_counts(&[(Verdict::Allowlisted, 2), (Verdict::DropPrefix, 1)]);
+    program.assert_counts(&[
+        (Verdict::Allowlisted, 2),
+        (Verdict::Pass, 1),
+        (Verdict::DropPrefix, 1),
+    ]);
+    assert!(
+        next_event(&mut events).is_none(),
+        "an allowlisted source over its rate is not reported"
+    );
 }
 
 #[test]

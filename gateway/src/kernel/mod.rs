@@ -35,6 +35,8 @@ pub enum XdpError {
         #[source]
         source: ProgramError,
     },
+    #[error("{0} is allowlisted: it cannot be blocked")]
+    Allowlisted(std::net::IpAddr),
     #[error("eBPF map access failed: {0}")]
     Map(#[source] MapError),
     #[error("cannot read the XDP program's logs: {0}")]

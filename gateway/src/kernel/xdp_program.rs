@@ -140,6 +140,10 @@ impl XdpProgram {
         expires_at_ns: u64,
         reason: BlockReason,
     ) -> Result<(), XdpError> {
+        // The program drops a blocklisted source without consulting the allowlist.
+        if self.is_allowlisted(source)? {
+            return Err(XdpError::Allowlisted(source));
+        }
         let entry = BlockEntry::new(expires_at_ns, reason);
         self.blocklist()?
             .insert(SourceKey::from(source), entry, 0)
@@ -196,12 +200,38 @@ impl XdpProgram {
         }
     }
 
-    /// Never drops sources in `prefix`.
+    /// Never drops sources in `prefix`. The program consults the allowlist only before a prefix
+    /// or rate drop, so the blocks of addresses inside `prefix` are removed here.
     pub fn allow(&mut self, prefix: IpNet) -> Result<(), XdpError> {
         let mut trie = LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(ALLOWLIST_MAP)?)
             .map_err(XdpError::Map)?;
         trie.insert(&prefix_key(prefix), 1, 0)
-            .map_err(XdpError::Map)
+            .map_err(XdpError::Map)?;
+        let mut blocklist = self.blocklist()?;
+        let inside: Vec<SourceKey> = blocklist
+            .keys()
+            .filter(|key| key.as_ref().is_ok_and(|key| prefix.contains(&key.ip())))
+            .collect::<Result<_, _>>()
+            .map_err(XdpError::Map)?;
+        for key in inside {
+            match blocklist.remove(&key) {
+                Ok(()) => {}
+                Err(err) if is_not_found(&err) => {}
+                Err(err) => return Err(XdpError::Map(err)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `source` lies in an allowlisted prefix.
+    pub fn is_allowlisted(&self, source: IpAddr) -> Result<bool, XdpError> {
+        let trie = LpmTrie::<_, [u8; 16], u32>::try_from(self.map(ALLOWLIST_MAP)?)
+            .map_err(XdpError::Map)?;
+        match trie.get(&Key::new(128, SourceKey::from(source).addr), 0) {
+            Ok(_) => Ok(true),
+            Err(err) if is_not_found(&err) => Ok(false),
+            Err(err) => Err(XdpError::Map(err)),
+        }
     }
 
     /// Blocks a whole range; the program consults the prefix blocklist only once it has entries.
