@@ -6,10 +6,15 @@
 //! its packet parsing in `parse.rs`) and only builds for the BPF target.
 #![no_std]
 
+mod slots;
 mod token_bucket;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+pub use slots::{
+    ADDRESS_SLOTS, AddressSlot, NETWORK_SLOTS, NetworkSlot, address_slot, address_words,
+    network_slot,
+};
 pub use token_bucket::{MAX_BURST, MAX_RATE, MAX_REFILL_NS, TOKEN, TokenBucket};
 
 /// Name of the XDP program in the object file.
@@ -21,9 +26,12 @@ pub const BASELINE_PROGRAM_NAME: &str = "pass_all";
 pub const ALLOWLIST_MAP: &str = "ALLOWLIST";
 /// Map of blocked sources: [`SourceKey`] -> [`BlockEntry`].
 pub const BLOCKLIST_MAP: &str = "BLOCKLIST";
-/// LPM trie of blocked ranges, keyed like [`ALLOWLIST_MAP`] -> [`BlockEntry`]; consulted only when
-/// [`XdpConfig::FLAG_PREFIX_BLOCKLIST`] is set.
+/// LPM trie of blocked ranges, keyed like [`ALLOWLIST_MAP`] -> [`BlockEntry`].
 pub const PREFIX_BLOCKLIST_MAP: &str = "PREFIX_BLOCKLIST";
+/// Array of [`AddressSlot`]s in front of [`BLOCKLIST_MAP`], indexed by [`address_slot`].
+pub const ADDRESS_SLOTS_MAP: &str = "ADDRESS_SLOTS";
+/// Array of [`NetworkSlot`]s in front of the two tries, indexed by [`network_slot`].
+pub const NETWORK_SLOTS_MAP: &str = "NETWORK_SLOTS";
 /// LRU hash of per-source token buckets: [`SourceKey`] (rate key) -> [`RateState`].
 pub const RATE_MAP: &str = "RATE";
 /// One-entry array holding the [`XdpConfig`].
@@ -35,10 +43,12 @@ pub const INSERT_BUDGET_MAP: &str = "INSERT_BUDGET";
 /// Ring buffer of [`RateEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Every map, for pinning.
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 10] = [
     ALLOWLIST_MAP,
     BLOCKLIST_MAP,
     PREFIX_BLOCKLIST_MAP,
+    ADDRESS_SLOTS_MAP,
+    NETWORK_SLOTS_MAP,
     RATE_MAP,
     CONFIG_MAP,
     STATS_MAP,
@@ -166,8 +176,6 @@ pub struct XdpConfig {
 impl XdpConfig {
     /// Count what would be dropped, but pass it.
     pub const FLAG_DRY_RUN: u32 = 1;
-    /// The prefix blocklist has entries: look it up.
-    pub const FLAG_PREFIX_BLOCKLIST: u32 = 2;
 
     #[inline(always)]
     pub fn is_protected_port(&self, port: u16) -> bool {
@@ -374,6 +382,8 @@ const _: () = {
     assert!(size_of::<InsertBudget>() == 16);
     assert!(size_of::<RateEvent>() == 32);
     assert!(size_of::<XdpConfig>() == 80);
+    assert!(size_of::<AddressSlot>() == 32);
+    assert!(size_of::<NetworkSlot>() == 8);
     assert!(size_of::<Verdict>() == 4 && size_of::<BlockReason>() == 4);
 };
 
@@ -394,6 +404,10 @@ mod pod {
     unsafe impl aya::Pod for super::InsertBudget {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::RateEvent {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::AddressSlot {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::NetworkSlot {}
 }
 
 #[cfg(test)]

@@ -12,8 +12,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use gateway_ebpf::{
-    BLOCKLIST_CAPACITY, BlockEntry, EVENT_INTERVAL_NS, EVENTS_BYTES, InsertBudget, PREFIX_CAPACITY,
-    RATE_CAPACITY, RateEvent, RateState, SourceKey, TokenBucket, Verdict, XdpConfig,
+    ADDRESS_SLOTS as ADDRESS_SLOT_COUNT, AddressSlot, BLOCKLIST_CAPACITY, BlockEntry,
+    EVENT_INTERVAL_NS, EVENTS_BYTES, InsertBudget, NETWORK_SLOTS as NETWORK_SLOT_COUNT,
+    NetworkSlot, PREFIX_CAPACITY, RATE_CAPACITY, RateEvent, RateState, SourceKey, TokenBucket,
+    Verdict, XdpConfig, address_slot, address_words, network_slot,
 };
 
 use crate::parse::{Packet, Transport, Truncated, packet_of};
@@ -27,6 +29,12 @@ static BLOCKLIST: HashMap<SourceKey, BlockEntry> = HashMap::with_max_entries(BLO
 #[map(name = "PREFIX_BLOCKLIST")]
 static PREFIX_BLOCKLIST: LpmTrie<[u8; 16], BlockEntry> =
     LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
+
+#[map(name = "ADDRESS_SLOTS")]
+static ADDRESS_SLOTS: Array<AddressSlot> = Array::with_max_entries(ADDRESS_SLOT_COUNT, 0);
+
+#[map(name = "NETWORK_SLOTS")]
+static NETWORK_SLOTS: Array<NetworkSlot> = Array::with_max_entries(NETWORK_SLOT_COUNT, 0);
 
 #[map(name = "RATE")]
 static RATE: LruHashMap<SourceKey, RateState> = LruHashMap::with_max_entries(RATE_CAPACITY, 0);
@@ -85,42 +93,64 @@ fn verdict_for(ctx: &XdpContext, packet: &Packet) -> Verdict {
     }
 }
 
-/// Each map is looked up only when the packet gets that far, and the allowlist only when a drop
-/// is about to happen: the exact blocklist never holds an allowlisted address (userspace removes
-/// them and refuses to add them, see `XdpProgram::allow`), so a blocked source costs one hash
-/// lookup and a passing one no trie walk.
+/// Each map is looked up only when the packet gets that far, and only where the slots say an
+/// entry may match (see `gateway_ebpf::slots`). The allowlist is consulted only when a drop is
+/// about to happen: the exact blocklist never holds an allowlisted address (userspace removes
+/// them and refuses to add them, see `XdpProgram::allow`).
 fn limit_verdict(ctx: &XdpContext, packet: &Packet, config: &XdpConfig) -> Verdict {
     let source = &packet.source;
-    // SAFETY: entries are copied out at once; a concurrent update can at worst give a stale verdict.
-    if let Some(entry) = unsafe { BLOCKLIST.get(source) }
-        && is_active(entry, config)
-    {
+    if is_blocked(source, config) {
         return Verdict::DropBlocked;
     }
-    if config.flags & XdpConfig::FLAG_PREFIX_BLOCKLIST != 0
+    let network = NETWORK_SLOTS
+        .get(network_slot(&source.addr))
+        .copied()
+        // Out of range cannot happen; if it did, walk both tries.
+        .unwrap_or(NetworkSlot {
+            blocked: 1,
+            allowed: 1,
+        });
+    if network.blocked != 0
         && let Some(entry) = PREFIX_BLOCKLIST.get(Key::new(128, source.addr))
-        && is_active(entry, config)
+        && is_active(entry.expires_at_ns, config)
     {
         // Unlike the exact blocklist, a blocked prefix may have allowlisted holes.
-        return unless_allowlisted(source, Verdict::DropPrefix);
+        return unless_allowlisted(source, &network, Verdict::DropPrefix);
     }
     if config.packets_per_sec == 0 && config.syn_per_sec == 0 {
         return Verdict::Pass;
     }
-    rate_verdict(ctx, packet, config)
+    rate_verdict(ctx, packet, config, &network)
 }
 
-/// Whether a block applies now. Permanent blocks need no clock; timed ones read the coarse clock
-/// (a few ns against ~20 for the precise one): a block then ends at most one tick (<= 4 ms) late.
+/// Whether `source` is on the blocklist: answered by its address slot alone unless another
+/// blocked address shares the slot.
 #[inline(always)]
-fn is_active(entry: &BlockEntry, config: &XdpConfig) -> bool {
-    entry.expires_at_ns == 0 || entry.is_active(now_ns(config))
+fn is_blocked(source: &SourceKey, config: &XdpConfig) -> bool {
+    if let Some(slot) = ADDRESS_SLOTS.get(address_slot(&source.addr)) {
+        if slot.cached != 0 && slot.addr == address_words(&source.addr) {
+            return is_active(slot.expires_at_ns, config);
+        }
+        if slot.occupants <= slot.cached {
+            return false;
+        }
+    }
+    // SAFETY: entries are copied out at once; a concurrent update can at worst give a stale verdict.
+    unsafe { BLOCKLIST.get(source) }.is_some_and(|entry| is_active(entry.expires_at_ns, config))
+}
+
+/// Whether a block expiring at `expires_at_ns` applies now. Permanent blocks need no clock; timed
+/// ones read the coarse clock (half the precise one's cost here): a block then ends at most one
+/// tick (<= 4 ms) late.
+#[inline(always)]
+fn is_active(expires_at_ns: u64, config: &XdpConfig) -> bool {
+    expires_at_ns == 0 || now_ns(config) < expires_at_ns
 }
 
 /// `drop`, or [`Verdict::Allowlisted`] for a source on the allowlist.
 #[inline(always)]
-fn unless_allowlisted(source: &SourceKey, drop: Verdict) -> Verdict {
-    if ALLOWLIST.get(Key::new(128, source.addr)).is_some() {
+fn unless_allowlisted(source: &SourceKey, network: &NetworkSlot, drop: Verdict) -> Verdict {
+    if network.allowed != 0 && ALLOWLIST.get(Key::new(128, source.addr)).is_some() {
         Verdict::Allowlisted
     } else {
         drop
@@ -128,7 +158,12 @@ fn unless_allowlisted(source: &SourceKey, drop: Verdict) -> Verdict {
 }
 
 /// Per-source token buckets: one for packets, one for new TCP connections.
-fn rate_verdict(ctx: &XdpContext, packet: &Packet, config: &XdpConfig) -> Verdict {
+fn rate_verdict(
+    ctx: &XdpContext,
+    packet: &Packet,
+    config: &XdpConfig,
+    network: &NetworkSlot,
+) -> Verdict {
     let now = now_ns(config);
     let key = packet.source.rate_key(config.ipv6_prefix_len);
     let state = match RATE.get_ptr_mut(&key) {
@@ -163,7 +198,7 @@ fn rate_verdict(ctx: &XdpContext, packet: &Packet, config: &XdpConfig) -> Verdic
     } else {
         return Verdict::Pass;
     };
-    let verdict = unless_allowlisted(&packet.source, drop);
+    let verdict = unless_allowlisted(&packet.source, network, drop);
     if verdict == Verdict::Allowlisted {
         return verdict;
     }

@@ -18,6 +18,8 @@ const REPEAT: u32 = 2_000_000;
 const RUNS: usize = 5;
 /// IPv6 /64 blocks in the prefix blocklist for the IPv6 paths (2001:db8:0::/64 to :3e7::/64).
 const IPV6_BLOCKS: u32 = 1_000;
+/// Blocked IPv4 addresses for the "many blocks" paths (in 100.64.0.0/10, 7 apart).
+const IPV4_BLOCKS: u32 = 10_000;
 
 fn ns_per_packet(program: &mut Xdp, frame: &[u8]) -> f64 {
     let mut opts = TestRunOptions::new();
@@ -99,10 +101,19 @@ fn main() {
             .block_prefix(prefix, 0, BlockReason::AuthFailures)
             .expect("block prefix");
     }
+    // And many blocked addresses, as a node under attack holds them.
+    for i in 0..IPV4_BLOCKS {
+        let address = std::net::Ipv4Addr::from(0x6440_0000 + i * 7);
+        many_prefixes
+            .block(IpAddr::from(address), 0, BlockReason::AuthFailures)
+            .expect("block");
+    }
     let many_config = many_prefixes.config().expect("config");
     let many_paths = [
         ("pass_v6_many_prefixes", v6_tcp("2001:db8:ffff::5", PORT)),
         ("blocked_prefix_v6", v6_tcp("2001:db8:3e7::5", PORT)),
+        ("pass_many_blocks", v4_tcp([198, 51, 100, 8], PORT)),
+        ("blocked_among_many", v4_tcp([100, 64, 0, 7], PORT)),
     ];
 
     for _ in 0..RUNS {

@@ -571,3 +571,57 @@ fn next_event(events: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Option<Rat
     // SAFETY: the program writes whole RateEvents; read_unaligned copes with any alignment.
     Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<RateEvent>()) })
 }
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN, bpffs"]
+fn blocks_and_allowlists_in_pinned_maps_are_counted_into_the_next_programs_slots() {
+    /// Removes the pins even when the test fails.
+    struct Pins(std::path::PathBuf);
+    impl Drop for Pins {
+        fn drop(&mut self) {
+            let _ = gateway::kernel::unpin_all(&self.0);
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let pins = Pins(std::path::PathBuf::from(format!(
+        "/sys/fs/bpf/gateway-test-{}",
+        std::process::id()
+    )));
+    {
+        let mut first = XdpProgram::load(Some(&pins.0), false).expect("load with pins");
+        first
+            .block(IpAddr::from(BLOCKED_V4), 0, BlockReason::Manual)
+            .expect("block");
+        first
+            .block_prefix("203.0.113.0/24".parse().unwrap(), 0, BlockReason::Manual)
+            .expect("block prefix");
+        first
+            .allow("203.0.113.128/25".parse().unwrap())
+            .expect("allow");
+    }
+    // As after an upgrade from a build without slots: the lists are pinned, the slots are not.
+    for slots in [
+        gateway_ebpf::ADDRESS_SLOTS_MAP,
+        gateway_ebpf::NETWORK_SLOTS_MAP,
+    ] {
+        std::fs::remove_file(pins.0.join(slots)).expect("unpin the slots");
+    }
+    // A new program on the same lists: it counts their entries into its slots before it runs.
+    let mut program = Program {
+        kernel: XdpProgram::load(Some(&pins.0), false).expect("load from pins"),
+    };
+    program.configure(|_| {});
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_DROP);
+    assert_eq!(program.run(&v4_tcp([203, 0, 113, 9], PORT)), XDP_DROP);
+    assert_eq!(program.run(&v4_tcp([203, 0, 113, 200], PORT)), XDP_PASS);
+    assert_eq!(program.run(&v4_tcp(OTHER_V4, PORT)), XDP_PASS);
+    assert_eq!(program.count(Verdict::Allowlisted), 1);
+    // And it keeps the counts right from there: an unblock is seen at once.
+    assert!(
+        program
+            .kernel
+            .remove_block(IpNet::from(IpAddr::from(BLOCKED_V4)))
+            .expect("unblock")
+    );
+    assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_PASS);
+}

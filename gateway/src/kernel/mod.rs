@@ -2,12 +2,13 @@
 //! interfaces, and the only one with `unsafe` code besides two C calls in `main.rs` (the
 //! allocator's release of unused memory, `geteuid`).
 //!
-//! [`xdp_program`] loads and attaches the program and owns its maps, [`pins`] keeps them under bpffs
-//! across restarts, [`events`] reads what the program reports, [`clock`] is the clock it uses.
+//! [`xdp_program`] loads and attaches the program and owns its maps, [`slots`] mirrors the counts
+//! that let it skip lookups, [`pins`] keeps the maps under bpffs across restarts, [`events`] reads what the program reports, [`clock`] is the clock it uses.
 
 mod clock;
 pub mod events;
 mod pins;
+mod slots;
 mod xdp_program;
 
 use std::path::PathBuf;
@@ -38,7 +39,7 @@ pub enum XdpError {
     #[error("{0} is allowlisted: it cannot be blocked")]
     Allowlisted(std::net::IpAddr),
     #[error("eBPF map access failed: {0}")]
-    Map(#[source] MapError),
+    Map(#[from] MapError),
     #[error("cannot read the XDP program's logs: {0}")]
     Log(String),
     #[error("the eBPF object has no program or map named {0:?}")]

@@ -13,13 +13,17 @@ use aya::{
     programs::{Xdp, XdpMode},
 };
 use gateway_ebpf::{
-    ALL_MAPS, ALLOWLIST_MAP, BASELINE_PROGRAM_NAME, BLOCKLIST_MAP, BlockEntry, BlockReason,
-    CONFIG_MAP, EVENTS_MAP, PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, STATS_MAP, SourceKey, Verdict,
-    XdpConfig,
+    ADDRESS_SLOTS_MAP, ALL_MAPS, ALLOWLIST_MAP, AddressSlot, BASELINE_PROGRAM_NAME, BLOCKLIST_MAP,
+    BlockEntry, BlockReason, CONFIG_MAP, EVENTS_MAP, NETWORK_SLOTS_MAP, NetworkSlot,
+    PREFIX_BLOCKLIST_MAP, PROGRAM_NAME, STATS_MAP, SourceKey, Verdict, XdpConfig,
 };
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use super::{XdpError, pins::ensure_pin_dir};
+use super::{
+    XdpError,
+    pins::ensure_pin_dir,
+    slots::{PrefixList, Slots},
+};
 
 /// The XDP object compiled from gateway-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] =
@@ -32,6 +36,8 @@ pub type Stats = [(Verdict, u64); Verdict::COUNT as usize];
 pub struct XdpProgram {
     ebpf: Ebpf,
     logger: Option<ProgramLogger>,
+    /// What the program's slot maps hold (this is their only writer).
+    slots: Slots,
 }
 
 /// Forwards the program's aya-log records to the `log` facade (and so to `tracing`).
@@ -79,7 +85,45 @@ impl XdpProgram {
         } else {
             None
         };
-        Ok(Self { ebpf, logger })
+        let mut program = Self {
+            ebpf,
+            logger,
+            slots: Slots::new(),
+        };
+        if pin_dir.is_some() {
+            // Pinned maps may hold entries already (or come from a build without slots).
+            program.count_slots()?;
+        }
+        Ok(program)
+    }
+
+    /// Counts the entries of the lists into the slots and writes every slot.
+    fn count_slots(&mut self) -> Result<(), XdpError> {
+        let mut slots = Slots::new();
+        for (key, entry) in self.blocklist()?.iter().collect::<Result<Vec<_>, _>>()? {
+            slots.add_address(&key, entry.expires_at_ns, false);
+        }
+        for (key, _) in self
+            .prefix_blocklist()?
+            .iter()
+            .collect::<Result<Vec<_>, _>>()?
+        {
+            slots.add_prefix(PrefixList::Blocked, prefix_of(&key));
+        }
+        for key in self.allowlist()?.keys().collect::<Result<Vec<_>, _>>()? {
+            slots.add_prefix(PrefixList::Allowed, prefix_of(&key));
+        }
+        let (addresses, networks) = slots.all();
+        let mut address_map = self.address_slots()?;
+        for (index, slot) in addresses.iter().enumerate() {
+            address_map.set(index as u32, slot, 0)?;
+        }
+        let mut network_map = self.network_slots()?;
+        for (index, slot) in networks.iter().enumerate() {
+            network_map.set(index as u32, slot, 0)?;
+        }
+        self.slots = slots;
+        Ok(())
     }
 
     /// The reader of the program's log statements (with `log`), for a task to poll.
@@ -144,10 +188,21 @@ impl XdpProgram {
         if self.is_allowlisted(source)? {
             return Err(XdpError::Allowlisted(source));
         }
+        let key = SourceKey::from(source);
         let entry = BlockEntry::new(expires_at_ns, reason);
-        self.blocklist()?
-            .insert(SourceKey::from(source), entry, 0)
-            .map_err(XdpError::Map)
+        let existed = self.blocklist()?.get(&key, 0).is_ok();
+        // The slot first: until the entry exists, it only costs a lookup that finds nothing.
+        let (index, slot) = self.slots.add_address(&key, expires_at_ns, existed);
+        self.address_slots()?.set(index, slot, 0)?;
+        let inserted = self.blocklist()?.insert(key, entry, 0);
+        if let Err(err) = inserted {
+            if !existed {
+                let (index, slot) = self.slots.remove_address(&key);
+                self.address_slots()?.set(index, slot, 0)?;
+            }
+            return Err(XdpError::Map(err));
+        }
+        Ok(())
     }
 
     /// Every block: addresses from the blocklist, prefixes from the prefix blocklist.
@@ -188,37 +243,38 @@ impl XdpProgram {
 
     /// Removes the block of an address (`/32`, `/128`) or a prefix; `false` if there was none.
     pub fn remove_block(&mut self, target: IpNet) -> Result<bool, XdpError> {
-        let removed = if is_host(target) {
-            self.blocklist()?.remove(&SourceKey::from(target.addr()))
+        if is_host(target) {
+            let key = SourceKey::from(target.addr());
+            if !removed(self.blocklist()?.remove(&key))? {
+                return Ok(false);
+            }
+            // The slot after the entry: until then it only costs a lookup.
+            let (index, slot) = self.slots.remove_address(&key);
+            self.address_slots()?.set(index, slot, 0)?;
         } else {
-            self.prefix_blocklist()?.remove(&prefix_key(target))
-        };
-        match removed {
-            Ok(()) => Ok(true),
-            Err(err) if is_not_found(&err) => Ok(false),
-            Err(err) => Err(XdpError::Map(err)),
+            if !removed(self.prefix_blocklist()?.remove(&prefix_key(target)))? {
+                return Ok(false);
+            }
+            let changed = self.slots.remove_prefix(PrefixList::Blocked, target);
+            self.write_network_slots(changed)?;
         }
+        Ok(true)
     }
 
     /// Never drops sources in `prefix`. The program consults the allowlist only before a prefix
     /// or rate drop, so the blocks of addresses inside `prefix` are removed here.
     pub fn allow(&mut self, prefix: IpNet) -> Result<(), XdpError> {
-        let mut trie = LpmTrie::<_, [u8; 16], u32>::try_from(self.map_mut(ALLOWLIST_MAP)?)
-            .map_err(XdpError::Map)?;
-        trie.insert(&prefix_key(prefix), 1, 0)
-            .map_err(XdpError::Map)?;
-        let mut blocklist = self.blocklist()?;
-        let inside: Vec<SourceKey> = blocklist
+        // The slots first: until the entry exists, they only cost a lookup that finds nothing.
+        let changed = self.slots.add_prefix(PrefixList::Allowed, prefix);
+        self.write_network_slots(changed)?;
+        self.allowlist()?.insert(&prefix_key(prefix), 1, 0)?;
+        let inside: Vec<SourceKey> = self
+            .blocklist()?
             .keys()
             .filter(|key| key.as_ref().is_ok_and(|key| prefix.contains(&key.ip())))
-            .collect::<Result<_, _>>()
-            .map_err(XdpError::Map)?;
+            .collect::<Result<_, _>>()?;
         for key in inside {
-            match blocklist.remove(&key) {
-                Ok(()) => {}
-                Err(err) if is_not_found(&err) => {}
-                Err(err) => return Err(XdpError::Map(err)),
-            }
+            self.remove_block(IpNet::from(key.ip()))?;
         }
         Ok(())
     }
@@ -234,23 +290,32 @@ impl XdpProgram {
         }
     }
 
-    /// Blocks a whole range; the program consults the prefix blocklist only once it has entries.
+    /// Blocks a whole range.
     pub fn block_prefix(
         &mut self,
         prefix: IpNet,
         expires_at_ns: u64,
         reason: BlockReason,
     ) -> Result<(), XdpError> {
-        self.prefix_blocklist()?
-            .insert(
-                &prefix_key(prefix),
-                BlockEntry::new(expires_at_ns, reason),
-                0,
-            )
-            .map_err(XdpError::Map)?;
-        let mut config = self.config()?;
-        config.flags |= XdpConfig::FLAG_PREFIX_BLOCKLIST;
-        self.set_config(&config)
+        let changed = self.slots.add_prefix(PrefixList::Blocked, prefix);
+        self.write_network_slots(changed)?;
+        self.prefix_blocklist()?.insert(
+            &prefix_key(prefix),
+            BlockEntry::new(expires_at_ns, reason),
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn write_network_slots(&mut self, changed: Vec<(u32, NetworkSlot)>) -> Result<(), XdpError> {
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let mut map = self.network_slots()?;
+        for (index, slot) in changed {
+            map.set(index, slot, 0)?;
+        }
+        Ok(())
     }
 
     /// The ring buffer of rate-limit events, for a reader task (can be taken once).
@@ -270,6 +335,18 @@ impl XdpProgram {
         &mut self,
     ) -> Result<LpmTrie<&mut MapData, [u8; 16], BlockEntry>, XdpError> {
         LpmTrie::try_from(self.map_mut(PREFIX_BLOCKLIST_MAP)?).map_err(XdpError::Map)
+    }
+
+    fn allowlist(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], u32>, XdpError> {
+        LpmTrie::try_from(self.map_mut(ALLOWLIST_MAP)?).map_err(XdpError::Map)
+    }
+
+    fn address_slots(&mut self) -> Result<Array<&mut MapData, AddressSlot>, XdpError> {
+        Array::try_from(self.map_mut(ADDRESS_SLOTS_MAP)?).map_err(XdpError::Map)
+    }
+
+    fn network_slots(&mut self) -> Result<Array<&mut MapData, NetworkSlot>, XdpError> {
+        Array::try_from(self.map_mut(NETWORK_SLOTS_MAP)?).map_err(XdpError::Map)
     }
 
     fn map(&self, name: &'static str) -> Result<&Map, XdpError> {
@@ -360,6 +437,15 @@ fn prefix_of(key: &Key<[u8; 16]>) -> IpNet {
 
 /// Whether a removal failed only because the key was absent: aya reports it as `KeyNotFound` for
 /// hash maps and as the raw ENOENT for LPM tries.
+/// Whether a removal removed something (`false`: there was nothing to remove).
+fn removed(result: Result<(), MapError>) -> Result<bool, XdpError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(err) if is_not_found(&err) => Ok(false),
+        Err(err) => Err(XdpError::Map(err)),
+    }
+}
+
 fn is_not_found(err: &MapError) -> bool {
     match err {
         MapError::KeyNotFound => true,

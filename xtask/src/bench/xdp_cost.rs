@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::{Bench, Spread, report::Section};
 use crate::shell::Cmd;
 
-const PATHS: [(&str, &str); 8] = [
+const PATHS: [(&str, &str); 10] = [
     ("pass", "not blocked, no rate limits"),
     ("pass_metered", "not blocked, through its token bucket"),
     ("allowlisted", "allowlist hit"),
@@ -19,6 +19,14 @@ const PATHS: [(&str, &str); 8] = [
         "IPv6, not blocked, 1,000 /64 blocks in the prefix blocklist",
     ),
     ("blocked_prefix_v6", "IPv6 /64 hit among 1,000 /64 blocks"),
+    (
+        "pass_many_blocks",
+        "not blocked, 10,000 addresses and 1,000 IPv6 /64s blocked",
+    ),
+    (
+        "blocked_among_many",
+        "blocklist hit among 10,000 blocked addresses",
+    ),
 ];
 
 pub fn run(bench: &Bench) -> Result<Section> {
