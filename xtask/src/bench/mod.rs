@@ -96,7 +96,7 @@ pub fn run(root: &Path, scenario: Scenario, plan: Plan) -> Result<()> {
     Ok(())
 }
 
-/// nginx, HAProxy and openssl from Debian, oha from crates.io (into target/tools), when missing.
+/// nginx, HAProxy, wrk and openssl from Debian, oha from crates.io (into target/tools), when missing.
 fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
     let needs_root = matches!(scenario, Scenario::All | Scenario::Xdp | Scenario::Flood);
     if needs_root && !is_root() {
@@ -109,6 +109,7 @@ fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
         ("ip", "iproute2"),
         ("haproxy", "haproxy"),
         ("openssl", "openssl"),
+        ("wrk", "wrk"),
     ])?;
     install_tool(root, "oha", OHA_VERSION, "the load generator")?;
     Ok(())

@@ -16,7 +16,10 @@ use anyhow::{Context, Result, bail};
 
 use super::{
     Bench, CALL_BODY, CpuTime, Service, Spread, bench_keys, demo_upstream, free_addr,
-    gateway_config, proxy::start_nginx, report::Section, start_gateway,
+    gateway_config,
+    proxy::{start_haproxy, start_nginx},
+    report::Section,
+    start_gateway,
 };
 
 const CONNECTIONS: u32 = 64;
@@ -69,7 +72,14 @@ pub fn run(bench: &Bench) -> Result<Section> {
     contenders.push(Contender {
         name: "HAProxy",
         addr: haproxy,
-        service: start_haproxy(bench, haproxy, upstream_addr, &key, &cert, &private_key)?,
+        service: start_haproxy(
+            bench,
+            "tls-haproxy",
+            haproxy,
+            upstream_addr,
+            &key,
+            Some((&cert, &private_key)),
+        )?,
     });
     for name in ["gateway", CONTROL] {
         let addr = free_addr()?;
@@ -326,70 +336,6 @@ fn make_certificate(dir: &Path) -> Result<(std::path::PathBuf, std::path::PathBu
         bail!("openssl req could not make the benchmark's certificate");
     }
     Ok((cert, key))
-}
-
-/// HAProxy terminating TLS and doing the same job: the key mapped to a caller, a per-caller
-/// request rate in a stick table, a JSON log line per request, `Authorization` removed, the
-/// caller's header set, keep-alive connections to the upstream.
-fn start_haproxy(
-    bench: &Bench,
-    listen: SocketAddr,
-    upstream: SocketAddr,
-    key: &str,
-    cert: &Path,
-    private_key: &Path,
-) -> Result<Service> {
-    let dir = bench.dir("tls-haproxy");
-    // HAProxy reads the certificate and its key from one file.
-    let combined = dir.join("cert-and-key.pem");
-    std::fs::write(
-        &combined,
-        [std::fs::read(cert)?, std::fs::read(private_key)?].concat(),
-    )?;
-    let keys = dir.join("keys.map");
-    std::fs::write(&keys, format!("{key} user0\n"))?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let config = format!(
-        r#"global
-    nbthread {threads}
-    maxconn 8000
-    log stdout format raw local0
-    tune.ssl.default-dh-param 2048
-defaults
-    mode http
-    log global
-    option http-keep-alive
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend mcp
-    bind {listen} ssl crt {combined} alpn h2,http/1.1
-    stick-table type string len 64 size 100k expire 60s store http_req_rate(60s)
-    log-format '{{"ts":"%t","caller":"%[var(txn.caller)]","ip":"%ci","user_agent":"%[capture.req.hdr(0)]","request_id":"%ID","status":%ST,"time_ms":%Ta}}'
-    unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt
-    http-request capture req.hdr(user-agent) len 128
-    http-request deny deny_status 404 unless {{ path /mcp }}
-    http-request set-var(txn.caller) req.hdr(authorization),word(2,' '),map({keys})
-    http-request deny deny_status 401 unless {{ var(txn.caller) -m found }}
-    http-request track-sc0 var(txn.caller)
-    http-request deny deny_status 429 if {{ sc_http_req_rate(0) gt 1000000000 }}
-    http-request del-header authorization
-    http-request set-header X-MCP-Caller %[var(txn.caller)]
-    default_backend mcp
-backend mcp
-    http-reuse always
-    server upstream {upstream} maxconn 1000
-"#,
-        combined = combined.display(),
-        keys = keys.display(),
-    );
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, config)?;
-    let mut command = Command::new("haproxy");
-    command.arg("-f").arg(&path).arg("-db");
-    let mut service = Service::spawn(command, dir.join("haproxy.log"))?;
-    service.wait_for_port(listen)?;
-    Ok(service)
 }
 
 #[cfg(test)]
