@@ -12,7 +12,7 @@ mod token_bucket;
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 pub use slots::{
-    ADDRESS_SLOTS, AddressSlot, NETWORK_SLOTS, NetworkSlot, address_slot, address_words,
+    ADDRESS_SLOTS, AddressSlot, NETWORK_SLOTS, NetworkSlot, RateSlot, address_slot, address_words,
     network_slot,
 };
 pub use token_bucket::{MAX_BURST, MAX_RATE, MAX_REFILL_NS, TOKEN, TokenBucket};
@@ -32,6 +32,8 @@ pub const PREFIX_BLOCKLIST_MAP: &str = "PREFIX_BLOCKLIST";
 pub const ADDRESS_SLOTS_MAP: &str = "ADDRESS_SLOTS";
 /// Array of [`NetworkSlot`]s in front of the two tries, indexed by [`network_slot`].
 pub const NETWORK_SLOTS_MAP: &str = "NETWORK_SLOTS";
+/// Array of [`RateSlot`]s in front of [`RATE_MAP`], indexed by [`address_slot`] of the rate key.
+pub const RATE_SLOTS_MAP: &str = "RATE_SLOTS";
 /// LRU hash of per-source token buckets: [`SourceKey`] (rate key) -> [`RateState`].
 pub const RATE_MAP: &str = "RATE";
 /// One-entry array holding the [`XdpConfig`].
@@ -43,12 +45,13 @@ pub const INSERT_BUDGET_MAP: &str = "INSERT_BUDGET";
 /// Ring buffer of [`RateEvent`]s.
 pub const EVENTS_MAP: &str = "EVENTS";
 /// Every map, for pinning.
-pub const ALL_MAPS: [&str; 10] = [
+pub const ALL_MAPS: [&str; 11] = [
     ALLOWLIST_MAP,
     BLOCKLIST_MAP,
     PREFIX_BLOCKLIST_MAP,
     ADDRESS_SLOTS_MAP,
     NETWORK_SLOTS_MAP,
+    RATE_SLOTS_MAP,
     RATE_MAP,
     CONFIG_MAP,
     STATS_MAP,
@@ -384,6 +387,7 @@ const _: () = {
     assert!(size_of::<XdpConfig>() == 80);
     assert!(size_of::<AddressSlot>() == 32);
     assert!(size_of::<NetworkSlot>() == 8);
+    assert!(size_of::<RateSlot>() == 64);
     assert!(size_of::<Verdict>() == 4 && size_of::<BlockReason>() == 4);
 };
 
@@ -408,6 +412,8 @@ mod pod {
     unsafe impl aya::Pod for super::AddressSlot {}
     // SAFETY: see above.
     unsafe impl aya::Pod for super::NetworkSlot {}
+    // SAFETY: see above.
+    unsafe impl aya::Pod for super::RateSlot {}
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use aya_log_ebpf::debug;
 use gateway_ebpf::{
     ADDRESS_SLOTS as ADDRESS_SLOT_COUNT, AddressSlot, BLOCKLIST_CAPACITY, BlockEntry,
     EVENT_INTERVAL_NS, EVENTS_BYTES, InsertBudget, NETWORK_SLOTS as NETWORK_SLOT_COUNT,
-    NetworkSlot, PREFIX_CAPACITY, RATE_CAPACITY, RateEvent, RateState, SourceKey, TokenBucket,
-    Verdict, XdpConfig, address_slot, address_words, network_slot,
+    NetworkSlot, PREFIX_CAPACITY, RATE_CAPACITY, RateEvent, RateSlot, RateState, SourceKey,
+    TokenBucket, Verdict, XdpConfig, address_slot, address_words, network_slot,
 };
 
 use crate::parse::{Packet, Transport, Truncated, packet_of};
@@ -35,6 +35,9 @@ static ADDRESS_SLOTS: Array<AddressSlot> = Array::with_max_entries(ADDRESS_SLOT_
 
 #[map(name = "NETWORK_SLOTS")]
 static NETWORK_SLOTS: Array<NetworkSlot> = Array::with_max_entries(NETWORK_SLOT_COUNT, 0);
+
+#[map(name = "RATE_SLOTS")]
+static RATE_SLOTS: Array<RateSlot> = Array::with_max_entries(ADDRESS_SLOT_COUNT, 0);
 
 #[map(name = "RATE")]
 static RATE: LruHashMap<SourceKey, RateState> = LruHashMap::with_max_entries(RATE_CAPACITY, 0);
@@ -166,26 +169,10 @@ fn rate_verdict(
 ) -> Verdict {
     let now = now_ns(config);
     let key = packet.source.rate_key(config.ipv6_prefix_len);
-    let state = match RATE.get_ptr_mut(&key) {
-        Some(state) => state,
-        None => {
-            if !insert_allowed(now, config.new_sources_per_sec) {
-                return Verdict::Untracked;
-            }
-            let fresh = RateState {
-                packets: TokenBucket::full(config.burst, now),
-                syns: TokenBucket::full(config.syn_burst, now),
-                last_event_ns: 0,
-            };
-            // Another CPU may have inserted it meanwhile; either entry will do.
-            let _ = RATE.insert(&key, &fresh, BPF_NOEXIST as u64);
-            match RATE.get_ptr_mut(&key) {
-                Some(state) => state,
-                None => return Verdict::Untracked,
-            }
-        }
+    let Some(state) = rate_state(&key, now, config) else {
+        return Verdict::Untracked;
     };
-    // SAFETY: a pointer into the map value; races between CPUs only make the limit approximate.
+    // SAFETY: a pointer into a map value; races between CPUs only make the limit approximate.
     let state = unsafe { &mut *state };
     let is_syn = matches!(packet.transport, Transport::Port { syn: true, .. });
     let drop = if is_syn && !state.syns.take(now, config.syn_per_sec, config.syn_burst) {
@@ -221,8 +208,63 @@ fn rate_verdict(
     verdict
 }
 
+/// The token buckets of `key`: in its rate slot when it holds it or can take it over, else in the
+/// LRU map; `None` when it has none and the cap on new ones is reached.
+#[inline(always)]
+fn rate_state(key: &SourceKey, now: u64, config: &XdpConfig) -> Option<*mut RateState> {
+    let words = address_words(&key.addr);
+    if let Some(slot) = RATE_SLOTS.get_ptr_mut(address_slot(&key.addr)) {
+        // SAFETY: a pointer into the array value; races between CPUs only make the limit
+        // approximate.
+        let slot = unsafe { &mut *slot };
+        if slot.occupied != 0 && slot.key == words {
+            return Some(&mut slot.state);
+        }
+        let idle = slot.occupied == 0
+            || (slot
+                .state
+                .packets
+                .is_full(now, config.packets_per_sec, config.burst)
+                && slot
+                    .state
+                    .syns
+                    .is_full(now, config.syn_per_sec, config.syn_burst));
+        if idle {
+            // Buckets the source kept in the LRU map while another held the slot come along.
+            // SAFETY: copied out at once; a concurrent update can at worst give a stale state.
+            let state = match unsafe { RATE.get(key) } {
+                Some(state) => *state,
+                None if insert_allowed(now, config.new_sources_per_sec) => fresh_state(config, now),
+                None => return None,
+            };
+            slot.occupied = 1;
+            slot.key = words;
+            slot.state = state;
+            return Some(&mut slot.state);
+        }
+    }
+    if let Some(state) = RATE.get_ptr_mut(key) {
+        return Some(state);
+    }
+    if !insert_allowed(now, config.new_sources_per_sec) {
+        return None;
+    }
+    // Another CPU may have inserted it meanwhile; either entry will do.
+    let _ = RATE.insert(key, &fresh_state(config, now), BPF_NOEXIST as u64);
+    RATE.get_ptr_mut(key)
+}
+
+#[inline(always)]
+fn fresh_state(config: &XdpConfig, now: u64) -> RateState {
+    RateState {
+        packets: TokenBucket::full(config.burst, now),
+        syns: TokenBucket::full(config.syn_burst, now),
+        last_event_ns: 0,
+    }
+}
+
 /// Caps how many new sources get a bucket per second (per CPU), so a flood of fresh addresses
-/// cannot churn the LRU map and evict the buckets of real offenders.
+/// cannot churn the LRU map and evict the buckets of real offenders (nor take every free slot).
 fn insert_allowed(now: u64, per_sec: u64) -> bool {
     if per_sec == 0 {
         return true;

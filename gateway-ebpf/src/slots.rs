@@ -8,9 +8,13 @@
 //!   source nobody near it blocked needs none either.
 //! - [`NetworkSlot`] (one per IPv4 /16, or per hash of an IPv6 /32): how many blocked and how many
 //!   allowlisted prefixes overlap it, so the tries are walked only where an entry may match.
+//! - [`RateSlot`] (one per hash of a rate key): the token buckets of one source, so a metered
+//!   packet usually needs no LRU lookup. The program owns these: a source takes a free slot, or
+//!   one whose occupant has been idle long enough for its buckets to be full again (so nothing is
+//!   lost by forgetting them); the others keep their buckets in the LRU map as before.
 //!
-//! Userspace (the only writer) keeps the counts; it may count too many (a slot then only costs
-//! the lookup it saves), never too few.
+//! Userspace, the only writer of address and network slots, keeps their counts; it may count too
+//! many (a slot then only costs the lookup it saves), never too few.
 
 /// Number of [`AddressSlot`]s (as many as the blocklist holds entries).
 pub const ADDRESS_SLOTS: u32 = 1 << ADDRESS_SLOT_BITS;
@@ -30,6 +34,17 @@ pub struct AddressSlot {
     pub addr: [u64; 2],
     /// Its block's expiry, as in [`crate::BlockEntry`].
     pub expires_at_ns: u64,
+}
+
+/// Value of [`crate::RATE_SLOTS_MAP`], indexed by [`address_slot`] of the rate key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateSlot {
+    /// 1 once a source holds the slot.
+    pub occupied: u64,
+    /// Its rate key, as [`address_words`] gives it.
+    pub key: [u64; 2],
+    pub state: crate::RateState,
 }
 
 /// Value of [`crate::NETWORK_SLOTS_MAP`].

@@ -38,6 +38,30 @@ impl TokenBucket {
         if rate_per_sec == 0 {
             return true;
         }
+        let (tokens, _) = self.refilled(now_ns, rate_per_sec, burst);
+        self.tokens = tokens;
+        self.last_ns = now_ns;
+        if self.tokens >= TOKEN {
+            self.tokens -= TOKEN;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the bucket is full again at `now_ns`: then it is no different from a new one.
+    #[inline(always)]
+    pub fn is_full(&self, now_ns: u64, rate_per_sec: u64, burst: u64) -> bool {
+        if rate_per_sec == 0 {
+            return true;
+        }
+        let (tokens, capacity) = self.refilled(now_ns, rate_per_sec, burst);
+        tokens >= capacity
+    }
+
+    /// The tokens at `now_ns` (at most the capacity), and the capacity.
+    #[inline(always)]
+    fn refilled(&self, now_ns: u64, rate_per_sec: u64, burst: u64) -> (u64, u64) {
         let elapsed = now_ns.saturating_sub(self.last_ns);
         let elapsed = if elapsed > MAX_REFILL_NS {
             MAX_REFILL_NS
@@ -52,18 +76,12 @@ impl TokenBucket {
         let burst = if burst > MAX_BURST { MAX_BURST } else { burst };
         let capacity = burst * TOKEN;
         let refilled = self.tokens.saturating_add(elapsed * rate);
-        self.tokens = if refilled > capacity {
+        let tokens = if refilled > capacity {
             capacity
         } else {
             refilled
         };
-        self.last_ns = now_ns;
-        if self.tokens >= TOKEN {
-            self.tokens -= TOKEN;
-            true
-        } else {
-            false
-        }
+        (tokens, capacity)
     }
 }
 

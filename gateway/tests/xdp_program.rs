@@ -557,6 +557,45 @@ fn new_sources_beyond_the_insert_cap_are_not_tracked() {
 
 #[test]
 #[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn sources_sharing_a_rate_slot_keep_their_own_buckets() {
+    let mut program = Program::new();
+    let t0 = 11 * SECOND;
+    let at = |program: &mut Program, now: u64| {
+        program.configure(|config| {
+            config.packets_per_sec = 1;
+            config.burst = 2;
+            config.clock_override_ns = now;
+        })
+    };
+    at(&mut program, t0);
+    let first = [192, 0, 2, 10];
+    let slot = gateway_ebpf::address_slot(&gateway_ebpf::SourceKey::from_ipv4(first).addr);
+    let second = (0u32..1 << 24)
+        .map(|i| {
+            let [_, b, c, d] = i.to_be_bytes();
+            [10, b, c, d]
+        })
+        .find(|other| {
+            gateway_ebpf::address_slot(&gateway_ebpf::SourceKey::from_ipv4(*other).addr) == slot
+        })
+        .expect("an address in the same rate slot in 10.0.0.0/8");
+    // The first takes the slot; the second keeps its buckets in the LRU map.
+    assert_eq!(program.run(&v4_tcp(first, PORT)), XDP_PASS);
+    let second_verdicts: Vec<u32> = (0..3).map(|_| program.run(&v4_tcp(second, PORT))).collect();
+    assert_eq!(second_verdicts, [XDP_PASS, XDP_PASS, XDP_DROP]);
+    // A second later the first's bucket is full again (idle), so the second takes the slot over,
+    // with the one token its own bucket has refilled, not a fresh burst of two.
+    at(&mut program, t0 + SECOND);
+    assert_eq!(program.run(&v4_tcp(second, PORT)), XDP_PASS);
+    assert_eq!(program.run(&v4_tcp(second, PORT)), XDP_DROP);
+    // The first, whose bucket was full, starts a full one in the LRU map.
+    assert_eq!(program.run(&v4_tcp(first, PORT)), XDP_PASS);
+    assert_eq!(program.run(&v4_tcp(first, PORT)), XDP_PASS);
+    assert_eq!(program.run(&v4_tcp(first, PORT)), XDP_DROP);
+}
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
 fn dry_run_counts_but_does_not_drop() {
     let mut program = Program::new();
     program.configure(|config| config.flags |= XdpConfig::FLAG_DRY_RUN);

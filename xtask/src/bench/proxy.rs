@@ -192,8 +192,12 @@ pub fn run(bench: &Bench) -> Result<Section> {
             .position(|contender| contender.name == name)
             .with_context(|| format!("no contender {name:?}"))
     };
-    let (direct, nginx, haproxy, gateway) =
-        (index(DIRECT)?, index(NGINX)?, index(HAPROXY)?, index(GATEWAY)?);
+    let (direct, nginx, haproxy, gateway) = (
+        index(DIRECT)?,
+        index(NGINX)?,
+        index(HAPROXY)?,
+        index(GATEWAY)?,
+    );
     let (fsync, null_audit, control, with_rules) = (
         index(FSYNC)?,
         index(NULL_AUDIT)?,
@@ -206,8 +210,7 @@ pub fn run(bench: &Bench) -> Result<Section> {
         let mut runs: Vec<Vec<Run>> = vec![Vec::new(); contenders.len()];
         for _ in 0..bench.plan.runs {
             for (i, contender) in contenders.iter().enumerate() {
-                if matches!(generator, Generator::Oha) || WRK_CONTENDERS.contains(&contender.name)
-                {
+                if matches!(generator, Generator::Oha) || WRK_CONTENDERS.contains(&contender.name) {
                     runs[i].push(contender.measure(bench, generator, &key, rate)?);
                 }
             }
