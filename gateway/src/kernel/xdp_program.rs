@@ -435,8 +435,6 @@ fn prefix_of(key: &Key<[u8; 16]>) -> IpNet {
     prefix.map_or_else(|_| IpNet::from(IpAddr::V6(v6)), |prefix| prefix.trunc())
 }
 
-/// Whether a removal failed only because the key was absent: aya reports it as `KeyNotFound` for
-/// hash maps and as the raw ENOENT for LPM tries.
 /// Whether a removal removed something (`false`: there was nothing to remove).
 fn removed(result: Result<(), MapError>) -> Result<bool, XdpError> {
     match result {
@@ -446,6 +444,8 @@ fn removed(result: Result<(), MapError>) -> Result<bool, XdpError> {
     }
 }
 
+/// Whether a removal failed only because the key was absent: aya reports it as `KeyNotFound` for
+/// hash maps and as the raw ENOENT for LPM tries.
 fn is_not_found(err: &MapError) -> bool {
     match err {
         MapError::KeyNotFound => true,
