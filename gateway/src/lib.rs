@@ -7,14 +7,17 @@
 //! [`protection`] turns misbehaviour into blocks, which [`kernel`] writes into the XDP program's
 //! maps. [`config`] reads the file; [`mcp`] is what the gateway understands of the protocol.
 
+pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authz;
+pub mod cli;
 pub mod config;
 pub mod demo_upstream;
 pub mod kernel;
 pub mod limit;
 pub mod mcp;
+pub mod metrics;
 pub mod policy;
 pub mod protection;
 pub mod proxy;

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::{
-    app, authz,
+    app, authz, cli,
     config::{Config, Settings},
     demo_upstream, kernel,
     policy::keys,
@@ -79,6 +79,8 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:3000")]
         listen: SocketAddr,
     },
+    #[command(flatten)]
+    Operate(cli::Operate),
     /// Inspect or remove the XDP state pinned under bpffs.
     Xdp {
         #[command(subcommand)]
@@ -140,7 +142,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             release_unused_memory();
             let reload = cli.run.config.clone().map(|path| {
                 let args = cli.run.clone();
-                std::sync::Arc::new(move || Ok(load(&path, &args)?.policy)) as app::Reload
+                std::sync::Arc::new(move || {
+                    let (config, digest) = Config::read(&path)?;
+                    Ok((validate(config, &args)?, digest))
+                }) as app::Reload
             });
             runtime()?.block_on(app::run(settings, reload))
         }
@@ -180,6 +185,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 std::process::exit(3);
             }
             Ok(())
+        }
+        Some(Command::Operate(command)) => {
+            let output = runtime()?.block_on(cli::run(command))?;
+            print_output(&output)
         }
         Some(Command::GenKey) => {
             let key = keys::generate()?;

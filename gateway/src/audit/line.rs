@@ -374,6 +374,44 @@ pub fn unblock_line(target: BlockTarget, reason: &str) -> Vec<u8> {
     })
 }
 
+/// An operator's action (`event: "admin"`) or a reload (`event: "reload"`), as audited.
+#[derive(Debug, Clone, Serialize)]
+pub struct OperatorRecord<'a> {
+    #[serde(skip)]
+    pub event: &'static str,
+    /// `reload`, `block.add`, `allow.rm`, ...
+    pub action: &'a str,
+    /// Who asked: `signal`, or `admin` and the admin client's address.
+    pub by: &'a str,
+    /// `applied` or `rejected`.
+    pub outcome: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<&'a str>,
+    /// SHA-256 of the configuration file a reload read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy_sha256: Option<&'a str>,
+    /// The operator's reason, or why the action was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Serialize)]
+struct OperatorLine<'a> {
+    #[serde(serialize_with = "rfc3339")]
+    ts: SystemTime,
+    event: &'static str,
+    #[serde(flatten)]
+    record: &'a OperatorRecord<'a>,
+}
+
+pub fn operator_line(record: &OperatorRecord<'_>) -> Vec<u8> {
+    finish_line(&OperatorLine {
+        ts: SystemTime::now(),
+        event: record.event,
+        record,
+    })
+}
+
 fn split(target: BlockTarget) -> (Option<IpAddr>, Option<IpNet>) {
     match target {
         BlockTarget::Address(ip) => (Some(ip), None),
@@ -381,7 +419,7 @@ fn split(target: BlockTarget) -> (Option<IpAddr>, Option<IpNet>) {
     }
 }
 
-fn finish_line(line: &BlockLine<'_>) -> Vec<u8> {
+fn finish_line(line: &impl Serialize) -> Vec<u8> {
     let mut out = serde_json::to_vec(line).unwrap_or_default();
     out.push(b'\n');
     out

@@ -14,6 +14,8 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::metrics::AuditStats;
+
 use super::AuditError;
 use crate::lock;
 
@@ -32,6 +34,7 @@ pub(super) enum Command {
 #[derive(Clone)]
 pub struct AuditLog {
     pub(super) sink: Arc<Sink>,
+    stats: AuditStats,
 }
 
 pub(super) enum Sink {
@@ -58,11 +61,40 @@ impl AuditLog {
         };
         Ok(Self {
             sink: Arc::new(sink),
+            stats: AuditStats::default(),
         })
+    }
+
+    /// Write latencies and failures, for the metrics.
+    pub fn stats(&self) -> &AuditStats {
+        &self.stats
+    }
+
+    /// Whether the last write failed (the log is not writable now, as far as anyone knows).
+    pub fn is_failing(&self) -> bool {
+        self.stats.failing.load(Ordering::Relaxed)
     }
 
     /// Appends `lines` and returns once they are written (and synced, in fsync mode).
     pub async fn write(&self, lines: Vec<u8>) -> Result<(), AuditError> {
+        let started = std::time::Instant::now();
+        let result = self.write_unobserved(lines).await;
+        self.observe(started, result.is_ok());
+        result
+    }
+
+    /// Records one write that began at `started`, for the metrics and readiness.
+    pub(super) fn observe(&self, started: std::time::Instant, ok: bool) {
+        self.stats
+            .write_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.stats.failing.store(!ok, Ordering::Relaxed);
+        if !ok {
+            self.stats.failures.inc();
+        }
+    }
+
+    async fn write_unobserved(&self, lines: Vec<u8>) -> Result<(), AuditError> {
         let commands = match self.sink.as_ref() {
             Sink::Direct(file) => {
                 return file

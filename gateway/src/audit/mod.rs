@@ -16,8 +16,8 @@ mod worker;
 use std::{io, sync::Arc};
 
 pub use line::{
-    BlockRecord, BlockTarget, Peer, RequestContext, block_line, refusal_lines, request_lines,
-    response_line, unblock_line,
+    BlockRecord, BlockTarget, OperatorRecord, Peer, RequestContext, block_line, operator_line,
+    refusal_lines, request_lines, response_line, unblock_line,
 };
 pub use log::AuditLog;
 pub use worker::WorkerAudit;

@@ -77,6 +77,7 @@ impl WorkerAudit {
         if matches!(self.log.sink.as_ref(), Sink::GroupCommit(_)) {
             return self.log.write(lines).await;
         }
+        let started = std::time::Instant::now();
         let written = {
             let mut batch = lock(&self.batch);
             batch.lines.extend_from_slice(&lines);
@@ -86,7 +87,9 @@ impl WorkerAudit {
             }
             Arc::clone(&batch.written)
         };
-        written.wait().await.map_err(AuditError::Write)
+        let result = written.wait().await.map_err(AuditError::Write);
+        self.log.observe(started, result.is_ok());
+        result
     }
 
     /// Appends `lines` without waiting (for lines written after the fact, such as responses): they

@@ -60,6 +60,41 @@ pub struct Config {
     /// Groups of users and what they may use: `[groups.support] members = ["alice"]`.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupConfig>,
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// On SIGTERM (or when a new process takes over), open streams get this long to finish
+    /// before they are cut; requests in flight always finish.
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+/// `[admin]`: the operator's listener (health, metrics, blocks, users, reload), apart from the
+/// MCP listener.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    /// `"127.0.0.1:9090"` (the default), another `host:port`, a Unix socket path (`/run/...`),
+    /// or `""` for no admin listener.
+    #[serde(default = "defaults::admin_listen")]
+    pub listen: String,
+    /// Hex SHA-256 of the admin token (`gateway hash-key`), sent as `Authorization: Bearer`:
+    /// needed for everything but `/healthz`, `/readyz` and `/metrics`; without it those are all
+    /// the listener serves. Required to listen on an address other than loopback.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// Label request metrics with the caller's name (switch off with very many users).
+    #[serde(default = "defaults::enabled")]
+    pub caller_labels: bool,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: defaults::admin_listen(),
+            key_sha256: None,
+            caller_labels: true,
+        }
+    }
 }
 
 /// `[tls]`: with it, `listen` serves HTTPS (TLS 1.3 and 1.2; HTTP/2 and HTTP/1.1 by ALPN).
@@ -298,6 +333,12 @@ pub struct UserConfig {
     pub tls_subject: Option<String>,
     #[serde(default)]
     pub rate_limit: Option<Limit>,
+    /// RFC 3339 (`2026-12-31T23:59:59Z`): from then on the user is refused.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// Refuse the user (a leaked key, someone who left) without deleting the entry.
+    #[serde(default)]
+    pub disabled: bool,
     /// The user's own rule, as in `[groups.*]` (without `members`). The four lists are written
     /// out in both structs: serde's `flatten` would lose `deny_unknown_fields`, and with it the
     /// error that names a mistyped key.
@@ -497,6 +538,12 @@ mod defaults {
 
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
+    }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9090".into()
+    }
+    pub fn shutdown_grace_secs() -> u64 {
+        30
     }
     pub fn mcp_path() -> String {
         "/mcp".into()

@@ -15,14 +15,14 @@ mod validate;
 use std::path::{Path, PathBuf};
 
 pub use file::{
-    AuditConfig, AuthorizationSection, BlockingSection, Config, DefaultDecision, EscalationSection,
-    GroupConfig, Interfaces, Limit, Limits, RateLimitConfig, TlsSection, UpstreamConfig,
-    UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
+    AdminSection, AuditConfig, AuthorizationSection, BlockingSection, Config, DefaultDecision,
+    EscalationSection, GroupConfig, Interfaces, Limit, Limits, RateLimitConfig, TlsSection,
+    UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
 };
 pub use protection::parse_prefix;
 pub use settings::{
-    AuditSettings, BlockingPolicy, Escalation, NodeSettings, PolicySettings, RateLimit, Settings,
-    UpstreamSettings, User, XdpSettings,
+    AdminAddress, AdminSettings, AuditSettings, BlockingPolicy, Escalation, NodeSettings,
+    PolicySettings, RateLimit, Settings, UpstreamSettings, User, XdpSettings,
 };
 
 /// A configuration problem, naming the field at fault.
@@ -49,14 +49,20 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
 
 impl Config {
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        Self::read(path).map(|(config, _)| config)
+    }
+
+    /// The file's configuration and the SHA-256 of its bytes (which a reload audits).
+    pub fn read(path: &Path) -> Result<(Self, crate::policy::Sha256Digest), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        let config = Self::from_toml(&text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
-        })
+        })?;
+        Ok((config, crate::policy::Sha256Digest::of(text.as_bytes())))
     }
 
     /// Parses TOML; the error names the key and line (toml's own message).

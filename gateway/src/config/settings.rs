@@ -3,8 +3,12 @@
 //! requests run ([`PolicySettings`]: users and their keys, limits).
 
 use std::{
-    collections::HashMap, net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc,
-    time::Duration,
+    collections::HashMap,
+    net::SocketAddr,
+    num::NonZeroU32,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
 };
 
 use hyper::{
@@ -46,6 +50,48 @@ pub struct NodeSettings {
     pub xdp: XdpSettings,
     pub blocking: BlockingPolicy,
     pub limits: Limits,
+    /// The operator's listener; `None`: none.
+    pub admin: Option<AdminSettings>,
+    /// How long open streams may run on after shutdown (or a takeover) begins.
+    pub shutdown_grace: Duration,
+}
+
+/// Validated `[admin]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: AdminAddress,
+    /// The admin token's digest; without it only health and metrics are served.
+    pub token: Option<Sha256Digest>,
+    pub caller_labels: bool,
+}
+
+/// Where the admin listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for AdminAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for AdminAddress {
+    type Err = std::net::AddrParseError;
+
+    /// A path if it contains a `/`, an address otherwise.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.contains('/') {
+            Ok(Self::Unix(PathBuf::from(text)))
+        } else {
+            text.parse().map(Self::Tcp)
+        }
+    }
 }
 
 /// Validated `[upstream]` settings.
@@ -102,6 +148,10 @@ pub struct User {
     pub limit: Option<RateLimit>,
     /// What the user may use; `None`: everything (no rule applies, `default = "allow"`).
     pub grants: Option<Arc<Grants>>,
+    /// Refused from then on.
+    pub expires_at: Option<SystemTime>,
+    /// Refused.
+    pub disabled: bool,
 }
 
 /// A request budget: at most `requests` in any window of `window`.

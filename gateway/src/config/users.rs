@@ -1,6 +1,9 @@
 //! `[[users]]` and the users given in the environment (`MCP_API_KEY`, `MCP_USER_KEYS`).
 
-use std::collections::{BTreeMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::{Duration, SystemTime},
+};
 
 use super::{ConfigError, file::UserConfig, invalid, settings::User, validate::rate_limit};
 use crate::{policy::Sha256Digest, tls};
@@ -49,12 +52,26 @@ pub(super) fn users(
             .rate_limit
             .map(|limit| rate_limit(&field("rate_limit"), limit))
             .transpose()?;
+        let expires_at = user
+            .expires_at
+            .as_deref()
+            .map(|text| {
+                parse_rfc3339(text).ok_or_else(|| {
+                    invalid(
+                        field("expires_at"),
+                        "must be an RFC 3339 time, e.g. \"2026-12-31T23:59:59Z\"",
+                    )
+                })
+            })
+            .transpose()?;
         users.push(User {
             name: user.name.clone(),
             key_digest,
             tls_subject: tls_subject.map(Box::from),
             limit,
             grants: None,
+            expires_at,
+            disabled: user.disabled,
         });
     }
     if let Some(key) = mcp_api_key {
@@ -147,5 +164,16 @@ fn env_user(field: &str, name: &str, key: &str) -> Result<User, ConfigError> {
         tls_subject: None,
         limit: None,
         grants: None,
+        expires_at: None,
+        disabled: false,
     })
+}
+
+/// An RFC 3339 time (any offset) as a `SystemTime`.
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let time =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    let nanos = time.unix_timestamp_nanos();
+    let since_epoch = Duration::from_nanos(u64::try_from(nanos).ok()?);
+    SystemTime::UNIX_EPOCH.checked_add(since_epoch)
 }

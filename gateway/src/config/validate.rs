@@ -12,16 +12,21 @@ use hyper::{
 use super::{
     ConfigError,
     authorization::assign_grants,
-    file::{ClientAuthMode, Config, Limit, Limits, RateLimitConfig, TlsSection, UpstreamConfig},
+    file::{
+        AdminSection, ClientAuthMode, Config, Limit, Limits, RateLimitConfig, TlsSection,
+        UpstreamConfig,
+    },
     invalid,
     protection::{blocking_policy, parse_prefix, xdp_settings},
     settings::{
-        AuditSettings, NodeSettings, PolicySettings, RateLimit, Settings, UpstreamSettings,
+        AdminAddress, AdminSettings, AuditSettings, NodeSettings, PolicySettings, RateLimit,
+        Settings, UpstreamSettings,
     },
     users::users,
 };
 use crate::{
     mcp::origin::AllowedOrigins,
+    policy::Sha256Digest,
     server::ProxyProtocol,
     tls::{
         CertificateFiles, Certificates, ClientAuth, TlsSettings, read_chain, read_key, read_roots,
@@ -88,6 +93,10 @@ impl Config {
             ));
         }
         assign_grants(&self, &mut users)?;
+        let admin = admin(&self.admin)?;
+        if self.shutdown_grace_secs == 0 {
+            return Err(invalid("shutdown_grace_secs", "must be at least 1"));
+        }
         Ok(Settings {
             node: NodeSettings {
                 listen: self.listen,
@@ -106,6 +115,8 @@ impl Config {
                 xdp,
                 blocking,
                 limits: self.limits,
+                admin,
+                shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             },
             policy: PolicySettings {
                 users,
@@ -115,6 +126,46 @@ impl Config {
             },
         })
     }
+}
+
+/// `[admin]`: `None` for `listen = ""`. Without a token the listener serves health and metrics
+/// only, and only on loopback or a Unix socket (whose file permissions guard it).
+fn admin(section: &AdminSection) -> Result<Option<AdminSettings>, ConfigError> {
+    if section.listen.is_empty() {
+        return Ok(None);
+    }
+    let listen: AdminAddress = section.listen.parse().map_err(|_| {
+        invalid(
+            "admin.listen",
+            "must be host:port (\"127.0.0.1:9090\"), a Unix socket path, or \"\" for none",
+        )
+    })?;
+    let token = section
+        .key_sha256
+        .as_deref()
+        .map(|hex| {
+            Sha256Digest::from_hex(hex).ok_or_else(|| {
+                invalid(
+                    "admin.key_sha256",
+                    "must be 64 hex characters (SHA-256 of the token: `gateway hash-key`)",
+                )
+            })
+        })
+        .transpose()?;
+    if let AdminAddress::Tcp(addr) = &listen
+        && !addr.ip().is_loopback()
+        && token.is_none()
+    {
+        return Err(invalid(
+            "admin.key_sha256",
+            format!("needed to listen on {addr}, which is not a loopback address"),
+        ));
+    }
+    Ok(Some(AdminSettings {
+        listen,
+        token,
+        caller_labels: section.caller_labels,
+    }))
 }
 
 fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings, ConfigError> {

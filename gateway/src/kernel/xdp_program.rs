@@ -261,6 +261,40 @@ impl XdpProgram {
         Ok(true)
     }
 
+    /// Makes the allowlist exactly `prefixes`: entries a pinned map kept from an earlier
+    /// configuration go, new ones come.
+    pub fn set_allowlist(&mut self, prefixes: &[IpNet]) -> Result<(), XdpError> {
+        let current = self.allowed()?;
+        for stale in current.iter().filter(|prefix| !prefixes.contains(prefix)) {
+            self.disallow(*stale)?;
+        }
+        for prefix in prefixes {
+            if !current.contains(&prefix.trunc()) {
+                self.allow(*prefix)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The allowlisted prefixes.
+    pub fn allowed(&mut self) -> Result<Vec<IpNet>, XdpError> {
+        self.allowlist()?
+            .keys()
+            .map(|key| key.map(|key| prefix_of(&key)).map_err(XdpError::Map))
+            .collect()
+    }
+
+    /// Takes `prefix` off the allowlist; `false` if it was not on it.
+    pub fn disallow(&mut self, prefix: IpNet) -> Result<bool, XdpError> {
+        // The entry before its slots: a slot still counting it only costs a lookup.
+        if !removed(self.allowlist()?.remove(&prefix_key(prefix)))? {
+            return Ok(false);
+        }
+        let changed = self.slots.remove_prefix(PrefixList::Allowed, prefix);
+        self.write_network_slots(changed)?;
+        Ok(true)
+    }
+
     /// Never drops sources in `prefix`. The program consults the allowlist only before a prefix
     /// or rate drop, so the blocks of addresses inside `prefix` are removed here.
     pub fn allow(&mut self, prefix: IpNet) -> Result<(), XdpError> {

@@ -52,19 +52,20 @@ impl InFlight {
     }
 }
 
-/// A response body that holds its request's slot until it is done or dropped.
-pub struct HoldingSlot<B> {
+/// A response body that holds its request's slot (and whatever else counts the request as
+/// open) until it is done or dropped.
+pub struct HoldingSlot<B, T = InFlightSlot> {
     body: B,
-    _slot: InFlightSlot,
+    _slot: T,
 }
 
-impl<B> HoldingSlot<B> {
-    pub fn new(body: B, slot: InFlightSlot) -> Self {
+impl<B, T> HoldingSlot<B, T> {
+    pub fn new(body: B, slot: T) -> Self {
         Self { body, _slot: slot }
     }
 }
 
-impl<B: Body + Unpin> Body for HoldingSlot<B> {
+impl<B: Body + Unpin, T: Unpin> Body for HoldingSlot<B, T> {
     type Data = B::Data;
     type Error = B::Error;
 

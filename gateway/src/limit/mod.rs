@@ -31,6 +31,9 @@ pub trait Limiter: Send + Sync + 'static {
         cost: u32,
     ) -> impl Future<Output = Result<(), Denied>> + Send;
 
+    /// How many admissions `key` has within the last `window` (for operators; never refuses).
+    fn used(&self, key: &str, window: Duration) -> u64;
+
     /// Forgets keys with no admission within `idle_after`. Called periodically with the longest
     /// window of the current policy.
     fn sweep(&self, idle_after: Duration);

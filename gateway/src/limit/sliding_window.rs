@@ -116,6 +116,19 @@ impl Limiter for SlidingWindow {
         std::future::ready(self.check_at(key, limit, cost, Instant::now()))
     }
 
+    fn used(&self, key: &str, window: Duration) -> u64 {
+        let now_ns = self.nanos_since_epoch(Instant::now());
+        let window_ns = window.as_nanos() as u64;
+        self.windows.get(key).map_or(0, |state| {
+            state
+                .admitted
+                .iter()
+                .filter(|run| run.leaves_at(window_ns) > now_ns)
+                .map(|run| u64::from(run.count))
+                .sum()
+        })
+    }
+
     /// Drops the state of keys with no admission inside `idle_after`.
     fn sweep(&self, idle_after: Duration) {
         let now_ns = self.nanos_since_epoch(Instant::now());

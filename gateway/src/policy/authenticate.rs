@@ -10,8 +10,7 @@
 //! needs both (the key of a user whose certificate is not presented is refused). A certificate
 //! of one user with the key of another is refused: the request would have two identities.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc, time::SystemTime};
 
 use hyper::{HeaderMap, header::AUTHORIZATION};
 
@@ -34,6 +33,44 @@ pub struct Caller {
     has_key: bool,
     /// Has a `tls_subject`: a key alone does not authenticate this caller.
     has_subject: bool,
+    /// Refused from then on.
+    expires_at: Option<SystemTime>,
+    disabled: bool,
+}
+
+impl Caller {
+    /// What an operator may see of a user: never a key or its digest.
+    pub fn view(&self) -> serde_json::Value {
+        let expires_at = self.expires_at.map(|at| {
+            time::OffsetDateTime::from(at)
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default()
+        });
+        serde_json::json!({
+            "name": &*self.name,
+            "limit": self.limit.map(|limit| serde_json::json!({
+                "requests": limit.requests.get(),
+                "window_secs": limit.window.as_secs(),
+            })),
+            "key": self.has_key,
+            "tls_subject": self.has_subject,
+            "expires_at": expires_at,
+            "disabled": self.disabled,
+            "in_force": self.check_in_force().is_ok(),
+        })
+    }
+
+    /// Refuses a disabled or expired user: checked on every request, so a revocation takes
+    /// effect on the very next one (the clock is read only for users with an expiry).
+    fn check_in_force(&self) -> Result<(), AuthError> {
+        if self.disabled {
+            return Err(AuthError::Disabled);
+        }
+        match self.expires_at {
+            Some(at) if SystemTime::now() >= at => Err(AuthError::Expired),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How a caller proved who it is, as audited.
@@ -67,6 +104,10 @@ pub enum AuthError {
     CertificateRequired,
     #[error("the client certificate and the bearer key belong to different users")]
     IdentitiesDiffer,
+    #[error("this key has expired")]
+    Expired,
+    #[error("this key has been disabled")]
+    Disabled,
 }
 
 /// The users the gateway accepts, found by the digest of their key or by a name in their
@@ -99,6 +140,8 @@ impl Authenticator {
                     grants: user.grants.clone(),
                     has_key: user.key_digest.is_some(),
                     has_subject: user.tls_subject.is_some(),
+                    expires_at: user.expires_at,
+                    disabled: user.disabled,
                 }
             })
             .collect();
@@ -123,7 +166,9 @@ impl Authenticator {
         let mut values = headers.get_all(AUTHORIZATION).iter();
         let Some(value) = values.next() else {
             return match by_certificate.and_then(|index| self.caller(index)) {
-                Some(caller) if !caller.has_key => Ok((caller, AuthMethod::Certificate)),
+                Some(caller) if !caller.has_key => caller
+                    .check_in_force()
+                    .map(|()| (caller, AuthMethod::Certificate)),
                 _ => Err(AuthError::Missing),
             };
         };
@@ -134,12 +179,18 @@ impl Authenticator {
         let digest = Sha256Digest::of(token);
         let index = *self.by_digest.get(&digest).ok_or(AuthError::InvalidKey)?;
         let caller = self.caller(index).ok_or(AuthError::InvalidKey)?;
+        caller.check_in_force()?;
         match by_certificate {
             Some(certified) if certified != index => Err(AuthError::IdentitiesDiffer),
             Some(_) => Ok((caller, AuthMethod::KeyAndCertificate)),
             None if caller.has_subject => Err(AuthError::CertificateRequired),
             None => Ok((caller, AuthMethod::Key)),
         }
+    }
+
+    /// Every user, in configuration order.
+    pub fn callers(&self) -> impl Iterator<Item = &Caller> {
+        self.callers.iter()
     }
 
     fn caller(&self, index: u32) -> Option<&Caller> {
@@ -175,6 +226,8 @@ mod tests {
                 tls_subject: None,
                 limit: None,
                 grants: None,
+                expires_at: None,
+                disabled: false,
             },
             User {
                 name: "bob".into(),
@@ -182,6 +235,8 @@ mod tests {
                 tls_subject: None,
                 limit: None,
                 grants: None,
+                expires_at: None,
+                disabled: false,
             },
             User {
                 name: "carol".into(),
@@ -189,6 +244,8 @@ mod tests {
                 tls_subject: Some("CN=carol-agent".into()),
                 limit: None,
                 grants: None,
+                expires_at: None,
+                disabled: false,
             },
             User {
                 name: "dave".into(),
@@ -196,6 +253,8 @@ mod tests {
                 tls_subject: Some("URI:spiffe://example.org/dave".into()),
                 limit: None,
                 grants: None,
+                expires_at: None,
+                disabled: false,
             },
         ])
     }
@@ -311,6 +370,34 @@ mod tests {
     fn each_key_identifies_its_user() {
         assert_eq!(caller("Bearer alice-key").unwrap(), "alice");
         assert_eq!(caller("Bearer bob-key").unwrap(), "bob");
+    }
+
+    #[test]
+    fn a_disabled_or_expired_user_is_refused_and_one_expiring_later_is_not() {
+        let user = |name: &str, expires_at, disabled| User {
+            name: name.into(),
+            key_digest: Some(Sha256Digest::of(format!("{name}-key").as_bytes())),
+            tls_subject: None,
+            limit: None,
+            grants: None,
+            expires_at,
+            disabled,
+        };
+        let now = SystemTime::now();
+        let hour = std::time::Duration::from_secs(3600);
+        let authenticator = Authenticator::new(&[
+            user("gone", Some(now - hour), false),
+            user("later", Some(now + hour), false),
+            user("off", None, true),
+        ]);
+        let check = |key: &str| {
+            authenticator
+                .authenticate(&with_auth(&format!("Bearer {key}")), None)
+                .map(|(caller, _)| caller.name.to_string())
+        };
+        assert_eq!(check("gone-key"), Err(AuthError::Expired));
+        assert_eq!(check("later-key").as_deref(), Ok("later"));
+        assert_eq!(check("off-key"), Err(AuthError::Disabled));
     }
 
     #[test]

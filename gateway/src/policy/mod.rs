@@ -76,6 +76,11 @@ impl Policy {
         self.authenticator.authenticate(headers, certificate)
     }
 
+    /// Every user.
+    pub fn callers(&self) -> impl Iterator<Item = &Caller> {
+        self.authenticator.callers()
+    }
+
     /// The caller's own limit, or the default.
     pub fn limit_of(&self, caller: &Caller) -> RateLimit {
         caller.limit.unwrap_or(self.default_limit)
@@ -180,6 +185,8 @@ pub(crate) mod test_support {
                     tls_subject: None,
                     limit: None,
                     grants: None,
+                    expires_at: None,
+                    disabled: false,
                 })
                 .collect(),
             default_limit: RateLimit {

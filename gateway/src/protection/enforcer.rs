@@ -1,7 +1,7 @@
 //! The one task that decides blocks and writes them into the XDP maps.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
@@ -12,7 +12,8 @@ use ipnet::IpNet;
 use tokio::sync::mpsc;
 
 use super::{
-    Block, BlockSet, Command, Connections, Offense, Origin,
+    Block, BlockSet, BlockView, Command, Connections, Offense, Origin, ProtectionSettings,
+    Snapshot,
     networks::{offender_of, offenders_among, outside_allowlist, wider_network},
 };
 use crate::{
@@ -38,7 +39,12 @@ const MAX_BLOCKS: usize = (BLOCKLIST_CAPACITY + PREFIX_CAPACITY) as usize;
 pub struct Enforcer {
     policy: BlockingPolicy,
     program: Option<XdpProgram>,
+    /// The allowlist in force: the configuration's, then the operator's additions.
     allow: Vec<IpNet>,
+    /// The configuration's part of `allow` (a reload replaces it; the operator's part stays).
+    configured_allow: Vec<IpNet>,
+    /// Every block in force, for listing: why, who decided, until when.
+    listed: BTreeMap<IpNet, Listed>,
     audit: AuditLog,
     pub(super) blocked: Arc<BlockSet>,
     pub(super) connections: Arc<Connections>,
@@ -50,6 +56,14 @@ pub struct Enforcer {
     history: HashMap<IpNet, (u32, Instant)>,
 }
 
+/// A block as listed: reason, who decided, CLOCK_MONOTONIC expiry in ns (0: until unblocked).
+#[derive(Debug, Clone, Copy)]
+struct Listed {
+    reason: BlockReason,
+    origin: Origin,
+    expires_at_ns: u64,
+}
+
 impl Enforcer {
     pub(super) fn new(
         policy: BlockingPolicy,
@@ -59,11 +73,22 @@ impl Enforcer {
         commands: mpsc::Receiver<Command>,
     ) -> Self {
         let blocked = Arc::new(BlockSet::default());
+        let mut listed = BTreeMap::new();
         if let Some(program) = program.as_mut() {
             match program.blocks() {
                 Ok(entries) => {
                     for (target, entry) in entries {
                         blocked.insert(target, entry.expires_at_ns);
+                        let reason =
+                            BlockReason::from_u32(entry.reason).unwrap_or(BlockReason::Manual);
+                        listed.insert(
+                            target,
+                            Listed {
+                                reason,
+                                origin: Origin::PreviousRun,
+                                expires_at_ns: entry.expires_at_ns,
+                            },
+                        );
                     }
                     if !blocked.is_empty() {
                         tracing::info!(
@@ -78,7 +103,9 @@ impl Enforcer {
         Self {
             policy,
             program,
+            configured_allow: allow.clone(),
             allow,
+            listed,
             audit,
             blocked,
             connections: Arc::new(Connections::default()),
@@ -135,6 +162,92 @@ impl Enforcer {
                 self.enforce(&block, None, 0).await;
             }
             Command::Unblock { target, origin } => self.unblock(target, origin).await,
+            Command::Allow { target, origin } => {
+                if !self.allow.contains(&target) {
+                    self.allow.push(target);
+                }
+                self.apply_allowlist(origin).await;
+            }
+            Command::Disallow { target, origin } => {
+                self.allow.retain(|allowed| *allowed != target);
+                self.configured_allow.retain(|allowed| *allowed != target);
+                self.apply_allowlist(origin).await;
+            }
+            Command::Reconfigure(settings) => self.reconfigure(*settings).await,
+            Command::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
+        }
+    }
+
+    /// A reloaded configuration: the new blocking policy, allowlist (the operator's additions
+    /// stay) and XDP settings.
+    async fn reconfigure(&mut self, settings: ProtectionSettings) {
+        self.policy = settings.blocking;
+        let added: Vec<IpNet> = self
+            .allow
+            .iter()
+            .filter(|prefix| !self.configured_allow.contains(prefix))
+            .copied()
+            .collect();
+        self.allow = settings.allow.clone();
+        self.allow.extend(
+            added
+                .into_iter()
+                .filter(|prefix| !settings.allow.contains(prefix)),
+        );
+        self.configured_allow = settings.allow;
+        if let Some(Err(err)) = self.program.as_mut().map(|p| p.set_config(&settings.xdp)) {
+            tracing::error!(error = %err, "cannot write the reloaded XDP settings; the old ones stay in the kernel");
+        }
+        self.apply_allowlist(Origin::Operator).await;
+    }
+
+    /// Writes the allowlist into the kernel and ends every block that overlaps it (in the kernel
+    /// the allowlist wins over a wider block; at accept, only no block does).
+    async fn apply_allowlist(&mut self, origin: Origin) {
+        if let Some(Err(err)) = self.program.as_mut().map(|p| p.set_allowlist(&self.allow)) {
+            tracing::error!(error = %err, "cannot write the allowlist into the XDP map");
+        }
+        let overlapping: Vec<IpNet> = self
+            .listed
+            .keys()
+            .filter(|target| self.covers_allowed(**target))
+            .copied()
+            .collect();
+        for target in overlapping {
+            if self.remove_block(target) {
+                tracing::info!(%target, origin = origin.as_str(), "block ended: the target is allowlisted now");
+                self.audit_unblock(audit::BlockTarget::from(target), "allowlisted")
+                    .await;
+            }
+        }
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        let now_ns = monotonic_now_ns();
+        let blocks = self
+            .listed
+            .iter()
+            .filter(|(_, listed)| listed.expires_at_ns == 0 || listed.expires_at_ns > now_ns)
+            .map(|(target, listed)| BlockView {
+                target: *target,
+                reason: listed.reason,
+                origin: listed.origin,
+                remaining: (listed.expires_at_ns != 0)
+                    .then(|| Duration::from_nanos(listed.expires_at_ns - now_ns)),
+            })
+            .collect();
+        let xdp = self.program.as_ref().and_then(|program| {
+            program
+                .stats()
+                .map_err(|err| tracing::error!(error = %err, "cannot read the XDP counters"))
+                .ok()
+        });
+        Snapshot {
+            blocks,
+            allow: self.allow.clone(),
+            xdp,
         }
     }
 
@@ -290,6 +403,14 @@ impl Enforcer {
             None => "userspace",
         };
         self.blocked.insert(block.target, expires_at_ns);
+        self.listed.insert(
+            block.target,
+            Listed {
+                reason: block.reason,
+                origin: block.origin,
+                expires_at_ns,
+            },
+        );
         let closed = self.connections.close_within(block.target);
         let source = audit::BlockTarget::from(block.target);
         tracing::warn!(
@@ -328,6 +449,7 @@ impl Enforcer {
 
     /// Removes a block from the kernel and the accept check; `false` if neither had it.
     fn remove_block(&mut self, target: IpNet) -> bool {
+        self.listed.remove(&target);
         let removed_here = self.blocked.remove(target);
         let removed_in_kernel = match self.program.as_mut().map(|p| p.remove_block(target)) {
             Some(Ok(removed)) => removed,
@@ -351,6 +473,9 @@ impl Enforcer {
             }
         }
         expired.extend(self.blocked.take_expired(now_ns));
+        for target in &expired {
+            self.listed.remove(target);
+        }
         for target in expired {
             tracing::info!(%target, "block expired");
             self.audit_unblock(audit::BlockTarget::from(target), "expired")

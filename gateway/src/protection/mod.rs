@@ -16,15 +16,20 @@ mod networks;
 
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
-use gateway_ebpf::BlockReason;
+use gateway_ebpf::{BlockReason, XdpConfig};
 use ipnet::IpNet;
-use tokio::sync::mpsc;
+use prometheus_client::metrics::{counter::Counter, family::Family};
+use tokio::sync::{mpsc, oneshot};
 
 pub use block_set::BlockSet;
 pub use connections::{ConnectionGuard, Connections};
 pub use enforcer::Enforcer;
 
-use crate::{audit::AuditLog, config::BlockingPolicy, kernel::XdpProgram};
+use crate::{
+    audit::AuditLog,
+    config::BlockingPolicy,
+    kernel::{Stats, XdpProgram},
+};
 
 /// Commands queued for the enforcer before new offenses are dropped (never blocks a request).
 const QUEUE_CAPACITY: usize = 65_536;
@@ -47,6 +52,17 @@ pub enum Offense {
 }
 
 impl Offense {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AuthFailure => "auth_failure",
+            Self::RateLimited => "rate_limited",
+            Self::Malformed => "malformed",
+            Self::PacketRate => "packet_rate",
+            Self::TooManyConnections => "too_many_connections",
+            Self::Forbidden => "forbidden",
+        }
+    }
+
     fn reason(self) -> BlockReason {
         match self {
             Self::AuthFailure => BlockReason::AuthFailures,
@@ -60,7 +76,7 @@ impl Offense {
 }
 
 /// What the enforcer is asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// A source misbehaved, as this node saw it; enough of these lead to a block.
     Offense { source: IpAddr, offense: Offense },
@@ -68,6 +84,42 @@ pub enum Command {
     Block(Block),
     /// End the block of an address or a prefix.
     Unblock { target: IpNet, origin: Origin },
+    /// Never block this address or prefix (until the next reload or restart); its blocks end.
+    Allow { target: IpNet, origin: Origin },
+    /// Take an address or prefix off the allowlist.
+    Disallow { target: IpNet, origin: Origin },
+    /// Blocking policy, allowlist and XDP settings from a reloaded configuration.
+    Reconfigure(Box<ProtectionSettings>),
+    /// Report blocks, allowlist and kernel counters.
+    Snapshot(oneshot::Sender<Snapshot>),
+}
+
+/// What a reload may change in the feedback loop and the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtectionSettings {
+    pub blocking: BlockingPolicy,
+    pub allow: Vec<IpNet>,
+    /// The XDP program's settings (ports, packet and SYN rates, flags).
+    pub xdp: XdpConfig,
+}
+
+/// Blocks and allowlist as the enforcer holds them, and the kernel's counters.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub blocks: Vec<BlockView>,
+    pub allow: Vec<IpNet>,
+    /// Packets by verdict, summed over CPUs, when the program is loaded.
+    pub xdp: Option<Stats>,
+}
+
+/// One block, as an operator lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockView {
+    pub target: IpNet,
+    pub reason: BlockReason,
+    pub origin: Origin,
+    /// `None`: until unblocked.
+    pub remaining: Option<Duration>,
 }
 
 /// A block decided outside this node's feedback loop.
@@ -90,6 +142,8 @@ pub enum Origin {
     Operator,
     /// Another node of the fleet.
     Fleet,
+    /// Found in the pinned map at start: decided by an earlier run of the gateway.
+    PreviousRun,
 }
 
 impl Origin {
@@ -98,6 +152,7 @@ impl Origin {
             Self::Local => "local",
             Self::Operator => "operator",
             Self::Fleet => "fleet",
+            Self::PreviousRun => "previous_run",
         }
     }
 }
@@ -113,7 +168,11 @@ pub struct Protection {
     blocked: Arc<BlockSet>,
     connections: Arc<Connections>,
     commands: mpsc::Sender<Command>,
+    offenses: OffenseCounts,
 }
+
+/// Offenses reported, by kind (exported as `mcp_gateway_offenses_total`).
+pub type OffenseCounts = Family<[(&'static str, &'static str); 1], Counter>;
 
 impl Protection {
     pub fn is_blocked(&self, source: IpAddr) -> bool {
@@ -127,6 +186,9 @@ impl Protection {
     /// Reports an offense. Never waits: under a flood the queue may be full, and then the offense
     /// is dropped (the source is already well on its way to a block).
     pub fn offense(&self, source: IpAddr, offense: Offense) {
+        self.offenses
+            .get_or_create(&[("kind", offense.as_str())])
+            .inc();
         let source = source.to_canonical();
         let _ = self.commands.try_send(Command::Offense { source, offense });
     }
@@ -137,6 +199,17 @@ impl Protection {
             .send(command)
             .await
             .map_err(|_| EnforcerStopped)
+    }
+
+    /// Blocks, allowlist and kernel counters, as the enforcer has them now.
+    pub async fn snapshot(&self) -> Result<Snapshot, EnforcerStopped> {
+        let (reply, answer) = oneshot::channel();
+        self.command(Command::Snapshot(reply)).await?;
+        answer.await.map_err(|_| EnforcerStopped)
+    }
+
+    pub fn offense_counts(&self) -> &OffenseCounts {
+        &self.offenses
     }
 }
 
@@ -153,6 +226,7 @@ pub fn start(
         blocked: Arc::clone(&enforcer.blocked),
         connections: Arc::clone(&enforcer.connections),
         commands,
+        offenses: OffenseCounts::default(),
     };
     (protection, enforcer)
 }

@@ -55,6 +55,8 @@ pub struct Call<'a> {
     pub route: Route,
     /// The JSON-RPC messages, once the body was read (POST only).
     pub body: Option<Body>,
+    /// When the gateway began with the request.
+    pub received_at: Instant,
     /// When the request was sent upstream; `None` while (or if) it was not.
     pub forwarded_at: Option<Instant>,
     /// How the answer's list results are filtered for the caller, if they are.
@@ -81,6 +83,7 @@ impl<'a> Call<'a> {
             },
             route,
             body: None,
+            received_at: Instant::now(),
             forwarded_at: None,
             list_filter: None,
         }

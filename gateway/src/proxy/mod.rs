@@ -37,7 +37,7 @@ pub use worker::Worker;
 use crate::{
     audit::{self, AuditLog, Decision, Peer},
     authz::{self, ToolCatalog},
-    config::{NodeSettings, PolicySettings, Settings},
+    config::{NodeSettings, PolicySettings, RateLimit, Settings},
     limit::{HoldingSlot, InFlight, InFlightSlot, Limiter, SlidingWindow},
     mcp::{
         headers::{MCP_SESSION_ID, check_mcp_headers},
@@ -45,6 +45,7 @@ use crate::{
         legacy_sse::{EndpointWatch, Endpoints},
         sessions::Sessions,
     },
+    metrics::{self, GaugeGuard, Metrics, RequestRecord},
     policy::{Caller, Policy, PolicyStore},
     protection::Protection,
     server::idle::{BodyStalled, StallTimeout},
@@ -69,6 +70,7 @@ pub struct Gateway<L: Limiter = SlidingWindow> {
     /// Tool annotations the upstream listed, for rules that read them.
     catalog: Arc<ToolCatalog>,
     protection: Protection,
+    metrics: Metrics,
 }
 
 impl Gateway {
@@ -96,6 +98,12 @@ impl<L: Limiter> Gateway<L> {
             settings.node.limits.max_sessions,
             settings.node.limits.max_sessions_per_caller,
         );
+        let caller_labels = settings
+            .node
+            .admin
+            .as_ref()
+            .is_none_or(|admin| admin.caller_labels);
+        let metrics = Metrics::new(caller_labels, audit.stats(), protection.offense_counts());
         Self {
             settings: settings.node,
             policy: PolicyStore::new(Policy::new(settings.policy)),
@@ -107,6 +115,7 @@ impl<L: Limiter> Gateway<L> {
             legacy_endpoints: Arc::default(),
             catalog: Arc::default(),
             protection,
+            metrics,
         }
     }
 
@@ -138,6 +147,27 @@ impl<L: Limiter> Gateway<L> {
 
     pub fn protection(&self) -> &Protection {
         &self.protection
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// How much of its limit each caller used within its current window: `(caller, used,
+    /// limit)`, busiest first.
+    pub fn caller_usage(&self) -> Vec<(Arc<str>, u64, RateLimit)> {
+        let policy = self.policy.current();
+        let mut usage: Vec<_> = policy
+            .callers()
+            .map(|caller| {
+                let limit = policy.limit_of(caller);
+                let used = self.caller_limiter.used(&caller.name, limit.window);
+                (Arc::clone(&caller.name), used, limit)
+            })
+            .filter(|(_, used, _)| *used > 0)
+            .collect();
+        usage.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        usage
     }
 
     /// Answers one HTTP request. Never fails: every problem becomes a precise HTTP answer.
@@ -208,6 +238,20 @@ impl<L: Limiter> Gateway<L> {
         call: &Call<'_>,
         outcome: Result<Response<ProxyBody>, Refusal>,
     ) -> Response<ProxyBody> {
+        self.metrics.request(&RequestRecord {
+            decision: match &outcome {
+                Ok(_) => Decision::Forwarded,
+                Err(refusal) => refusal.decision,
+            },
+            method: metrics::method_class(&call.context.http_method, call.messages()),
+            caller: call.context.caller,
+            messages: call.messages(),
+            added: call
+                .forwarded_at
+                .unwrap_or_else(Instant::now)
+                .saturating_duration_since(call.received_at),
+            upstream_headers: call.forwarded_at.map(|at| at.elapsed()),
+        });
         if let Some(started) = call.forwarded_at {
             let status = match &outcome {
                 Ok(response) => response.status(),
@@ -390,13 +434,19 @@ impl<L: Limiter> Gateway<L> {
                 self.tool_limiter
                     .admit(&key, limit, count)
                     .await
-                    .map_err(|denied| Refusal::rate_limited(&denied, Some(tool), status))?;
+                    .map_err(|denied| {
+                        self.metrics.rate_limited(true);
+                        Refusal::rate_limited(&denied, Some(tool), status)
+                    })?;
             }
         }
         self.caller_limiter
             .admit(&caller.name, policy.limit_of(caller), call.cost())
             .await
-            .map_err(|denied| Refusal::rate_limited(&denied, None, status))
+            .map_err(|denied| {
+                self.metrics.rate_limited(false);
+                Refusal::rate_limited(&denied, None, status)
+            })
     }
 
     /// Writes the request's lines and waits for the write: nothing reaches the upstream unaudited.
@@ -446,7 +496,8 @@ impl<L: Limiter> Gateway<L> {
                 tracing::warn!(request_id = %call.context.request_id, error = %err, "upstream request failed");
                 Refusal::from(err)
             })?;
-        let response = response.map(|body| HoldingSlot::new(body, slot));
+        let stream = is_event_stream(&response).then(|| self.metrics.stream());
+        let response = response.map(|body| HoldingSlot::new(body, (slot, stream)));
         let response = self.track_sessions(call, caller, is_delete, response);
         match call.list_filter.take() {
             Some(filter) => answer::filter_lists(response, filter).await,
@@ -461,7 +512,7 @@ impl<L: Limiter> Gateway<L> {
         call: &Call<'_>,
         caller: &Arc<str>,
         is_delete: bool,
-        response: Response<HoldingSlot<PooledBody>>,
+        response: Response<Relayed>,
     ) -> Response<ProxyBody> {
         // (The request's own session was claimed before forwarding.)
         if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID)
@@ -488,6 +539,17 @@ impl<L: Limiter> Gateway<L> {
         }
         response.map(BodyExt::boxed)
     }
+}
+
+/// An upstream answer on its way to the client: it holds the caller's in-flight slot, and
+/// counts as an open stream when it is one.
+type Relayed = HoldingSlot<PooledBody, (InFlightSlot, Option<GaugeGuard>)>;
+
+fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// A request URI within `max_uri_bytes`. (Body framing is hyper's: it refuses conflicting

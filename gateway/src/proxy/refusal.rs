@@ -196,7 +196,7 @@ impl From<AuthError> for Refusal {
             | AuthError::IdentitiesDiffer => {
                 (Decision::Unauthenticated, HeaderValue::from_static(REALM))
             }
-            AuthError::InvalidKey => (
+            AuthError::InvalidKey | AuthError::Expired | AuthError::Disabled => (
                 Decision::InvalidKey,
                 HeaderValue::from_static("Bearer realm=\"mcp-gateway\", error=\"invalid_token\""),
             ),

@@ -43,6 +43,7 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
         },
         route: Route::Mcp,
         body: None,
+        received_at: std::time::Instant::now(),
         forwarded_at: None,
         list_filter: None,
     };

@@ -17,7 +17,10 @@ impl Worker {
     /// The worker's state; [`WorkerAudit::run`] must then run on the worker's runtime.
     pub fn new<L: Limiter>(gateway: &Gateway<L>) -> Self {
         Self {
-            upstream: Upstream::new(&gateway.settings().upstream),
+            upstream: Upstream::new(
+                &gateway.settings().upstream,
+                gateway.metrics().upstream.clone(),
+            ),
             audit: Arc::new(WorkerAudit::new(gateway.audit().clone())),
             policy: WorkerPolicy::default(),
         }

@@ -147,6 +147,7 @@ impl Shared {
         peer: SocketAddr,
         registration: ConnectionGuard,
     ) {
+        let _open = self.gateway.metrics().connection();
         let gateway = Arc::clone(&self.gateway);
         let worker = Arc::clone(&self.worker);
         let shutdown = self.shutdown.clone();

@@ -19,6 +19,7 @@ pub use pool::{ConnectionPool, PoolError, PooledBody};
 pub use tls::{ClientIdentity, UpstreamTls};
 
 use crate::config::UpstreamSettings;
+use crate::metrics::PoolStats;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -42,7 +43,8 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(settings: &UpstreamSettings) -> Self {
+    /// `stats` are shared by every worker's pool.
+    pub fn new(settings: &UpstreamSettings, stats: PoolStats) -> Self {
         let url = &settings.url;
         // The config accepts only http:// and https:// URLs with a host.
         let default_port = if settings.tls.is_some() { 443 } else { 80 };
@@ -56,7 +58,7 @@ impl Upstream {
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
             .unwrap_or_else(|| HeaderValue::from_static("localhost"));
         Self {
-            pool: ConnectionPool::new(address, settings.tls.clone()),
+            pool: ConnectionPool::new(address, settings.tls.clone(), stats),
             path: url
                 .path_and_query()
                 .cloned()

@@ -35,7 +35,7 @@ use tokio::{
 };
 
 use super::UpstreamTls;
-use crate::lock;
+use crate::{lock, metrics::PoolStats};
 
 type Sender = http1::SendRequest<Full<Bytes>>;
 type Http2Sender = http2::SendRequest<Full<Bytes>>;
@@ -88,6 +88,8 @@ pub struct ConnectionPool {
     connecting: tokio::sync::Mutex<()>,
     /// The TLS server answered ALPN with HTTP/1.1 (or nothing).
     speaks_http1_only: AtomicBool,
+    /// Shared with every worker's pool, for the metrics.
+    stats: PoolStats,
 }
 
 struct Idle {
@@ -96,7 +98,7 @@ struct Idle {
 }
 
 impl ConnectionPool {
-    pub fn new(address: String, tls: Option<UpstreamTls>) -> Arc<Self> {
+    pub fn new(address: String, tls: Option<UpstreamTls>, stats: PoolStats) -> Arc<Self> {
         Arc::new(Self {
             address,
             tls,
@@ -104,7 +106,17 @@ impl ConnectionPool {
             http2: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             speaks_http1_only: AtomicBool::new(false),
+            stats,
         })
+    }
+
+    /// Changes the idle connections under the lock, keeping the shared idle count in step.
+    fn with_idle<R>(&self, change: impl FnOnce(&mut VecDeque<Idle>) -> R) -> R {
+        let mut idle = lock(&self.idle);
+        let before = idle.len();
+        let result = change(&mut idle);
+        self.stats.idle.inc_by(idle.len() as i64 - before as i64);
+        result
     }
 
     /// Sends `request` (origin-form URI, Host set) on an idle connection, or a new one. The
@@ -206,18 +218,23 @@ impl ConnectionPool {
     /// The most recently used connection that is ready for a request. One whose last response
     /// ended a moment ago may still be finishing it; it stays in the pool.
     fn checkout(&self) -> Option<Sender> {
-        let mut idle = lock(&self.idle);
-        let mut index = idle.len();
-        while index > 0 {
-            index -= 1;
-            if idle[index].sender.is_ready() {
-                return idle.remove(index).map(|idle| idle.sender);
+        let sender = self.with_idle(|idle| {
+            let mut index = idle.len();
+            while index > 0 {
+                index -= 1;
+                if idle[index].sender.is_ready() {
+                    return idle.remove(index).map(|idle| idle.sender);
+                }
+                if idle[index].sender.is_closed() {
+                    idle.remove(index);
+                }
             }
-            if idle[index].sender.is_closed() {
-                idle.remove(index);
-            }
+            None
+        });
+        if sender.is_some() {
+            self.stats.reused.inc();
         }
-        None
+        sender
     }
 
     fn checkin(&self, sender: Sender) {
@@ -225,16 +242,17 @@ impl ConnectionPool {
             return;
         }
         let now = Instant::now();
-        let mut idle = lock(&self.idle);
-        close_expired(&mut idle, now);
-        if idle.len() < MAX_IDLE {
-            idle.push_back(Idle { sender, since: now });
-        }
+        self.with_idle(|idle| {
+            close_expired(idle, now);
+            if idle.len() < MAX_IDLE {
+                idle.push_back(Idle { sender, since: now });
+            }
+        });
     }
 
     /// Closes the connections idle past [`IDLE_TIMEOUT`] at `now`.
     fn close_idle(&self, now: Instant) {
-        close_expired(&mut lock(&self.idle), now);
+        self.with_idle(|idle| close_expired(idle, now));
     }
 
     /// Closes expired idle connections every [`IDLE_CHECK_EVERY`], for the quiet times when no
@@ -281,6 +299,7 @@ impl ConnectionPool {
                 address: self.address.clone(),
                 source,
             })?;
+        self.stats.opened.inc();
         let _ = stream.set_nodelay(true);
         let Some(tls) = &self.tls else {
             return http1_handshake(stream).await.map(Connection::Http1);
@@ -441,7 +460,10 @@ mod tests {
                 );
             }
         });
-        (ConnectionPool::new(address, None), accepted)
+        (
+            ConnectionPool::new(address, None, PoolStats::default()),
+            accepted,
+        )
     }
 
     /// A body of unknown length, so it goes out chunked, one part per frame.
@@ -530,7 +552,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = listener.local_addr().unwrap().to_string();
         drop(listener);
-        let pool = ConnectionPool::new(address, None);
+        let pool = ConnectionPool::new(address, None, PoolStats::default());
         match pool.send(get("/")).await {
             Err(PoolError::Connect { .. }) => {}
             Err(err) => panic!("expected a connect error, got {err}"),

@@ -1,4 +1,7 @@
-//! Starting and stopping the gateway: audit log, XDP, feedback loop, listener, signals.
+//! Starting and stopping the gateway: audit log, XDP, feedback loop, listeners, signals; and
+//! reloading its configuration ([`reload`]).
+
+mod reload;
 
 use std::sync::Arc;
 
@@ -9,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audit::AuditLog,
-    config::{NodeSettings, PolicySettings, Settings, XdpModeConfig},
+    config::{NodeSettings, Settings, XdpModeConfig},
     kernel::{XdpError, XdpProgram},
     protection,
     proxy::Gateway,
@@ -17,11 +20,10 @@ use crate::{
     tls::Tls,
 };
 
-/// Reads the policy again (the configuration file and the environment's keys), for a reload.
-pub type Reload = Arc<dyn Fn() -> anyhow::Result<PolicySettings> + Send + Sync>;
+pub use reload::{Reload, ReloadError, ReloadReport, Reloader};
 
 /// Runs the gateway until SIGINT or SIGTERM. SIGHUP reopens the audit log and, with `reload`,
-/// swaps in the policy it reads.
+/// reloads the configuration (as `POST /api/v1/reload` on the admin listener does).
 pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<()> {
     let node = &settings.node;
     let audit = AuditLog::open(&node.audit.path, node.audit.fsync).with_context(|| {
@@ -49,11 +51,11 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
             .context("tls: cannot set up TLS")?,
         proxy_protocol: node.proxy_protocol.clone(),
     };
-    let program = attach_xdp(node);
-    let xdp_state = match &program {
-        Some(_) => "attached",
-        None => "off",
+    let admin_listener = match &node.admin {
+        Some(admin) => Some(crate::admin::bind(admin).await?),
+        None => None,
     };
+    let (program, xdp_mode) = attach_xdp(node);
     let (protection, enforcer) = protection::start(
         node.blocking.clone(),
         program,
@@ -73,7 +75,8 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         limit = %format!("{}/{}s", policy.default_limit.requests, policy.default_limit.window.as_secs()),
         audit = %node.audit.path.display(),
         fsync = node.audit.fsync,
-        xdp = xdp_state,
+        xdp = xdp_mode,
+        admin = %node.admin.as_ref().map_or("none".to_owned(), |admin| admin.listen.to_string()),
         blocking = node.blocking.enabled,
         workers,
         "mcp gateway started"
@@ -82,9 +85,20 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     let gateway = Arc::new(Gateway::new(settings, audit, protection));
     // The enforcer owns the XDP maps; ending it at shutdown detaches the program (pins stay).
     let enforcer = tokio::spawn(enforcer.run());
-    spawn_reload_on_sighup(Arc::clone(&gateway), reload)?;
+    let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), reload));
+    spawn_reload_on_sighup(Arc::clone(&gateway), Arc::clone(&reloader))?;
     spawn_limiter_sweep(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
+    if let (Some(listener), Some(settings)) = (admin_listener, &gateway.settings().admin) {
+        let admin = crate::admin::Admin::new(
+            Arc::clone(&gateway),
+            reloader,
+            xdp_mode,
+            shutdown.clone(),
+            settings.token,
+        );
+        tokio::spawn(crate::admin::serve(listener, Arc::new(admin)));
+    }
     let threads = server::run_workers(listeners, &main_listener, &gateway, &shutdown)
         .context("cannot start workers")?;
     shutdown_signal()?.await;
@@ -101,22 +115,21 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     Ok(())
 }
 
-/// Loads, configures and attaches the XDP program when configured. Failure is loud but not
-/// fatal: blocks are then enforced at connection accept, without early drops in the kernel.
-fn attach_xdp(settings: &NodeSettings) -> Option<XdpProgram> {
+/// Loads, configures and attaches the XDP program when configured, and says how: `driver`,
+/// `skb`, `off` (not configured) or `failed`. Failure is loud but not fatal: blocks are then
+/// enforced at connection accept, without early drops in the kernel (and `/readyz` says so).
+fn attach_xdp(settings: &NodeSettings) -> (Option<XdpProgram>, &'static str) {
     let xdp = &settings.xdp;
     if xdp.interfaces.is_empty() {
         tracing::warn!(
             "XDP is disabled (xdp.enabled = false): blocked sources are refused at connection \
              accept only; floods are not dropped in the kernel"
         );
-        return None;
+        return (None, "off");
     }
     let loaded = XdpProgram::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut program| {
         program.set_config(&xdp.program)?;
-        for prefix in &xdp.allow {
-            program.allow(*prefix)?;
-        }
+        program.set_allowlist(&xdp.allow)?;
         Ok(program)
     });
     let mut program = match loaded {
@@ -127,14 +140,14 @@ fn attach_xdp(settings: &NodeSettings) -> Option<XdpProgram> {
                 "XDP NOT ATTACHED: blocked sources are refused at connection accept only; floods \
                  are not dropped in the kernel"
             );
-            return None;
+            return (None, "failed");
         }
     };
-    let mut attached = 0;
+    let mut attached = None;
     for interface in &xdp.interfaces {
         match attach(&mut program, interface, xdp.mode) {
             Ok(mode) => {
-                attached += 1;
+                attached = Some(mode);
                 tracing::info!(
                     interface = interface.as_str(),
                     mode,
@@ -150,7 +163,10 @@ fn attach_xdp(settings: &NodeSettings) -> Option<XdpProgram> {
             ),
         }
     }
-    (attached > 0).then_some(program)
+    match attached {
+        Some(mode) => (Some(program), mode),
+        None => (None, "failed"),
+    }
 }
 
 /// Attaches in the configured mode; `auto` tries driver mode first. Returns the mode it got.
@@ -169,44 +185,14 @@ fn attach(
     }
 }
 
-/// On SIGHUP: reopens the audit log (rotation), reads the TLS certificates again (new connections
-/// get the new ones; a bad file keeps the old), and reloads the policy — users, keys, limits, tool
-/// limits, groups and grants. A file that does not validate changes nothing: the error names the
-/// field, and the gateway runs on with the policy it had. Connections, streams and limiter windows
-/// carry on; settings of the node (addresses, upstream, XDP) need a restart.
-fn spawn_reload_on_sighup(gateway: Arc<Gateway>, reload: Option<Reload>) -> anyhow::Result<()> {
+/// On SIGHUP: reopens the audit log (rotation) and reloads the configuration ([`Reloader`]).
+fn spawn_reload_on_sighup(gateway: Arc<Gateway>, reloader: Arc<Reloader>) -> anyhow::Result<()> {
     let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
             gateway.audit().reopen().await;
-            if let Some(tls) = &gateway.settings().tls {
-                match tls.certificates.reload() {
-                    Ok(count) => tracing::info!(certificates = count, "TLS certificates reloaded"),
-                    Err(err) => tracing::error!(
-                        error = %err,
-                        "TLS certificates NOT reloaded: the ones in force stay"
-                    ),
-                }
-            }
-            let Some(reload) = &reload else {
-                continue;
-            };
-            // Parsing 100,000 users takes a while: not on the runtime's threads.
-            let reload = Arc::clone(reload);
-            let reloaded = tokio::task::spawn_blocking(move || reload())
-                .await
-                .unwrap_or_else(|err| Err(anyhow::anyhow!("reload failed: {err}")));
-            match reloaded {
-                Ok(policy) => {
-                    let users = policy.users.len();
-                    gateway.replace_policy(policy);
-                    tracing::info!(users, "policy reloaded");
-                }
-                Err(err) => tracing::error!(
-                    error = %format!("{err:#}"),
-                    "reload refused: the configuration does not validate; the current policy stays"
-                ),
-            }
+            // (Refusals are logged and audited by the reloader.)
+            let _ = reloader.reload("signal").await;
         }
     });
     Ok(())

@@ -1,0 +1,463 @@
+//! `/api/v1/...`: JSON in, JSON out.
+//!
+//! | method and path                 | what                                             |
+//! |---------------------------------|--------------------------------------------------|
+//! | `GET /api/v1/status`            | version, uptime, listeners, XDP, counts          |
+//! | `GET /api/v1/blocks`            | blocks: target, reason, who decided, time left   |
+//! | `POST /api/v1/blocks`           | `{"target", "ttl_secs"?, "reason"?}`: block      |
+//! | `DELETE /api/v1/blocks/TARGET`  | unblock an address or prefix                     |
+//! | `GET /api/v1/allow`             | the allowlist                                    |
+//! | `POST /api/v1/allow`            | `{"target", "reason"?}`: allowlist               |
+//! | `DELETE /api/v1/allow/TARGET`   | take off the allowlist                           |
+//! | `GET /api/v1/users`             | users: name, limit, expiry, state (never keys)   |
+//! | `GET /api/v1/callers`           | callers' use of their limit in the current window|
+//! | `POST /api/v1/reload`           | reload the configuration file                    |
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_ebpf::BlockReason;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, body::Incoming, header};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Admin;
+use crate::{
+    app::ReloadError,
+    audit::{self, BlockTarget},
+    config::parse_prefix,
+    policy::Sha256Digest,
+    protection::{Block, Command, Origin, Snapshot},
+};
+
+/// Largest request body the API reads.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest operator reason kept in the audit line.
+const MAX_REASON_CHARS: usize = 200;
+
+pub fn json(status: StatusCode, value: &Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(format!("{value}\n"))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn error(status: StatusCode, message: impl std::fmt::Display) -> Response<Full<Bytes>> {
+    ApiError::new(status, message).into_response()
+}
+
+/// Every refusal of the admin API, as one answer: its status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl std::fmt::Display) -> Self {
+        Self {
+            status,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = json(self.status, &json!({"error": self.message}));
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"mcp-gateway-admin\""),
+            );
+        }
+        response
+    }
+}
+
+/// The admin token, checked in constant time (the digests are compared, as for user keys).
+pub fn check_token(token: Option<&Sha256Digest>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(expected) = token else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured ([admin] key_sha256): only /healthz, /readyz and /metrics are served",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(|token| Sha256Digest::of(token.trim().as_bytes()));
+    match presented {
+        Some(digest) if digest == *expected => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "admin token required: send it as `Authorization: Bearer <token>`",
+        )),
+    }
+}
+
+pub async fn handle(
+    admin: &Admin,
+    peer: &str,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let by = format!("admin {peer}");
+    let segments: Vec<&str> = path.trim_start_matches("/api/v1/").splitn(2, '/').collect();
+    if !path.starts_with("/api/v1/") {
+        return error(StatusCode::NOT_FOUND, "not found: see /api/v1/status");
+    }
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["status"]) => status(admin).await,
+        (&Method::GET, ["blocks"]) => with_snapshot(admin, |snapshot| blocks_json(&snapshot)).await,
+        (&Method::POST, ["blocks"]) => match read_change(request).await {
+            Ok(change) => block(admin, &by, change).await,
+            Err(refused) => refused.into_response(),
+        },
+        (&Method::DELETE, ["blocks", target]) => unblock(admin, &by, target).await,
+        (&Method::GET, ["allow"]) => {
+            with_snapshot(admin, |snapshot| {
+                json!(
+                    snapshot
+                        .allow
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                )
+            })
+            .await
+        }
+        (&Method::POST, ["allow"]) => match read_change(request).await {
+            Ok(change) => allow(admin, &by, change).await,
+            Err(refused) => refused.into_response(),
+        },
+        (&Method::DELETE, ["allow", target]) => disallow(admin, &by, target).await,
+        (&Method::GET, ["users"]) => {
+            let policy = admin.gateway.policy();
+            let users: Vec<Value> = policy.callers().map(|caller| caller.view()).collect();
+            json(StatusCode::OK, &Value::Array(users))
+        }
+        (&Method::GET, ["callers"]) => {
+            let callers: Vec<Value> = admin
+                .gateway
+                .caller_usage()
+                .into_iter()
+                .map(|(name, used, limit)| {
+                    json!({
+                        "caller": &*name,
+                        "used": used,
+                        "limit": limit.requests.get(),
+                        "window_secs": limit.window.as_secs(),
+                    })
+                })
+                .collect();
+            json(StatusCode::OK, &Value::Array(callers))
+        }
+        (&Method::POST, ["reload"]) => match admin.reloader.reload(&by).await {
+            Ok(report) => json(StatusCode::OK, &json!(report)),
+            Err(err @ ReloadError::NoFile) => error(StatusCode::CONFLICT, err),
+            Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, err),
+        },
+        (
+            _,
+            [
+                "status" | "blocks" | "allow" | "users" | "callers" | "reload",
+                ..,
+            ],
+        ) => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not served on {path}"),
+        ),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+async fn with_snapshot(
+    admin: &Admin,
+    render: impl FnOnce(Snapshot) -> Value,
+) -> Response<Full<Bytes>> {
+    match admin.gateway.protection().snapshot().await {
+        Ok(snapshot) => json(StatusCode::OK, &render(snapshot)),
+        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
+    }
+}
+
+fn blocks_json(snapshot: &Snapshot) -> Value {
+    Value::Array(
+        snapshot
+            .blocks
+            .iter()
+            .map(|block| {
+                json!({
+                    "target": BlockTarget::from(block.target).to_string(),
+                    "reason": block.reason.as_str(),
+                    "origin": block.origin.as_str(),
+                    "remaining_secs": block.remaining.map(|left| left.as_secs()),
+                })
+            })
+            .collect(),
+    )
+}
+
+async fn status(admin: &Admin) -> Response<Full<Bytes>> {
+    let gateway = &admin.gateway;
+    let settings = gateway.settings();
+    let snapshot = gateway.protection().snapshot().await.unwrap_or_default();
+    json(
+        StatusCode::OK,
+        &json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "uptime_secs": admin.started.elapsed().as_secs(),
+            "listen": settings.listen.to_string(),
+            "tls": settings.tls.is_some(),
+            "upstream": settings.upstream.url.to_string(),
+            "xdp": admin.xdp_mode,
+            "draining": admin.draining.is_cancelled(),
+            "users": gateway.policy().callers().count(),
+            "blocks": snapshot.blocks.len(),
+            "allowlist": snapshot.allow.len(),
+            "xdp_packets": snapshot.xdp.map(|stats| stats
+                .iter()
+                .map(|(verdict, count)| (verdict.as_str().to_owned(), json!(count)))
+                .collect::<serde_json::Map<_, _>>()),
+        }),
+    )
+}
+
+/// A block or allowlist change as posted.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Change {
+    target: String,
+    /// Blocks only: how long; absent: until unblocked.
+    #[serde(default)]
+    ttl_secs: Option<u64>,
+    /// The operator's reason, for the audit log.
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn read_change(request: Request<Incoming>) -> Result<Change, ApiError> {
+    let body = Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+        .map_err(|err| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("cannot read the body: {err}"),
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|err| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("expected {{\"target\": \"ADDRESS or CIDR\", \"ttl_secs\": N, \"reason\": \"...\"}}: {err}"),
+        )
+    })
+}
+
+fn target_of(text: &str) -> Result<IpNet, ApiError> {
+    parse_prefix(text).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{text:?} is not an address or a CIDR prefix"),
+        )
+    })
+}
+
+fn overlaps(allow: &[IpNet], target: IpNet) -> bool {
+    allow
+        .iter()
+        .any(|allowed| allowed.contains(&target) || target.contains(allowed))
+}
+
+async fn block(admin: &Admin, by: &str, change: Change) -> Response<Full<Bytes>> {
+    let target = match target_of(&change.target) {
+        Ok(target) => target,
+        Err(refused) => return refused.into_response(),
+    };
+    let protection = admin.gateway.protection();
+    let allow = protection
+        .snapshot()
+        .await
+        .map(|s| s.allow)
+        .unwrap_or_default();
+    if overlaps(&allow, target) {
+        let message = format!("{target} overlaps the allowlist: take it off the allowlist first");
+        let _ = audit_action(
+            admin,
+            "block.add",
+            by,
+            "rejected",
+            &target,
+            Some(message.clone()),
+        )
+        .await;
+        return error(StatusCode::CONFLICT, message);
+    }
+    let duration = change.ttl_secs.map(Duration::from_secs);
+    let block = Block {
+        target,
+        duration,
+        reason: BlockReason::Manual,
+        origin: Origin::Operator,
+    };
+    if let Err(refused) = audit_action(
+        admin,
+        "block.add",
+        by,
+        "applied",
+        &target,
+        reason(change.reason),
+    )
+    .await
+    {
+        return refused.into_response();
+    }
+    if let Err(err) = protection.command(Command::Block(block)).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, err);
+    }
+    json(
+        StatusCode::CREATED,
+        &json!({"blocked": BlockTarget::from(target).to_string(), "ttl_secs": change.ttl_secs}),
+    )
+}
+
+async fn unblock(admin: &Admin, by: &str, text: &str) -> Response<Full<Bytes>> {
+    let target = match target_of(text) {
+        Ok(target) => target,
+        Err(refused) => return refused.into_response(),
+    };
+    let protection = admin.gateway.protection();
+    let listed = protection
+        .snapshot()
+        .await
+        .is_ok_and(|snapshot| snapshot.blocks.iter().any(|block| block.target == target));
+    if !listed {
+        return error(StatusCode::NOT_FOUND, format!("{target} is not blocked"));
+    }
+    if let Err(refused) = audit_action(admin, "block.rm", by, "applied", &target, None).await {
+        return refused.into_response();
+    }
+    if let Err(err) = protection
+        .command(Command::Unblock {
+            target,
+            origin: Origin::Operator,
+        })
+        .await
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, err);
+    }
+    json(
+        StatusCode::OK,
+        &json!({"unblocked": BlockTarget::from(target).to_string()}),
+    )
+}
+
+async fn allow(admin: &Admin, by: &str, change: Change) -> Response<Full<Bytes>> {
+    let target = match target_of(&change.target) {
+        Ok(target) => target,
+        Err(refused) => return refused.into_response(),
+    };
+    if change.ttl_secs.is_some() {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ttl_secs: allowlist entries last until removed or the next reload",
+        );
+    }
+    if let Err(refused) = audit_action(
+        admin,
+        "allow.add",
+        by,
+        "applied",
+        &target,
+        reason(change.reason),
+    )
+    .await
+    {
+        return refused.into_response();
+    }
+    if let Err(err) = admin
+        .gateway
+        .protection()
+        .command(Command::Allow {
+            target,
+            origin: Origin::Operator,
+        })
+        .await
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, err);
+    }
+    json(StatusCode::CREATED, &json!({"allowed": target.to_string()}))
+}
+
+async fn disallow(admin: &Admin, by: &str, text: &str) -> Response<Full<Bytes>> {
+    let target = match target_of(text) {
+        Ok(target) => target,
+        Err(refused) => return refused.into_response(),
+    };
+    let protection = admin.gateway.protection();
+    let listed = protection
+        .snapshot()
+        .await
+        .is_ok_and(|snapshot| snapshot.allow.contains(&target));
+    if !listed {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("{target} is not on the allowlist"),
+        );
+    }
+    if let Err(refused) = audit_action(admin, "allow.rm", by, "applied", &target, None).await {
+        return refused.into_response();
+    }
+    if let Err(err) = protection
+        .command(Command::Disallow {
+            target,
+            origin: Origin::Operator,
+        })
+        .await
+    {
+        return error(StatusCode::SERVICE_UNAVAILABLE, err);
+    }
+    json(StatusCode::OK, &json!({"disallowed": target.to_string()}))
+}
+
+/// The operator's reason, cut to a bounded length.
+fn reason(reason: Option<String>) -> Option<String> {
+    reason.map(|text| text.chars().take(MAX_REASON_CHARS).collect())
+}
+
+/// Audits an action before it is carried out: an action that cannot be audited is refused.
+async fn audit_action(
+    admin: &Admin,
+    action: &str,
+    by: &str,
+    outcome: &str,
+    target: &IpNet,
+    detail: Option<String>,
+) -> Result<(), ApiError> {
+    let target = BlockTarget::from(*target).to_string();
+    let line = audit::operator_line(&audit::OperatorRecord {
+        event: "admin",
+        action,
+        by,
+        outcome,
+        target: Some(&target),
+        policy_sha256: None,
+        detail,
+    });
+    tracing::info!(action, by, %target, outcome, "admin action");
+    admin.gateway.audit().write(line).await.map_err(|err| {
+        tracing::error!(error = %err, "could not audit an admin action; not carried out");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{err}: nothing was changed"),
+        )
+    })
+}

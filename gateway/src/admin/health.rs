@@ -1,0 +1,102 @@
+//! `/healthz` (the process answers), `/readyz` (it can do its job: send traffic here) and
+//! `/metrics`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode, header};
+use serde_json::json;
+
+use super::{Admin, api::json};
+
+/// How long `/readyz` waits for a TCP connection to the upstream.
+const UPSTREAM_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn alive() -> Response<Full<Bytes>> {
+    json(StatusCode::OK, &json!({"alive": true}))
+}
+
+/// Ready when the upstream accepts a connection, the audit log can be written, XDP is attached
+/// (or configured off), and the gateway is not draining. 503 otherwise, with each check's answer.
+pub async fn ready(admin: &Admin) -> Response<Full<Bytes>> {
+    let gateway = &admin.gateway;
+    let upstream = upstream_reachable(gateway.settings()).await;
+    let audit = audit_writable(gateway);
+    let xdp_ok = admin.xdp_mode != "failed";
+    let draining = admin.draining.is_cancelled();
+    let ready = upstream.is_ok() && audit.is_ok() && xdp_ok && !draining;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let answer = |check: &Result<(), String>| match check {
+        Ok(()) => "ok".to_owned(),
+        Err(err) => err.clone(),
+    };
+    json(
+        status,
+        &json!({
+            "ready": ready,
+            "upstream": answer(&upstream),
+            "audit": answer(&audit),
+            "xdp": admin.xdp_mode,
+            "draining": draining,
+        }),
+    )
+}
+
+async fn upstream_reachable(settings: &crate::config::NodeSettings) -> Result<(), String> {
+    let url = &settings.upstream.url;
+    let port = url
+        .port_u16()
+        .unwrap_or(if settings.upstream.tls.is_some() {
+            443
+        } else {
+            80
+        });
+    let host = url.host().unwrap_or("localhost");
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match tokio::time::timeout(
+        UPSTREAM_CHECK_TIMEOUT,
+        tokio::net::TcpStream::connect((host, port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("cannot connect to {host}:{port}: {err}")),
+        Err(_) => Err(format!(
+            "no connection to {host}:{port} within {UPSTREAM_CHECK_TIMEOUT:?}"
+        )),
+    }
+}
+
+fn audit_writable(gateway: &crate::proxy::Gateway) -> Result<(), String> {
+    if gateway.audit().is_failing() {
+        return Err("the last audit write failed".to_owned());
+    }
+    let path = &gateway.settings().audit.path;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|err| format!("cannot open {} for appending: {err}", path.display()))
+}
+
+/// The OpenMetrics text, with the enforcer's blocks and the kernel's counters as of now.
+pub async fn metrics(admin: &Admin) -> Response<Full<Bytes>> {
+    let metrics = admin.gateway.metrics();
+    match admin.gateway.protection().snapshot().await {
+        Ok(snapshot) => metrics.kernel.update(&snapshot, admin.xdp_mode),
+        Err(err) => tracing::warn!(error = %err, "metrics without blocks: {err}"),
+    }
+    let mut response = Response::new(Full::new(Bytes::from(metrics.encode())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    response
+}
