@@ -17,13 +17,14 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
 /// Debian packages the tests use: `ip` for network namespaces, `curl` as the client inside
 /// them (and over TLS), `openssl s_client` for TLS versions, ALPN and SNI, Node.js for the MCP SDK
-/// peers.
-const DEBIAN_PACKAGES: [(&str, &str); 5] = [
+/// peers, `tmux` to read `gateway top`'s screen.
+const DEBIAN_PACKAGES: [(&str, &str); 6] = [
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    ("tmux", "tmux"),
 ];
 
 pub fn all(root: &Path) -> Result<()> {

@@ -432,3 +432,55 @@ fn a_user_needs_a_key_or_a_certificate_name_and_a_certificate_name_needs_client_
     ));
     assert!(err.contains("same tls_subject as another user"), "{err}");
 }
+
+#[test]
+fn the_admin_listener_defaults_to_loopback_and_elsewhere_needs_a_token() {
+    let admin = settings(&with_user("")).unwrap().node.admin.unwrap();
+    assert_eq!(
+        admin.listen,
+        AdminAddress::Tcp("127.0.0.1:9090".parse().unwrap())
+    );
+    assert_eq!(admin.token, None);
+    assert!(admin.caller_labels);
+    let none = format!("{}\n[admin]\nlisten = \"\"\n", with_user(""));
+    assert_eq!(settings(&none).unwrap().node.admin, None);
+    let unix = format!(
+        "{}\n[admin]\nlisten = \"/run/gw/admin.sock\"\n",
+        with_user("")
+    );
+    assert_eq!(
+        settings(&unix).unwrap().node.admin.unwrap().listen,
+        AdminAddress::Unix("/run/gw/admin.sock".into())
+    );
+    let open = format!("{}\n[admin]\nlisten = \"0.0.0.0:9090\"\n", with_user(""));
+    assert!(error(&open).contains("admin.key_sha256: needed to listen on 0.0.0.0:9090"));
+    let guarded = format!(
+        "{}\n[admin]\nlisten = \"0.0.0.0:9090\"\nkey_sha256 = \"{KEY_HASH}\"\n",
+        with_user("")
+    );
+    assert!(settings(&guarded).is_ok());
+    let bad = format!("{}\n[admin]\nlisten = \"localhost\"\n", with_user(""));
+    assert!(error(&bad).contains("admin.listen"));
+    let bad_key = format!("{}\n[admin]\nkey_sha256 = \"xyz\"\n", with_user(""));
+    assert!(error(&bad_key).contains("admin.key_sha256"));
+}
+
+#[test]
+fn expires_at_is_rfc_3339_with_any_offset_and_a_bad_one_names_the_user() {
+    let at = |text: &str| {
+        settings(&with_user(&format!(
+            "[[users]]\nname = \"bob\"\nkey_sha256 = \"{}\"\nexpires_at = \"{text}\"",
+            "a".repeat(64)
+        )))
+    };
+    let utc = at("2030-01-01T00:00:00Z").unwrap().policy.users[0]
+        .expires_at
+        .unwrap();
+    let offset = at("2030-01-01T02:00:00+02:00").unwrap().policy.users[0]
+        .expires_at
+        .unwrap();
+    assert_eq!(utc, offset);
+    assert!(at("2999-12-31T23:59:59Z").is_ok(), "far future");
+    let message = at("next tuesday").unwrap_err().to_string();
+    assert!(message.starts_with("users[0].expires_at"), "{message}");
+}

@@ -173,7 +173,6 @@ fn env_user(field: &str, name: &str, key: &str) -> Result<User, ConfigError> {
 fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let time =
         time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
-    let nanos = time.unix_timestamp_nanos();
-    let since_epoch = Duration::from_nanos(u64::try_from(nanos).ok()?);
-    SystemTime::UNIX_EPOCH.checked_add(since_epoch)
+    let secs = u64::try_from(time.unix_timestamp()).ok()?;
+    SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, time.nanosecond()))
 }

@@ -298,7 +298,8 @@ pub fn method_class(http: &hyper::Method, messages: &[Message]) -> &'static str 
     match messages {
         [] if http == hyper::Method::GET => "stream",
         [] if http == hyper::Method::DELETE => "session_end",
-        [] => "none",
+        // Refused before its body was read (unauthenticated, too large...).
+        [] => "unread",
         [message] => match message.kind {
             Kind::ToolCall => "tools/call",
             Kind::PromptGet => "prompts/get",
