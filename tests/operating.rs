@@ -732,3 +732,123 @@ async fn gateway_top_in_a_terminal_shows_the_traffic_that_was_sent() {
         !tmux(&["has-session", "-t", &session]).status.success()
     });
 }
+
+/// Kills a process that is not our child (a gateway started by another gateway) when dropped.
+struct KillPid(i32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of a pid this test started (indirectly).
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+fn is_running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.split_whitespace()
+            .nth(2)
+            .is_none_or(|state| state != "Z")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_is_replaced_under_load_without_a_refused_connection_or_a_failed_request() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The gateway runs from its own copy of the binary, as from an installed package.
+    let installed = dir.path().join("gateway");
+    std::fs::copy(gateway_bin(), &installed).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let audit = dir.path().join("audit.jsonl");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"{addr}\"\nshutdown_grace_secs = 5\n[upstream]\nurl = \"{}\"\n[audit]\npath = \"{}\"\n\
+             [rate_limit]\nrequests = 100000\n\
+             [[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
+             [admin]\nlisten = \"{admin}\"\nkey_sha256 = \"{}\"\n",
+            upstream.url(),
+            audit.display(),
+            sha256_hex(ALICE_KEY),
+            sha256_hex(ADMIN_TOKEN)
+        ),
+    )
+    .unwrap();
+    let mut command = Command::new(&installed);
+    command.arg("--config").arg(&config);
+    let old = e2e_tests::spawn_listening(command, "gateway", &dir.path().join("gateway.log"), addr);
+    let old_pid = old.0.id() as i32;
+
+    // Load: 4 clients, each request on a new connection, until told to stop.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let request = e2e_tests::raw_post(addr, ALICE, CALL);
+                    match e2e_tests::raw_request(IpAddr::from([127, 0, 0, 1]), addr, &request).await
+                    {
+                        Ok(answer) if answer.starts_with("HTTP/1.1 200") => ok += 1,
+                        Ok(answer) => failed.push(answer.lines().next().unwrap_or("").to_owned()),
+                        Err(err) => failed.push(err.to_string()),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A new version is installed (a new file at the same path), then the upgrade is asked for.
+    let staged = dir.path().join("gateway.new");
+    std::fs::copy(gateway_bin(), &staged).unwrap();
+    std::fs::rename(&staged, &installed).unwrap();
+    let upgrade = tokio::task::spawn_blocking(move || cli(admin, &["upgrade", "--json"]))
+        .await
+        .unwrap();
+    let answer: Value = serde_json::from_str(&stdout(&upgrade)).unwrap();
+    let new_pid = answer["new_pid"].as_i64().unwrap() as i32;
+    let _new = KillPid(new_pid);
+    assert_eq!(answer["old_pid"].as_i64().unwrap() as i32, old_pid);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for client in clients {
+        let (served, errors) = client.await.unwrap();
+        ok += served;
+        failed.extend(errors);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed of {}: {:?}",
+        failed.len(),
+        ok + failed.len() as u32,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "only {ok} requests in 2 s");
+
+    // The new process serves, from the new file; the old one drained and exited.
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    assert!(
+        !exe(new_pid).to_string_lossy().ends_with("(deleted)"),
+        "{:?}",
+        exe(new_pid)
+    );
+    let status = stdout(&cli(admin, &["status", "--json"]));
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["status"]["pid"].as_i64().unwrap() as i32, new_pid);
+    eventually("the old process exits", || !is_running(old_pid));
+    assert!(is_running(new_pid));
+    let after = e2e_tests::raw_request(
+        IpAddr::from([127, 0, 0, 1]),
+        addr,
+        &e2e_tests::raw_post(addr, ALICE, CALL),
+    )
+    .await;
+    assert!(after.unwrap().starts_with("HTTP/1.1 200"));
+    drop(old);
+}

@@ -531,3 +531,67 @@ fn ipv4_addresses_escalate_to_their_24_only_when_asked() {
     assert!(status.contains("198.18.1.0/24"), "{status}");
     assert!(!status.contains(first), "folded: {status}");
 }
+
+/// `gateway ARGS` inside the server namespace, against the admin listener there.
+fn admin_cli(net: &TestNet, args: &[&str]) -> String {
+    let output = VethPair::exec_in(&net.server, &gateway_bin())
+        .args(args)
+        .args(["--admin", "127.0.0.1:9090"])
+        .env("GATEWAY_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .expect("gateway CLI in the server namespace");
+    assert!(
+        output.status.success(),
+        "gateway {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const ADMIN_TOKEN: &str = "admin-test-token-0123456789abcdef";
+
+#[test]
+#[ignore = "needs root: network namespaces and XDP"]
+fn an_operator_block_through_the_cli_drops_the_source_in_xdp_and_its_removal_lets_it_back() {
+    let net = TestNet::new("o");
+    let dir = net.dir.path();
+    let (config, audit, _upstream) = prepare(
+        &net,
+        "driver",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:9090\"\nkey_sha256 = \"{}\"",
+            sha256_hex(ADMIN_TOKEN)
+        ),
+    );
+    let _gateway = start_gateway(&net, &config, &dir.join("gateway.log"));
+    wait_until("the client is served", Duration::from_secs(10), || {
+        net.call(GOOD_CLIENT, ALICE_KEY) == Some(200)
+    });
+
+    let added = admin_cli(&net, &["block", "add", GOOD_CLIENT, "--reason", "by hand"]);
+    assert!(
+        added.contains(&format!("blocked: {GOOD_CLIENT}")),
+        "{added}"
+    );
+    let dropped_before = net.counter("drop_blocked");
+    assert!(net.blocked(GOOD_CLIENT), "dropped in the kernel");
+    assert!(
+        net.counter("drop_blocked") > dropped_before,
+        "{}",
+        net.status()
+    );
+    assert_eq!(net.call(BYSTANDER, ALICE_KEY), Some(200));
+    let block = block_line(&audit).expect("block line");
+    assert_eq!(block["enforced_in"], "xdp");
+    assert_eq!(block["origin"], "operator");
+    let status = admin_cli(&net, &["status"]);
+    assert!(
+        status.contains("xdp:       ") && status.contains("drop_blocked"),
+        "{status}"
+    );
+
+    admin_cli(&net, &["block", "rm", GOOD_CLIENT]);
+    assert_eq!(net.call(GOOD_CLIENT, ALICE_KEY), Some(200), "served again");
+    assert!(!net.status().contains(GOOD_CLIENT), "{}", net.status());
+}

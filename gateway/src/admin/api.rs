@@ -12,6 +12,7 @@
 //! | `GET /api/v1/users`             | users: name, limit, expiry, state (never keys)   |
 //! | `GET /api/v1/callers`           | callers' use of their limit in the current window|
 //! | `POST /api/v1/reload`           | reload the configuration file                    |
+//! | `POST /api/v1/upgrade`          | hand over to the binary at the started path      |
 
 use std::time::Duration;
 
@@ -163,10 +164,11 @@ pub async fn handle(
             Err(err @ ReloadError::NoFile) => error(StatusCode::CONFLICT, err),
             Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, err),
         },
+        (&Method::POST, ["upgrade"]) => upgrade(admin, &by).await,
         (
             _,
             [
-                "status" | "blocks" | "allow" | "users" | "callers" | "reload",
+                "status" | "blocks" | "allow" | "users" | "callers" | "reload" | "upgrade",
                 ..,
             ],
         ) => error(
@@ -426,6 +428,28 @@ async fn disallow(admin: &Admin, by: &str, text: &str) -> Response<Full<Bytes>> 
         return error(StatusCode::SERVICE_UNAVAILABLE, err);
     }
     json(StatusCode::OK, &json!({"disallowed": target.to_string()}))
+}
+
+async fn upgrade(admin: &Admin, by: &str) -> Response<Full<Bytes>> {
+    tracing::info!(by, "upgrade requested");
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    if admin.upgrades.send(reply).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down",
+        );
+    }
+    match answer.await {
+        Ok(Ok(pid)) => json(
+            StatusCode::OK,
+            &json!({"new_pid": pid, "old_pid": std::process::id()}),
+        ),
+        Ok(Err(message)) => error(StatusCode::INTERNAL_SERVER_ERROR, message),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the gateway is shutting down",
+        ),
+    }
 }
 
 /// The operator's reason, cut to a bounded length.

@@ -15,7 +15,12 @@
 mod api;
 mod health;
 
-use std::{path::Path, sync::Arc, time::Instant};
+use std::{
+    os::fd::{AsRawFd, RawFd},
+    path::Path,
+    sync::Arc,
+    time::Instant,
+};
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -25,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::{TcpListener, UnixListener},
+    sync::{mpsc, oneshot},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -44,6 +50,8 @@ pub struct Admin {
     /// Cancelled when the gateway starts draining (shutdown or a takeover): not ready.
     pub draining: CancellationToken,
     pub started: Instant,
+    /// Where `POST /api/v1/upgrade` goes.
+    pub upgrades: mpsc::Sender<UpgradeRequest>,
     token: Option<Sha256Digest>,
 }
 
@@ -53,6 +61,7 @@ impl Admin {
         reloader: Arc<Reloader>,
         xdp_mode: &'static str,
         draining: CancellationToken,
+        upgrades: mpsc::Sender<UpgradeRequest>,
         token: Option<Sha256Digest>,
     ) -> Self {
         Self {
@@ -61,6 +70,7 @@ impl Admin {
             xdp_mode,
             draining,
             started: Instant::now(),
+            upgrades,
             token,
         }
     }
@@ -71,6 +81,19 @@ pub enum AdminListener {
     Tcp(TcpListener),
     Unix(UnixListener),
 }
+
+impl AsRawFd for AdminListener {
+    fn as_raw_fd(&self) -> RawFd {
+        match self {
+            Self::Tcp(listener) => listener.as_raw_fd(),
+            Self::Unix(listener) => listener.as_raw_fd(),
+        }
+    }
+}
+
+/// Asks the process to replace itself with the binary it was started from; answered with the
+/// new process's pid, or why not.
+pub type UpgradeRequest = oneshot::Sender<Result<u32, String>>;
 
 /// Binds the admin listener. A Unix socket left by an earlier run is replaced; the new one is
 /// made readable and writable by the gateway's user only.

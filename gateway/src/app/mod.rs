@@ -2,8 +2,9 @@
 //! reloading its configuration ([`reload`]).
 
 mod reload;
+mod upgrade;
 
-use std::sync::Arc;
+use std::{os::fd::AsRawFd, sync::Arc};
 
 use anyhow::Context;
 use aya::programs::XdpMode;
@@ -21,27 +22,26 @@ use crate::{
 };
 
 pub use reload::{Reload, ReloadError, ReloadReport, Reloader};
+use upgrade::{Inherited, Sockets, Successor};
 
-/// Runs the gateway until SIGINT or SIGTERM. SIGHUP reopens the audit log and, with `reload`,
-/// reloads the configuration (as `POST /api/v1/reload` on the admin listener does).
+/// Runs the gateway until SIGINT or SIGTERM, or until a new process took over (SIGUSR2,
+/// `POST /api/v1/upgrade`: [`upgrade`]). SIGHUP reopens the audit log and, with `reload`,
+/// reloads the configuration (as `POST /api/v1/reload` does).
 pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<()> {
     let node = &settings.node;
+    let inherited = Inherited::from_env()?;
+    // The path, not /proc/self/exe: after a package upgrade it names the new binary.
+    let binary = std::env::current_exe().context("cannot tell this program's path")?;
     let audit = AuditLog::open(&node.audit.path, node.audit.fsync).with_context(|| {
         format!(
             "audit.path: cannot open {} for appending",
             node.audit.path.display()
         )
     })?;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let listeners = server::bind_listeners(node.listen, node.plain_listen, workers).with_context(
-        || match node.plain_listen {
-            Some(plain) => format!(
-                "listen, plain_listen: cannot bind {} and {plain}",
-                node.listen
-            ),
-            None => format!("listen: cannot bind {}", node.listen),
-        },
-    )?;
+    let listeners = match &inherited {
+        Some(inherited) => inherited_listeners(&inherited.sockets)?,
+        None => bind(node)?,
+    };
     let main_listener = server::Listener {
         tls: node
             .tls
@@ -51,17 +51,37 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
             .context("tls: cannot set up TLS")?,
         proxy_protocol: node.proxy_protocol.clone(),
     };
-    let admin_listener = match &node.admin {
-        Some(admin) => Some(crate::admin::bind(admin).await?),
-        None => None,
+    let inherited_admin = inherited.as_ref().and_then(|i| i.sockets.admin);
+    let admin_listener = match (&node.admin, inherited_admin) {
+        (Some(_), Some(fd)) => {
+            Some(Inherited::admin_listener(fd).context("inherited admin listener")?)
+        }
+        (Some(admin), None) => Some(crate::admin::bind(admin).await?),
+        (None, _) => None,
     };
-    let (program, xdp_mode) = attach_xdp(node);
+    let sockets = Sockets {
+        main: listeners.iter().map(|l| l.main.as_raw_fd()).collect(),
+        plain: listeners
+            .iter()
+            .filter_map(|l| l.plain.as_ref().map(AsRawFd::as_raw_fd))
+            .collect(),
+        admin: admin_listener.as_ref().map(AsRawFd::as_raw_fd),
+    };
+    let loaded = load_xdp(node);
+    if let Some(inherited) = inherited {
+        // The old process stops accepting and detaches its XDP program only now that this one
+        // is ready to take over.
+        inherited.take_over().await?;
+        tracing::info!("took over the listening sockets of the previous process");
+    }
+    let (program, xdp_mode) = attach_xdp(node, loaded);
     let (protection, enforcer) = protection::start(
         node.blocking.clone(),
         program,
         node.xdp.allow.clone(),
         audit.clone(),
     );
+    let workers = listeners.len();
 
     let policy = &settings.policy;
     tracing::info!(
@@ -79,29 +99,70 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         admin = %node.admin.as_ref().map_or("none".to_owned(), |admin| admin.listen.to_string()),
         blocking = node.blocking.enabled,
         workers,
+        pid = std::process::id(),
         "mcp gateway started"
     );
 
     let gateway = Arc::new(Gateway::new(settings, audit, protection));
-    // The enforcer owns the XDP maps; ending it at shutdown detaches the program (pins stay).
-    let enforcer = tokio::spawn(enforcer.run());
+    // The enforcer owns the XDP maps; ending it detaches the program (pins stay).
+    let mut enforcer = Some(tokio::spawn(enforcer.run()));
     let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), reload));
     spawn_reload_on_sighup(Arc::clone(&gateway), Arc::clone(&reloader))?;
     spawn_limiter_sweep(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
-    if let (Some(listener), Some(settings)) = (admin_listener, &gateway.settings().admin) {
-        let admin = crate::admin::Admin::new(
-            Arc::clone(&gateway),
-            reloader,
-            xdp_mode,
-            shutdown.clone(),
-            settings.token,
-        );
-        tokio::spawn(crate::admin::serve(listener, Arc::new(admin)));
-    }
+    let (upgrades, mut upgrade_requests) = tokio::sync::mpsc::channel(1);
+    let admin_task = match (admin_listener, &gateway.settings().admin) {
+        (Some(listener), Some(settings)) => {
+            let admin = crate::admin::Admin::new(
+                Arc::clone(&gateway),
+                reloader,
+                xdp_mode,
+                shutdown.clone(),
+                upgrades,
+                settings.token,
+            );
+            Some(tokio::spawn(crate::admin::serve(listener, Arc::new(admin))))
+        }
+        _ => None,
+    };
     let threads = server::run_workers(listeners, &main_listener, &gateway, &shutdown)
         .context("cannot start workers")?;
-    shutdown_signal()?.await;
+    upgrade::notify_systemd_ready();
+
+    let mut signals = Signals::new()?;
+    loop {
+        let reply = tokio::select! {
+            upgrade = signals.next() => if upgrade { None } else { break },
+            Some(reply) = upgrade_requests.recv() => Some(reply),
+        };
+        tracing::info!(binary = %binary.display(), "upgrade: starting the new process");
+        match Successor::start(binary.clone(), sockets.clone()).await {
+            Ok(successor) => {
+                let pid = successor.pid();
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(pid));
+                }
+                // Stop accepting (the sockets stay open in the new process), let go of the
+                // admin listener and the XDP program, then let the new process in.
+                shutdown.cancel();
+                if let Some(admin) = &admin_task {
+                    admin.abort();
+                }
+                stop(&mut enforcer).await;
+                if let Err(err) = successor.release() {
+                    tracing::error!(error = %err, "upgrade: cannot tell the new process to start");
+                }
+                tracing::info!(new_pid = pid, "upgrade: handed over; draining");
+                break;
+            }
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "upgrade failed");
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(format!("{err:#}")));
+                }
+            }
+        }
+    }
     tracing::info!("shutting down: finishing open requests");
     shutdown.cancel();
     tokio::task::spawn_blocking(move || {
@@ -110,28 +171,82 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         }
     })
     .await?;
-    enforcer.abort();
-    let _ = enforcer.await;
+    stop(&mut enforcer).await;
     Ok(())
 }
 
-/// Loads, configures and attaches the XDP program when configured, and says how: `driver`,
-/// `skb`, `off` (not configured) or `failed`. Failure is loud but not fatal: blocks are then
-/// enforced at connection accept, without early drops in the kernel (and `/readyz` says so).
-fn attach_xdp(settings: &NodeSettings) -> (Option<XdpProgram>, &'static str) {
+/// Ends the enforcer (detaching the XDP program) and waits until it has.
+async fn stop(enforcer: &mut Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = enforcer.take() {
+        task.abort();
+        let _ = task.await;
+    }
+}
+
+/// One listening socket per CPU on `listen` (and `plain_listen`).
+fn bind(node: &NodeSettings) -> anyhow::Result<Vec<server::WorkerListeners>> {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    server::bind_listeners(node.listen, node.plain_listen, workers).with_context(|| {
+        match node.plain_listen {
+            Some(plain) => format!(
+                "listen, plain_listen: cannot bind {} and {plain}",
+                node.listen
+            ),
+            None => format!("listen: cannot bind {}", node.listen),
+        }
+    })
+}
+
+/// The workers' sockets handed over by the previous process.
+fn inherited_listeners(sockets: &Sockets) -> anyhow::Result<Vec<server::WorkerListeners>> {
+    let mut plain = sockets.plain.iter();
+    sockets
+        .main
+        .iter()
+        .map(|fd| {
+            Ok(server::WorkerListeners {
+                main: Inherited::tcp_listener(*fd)?,
+                plain: plain
+                    .next()
+                    .map(|fd| Inherited::tcp_listener(*fd))
+                    .transpose()?,
+            })
+        })
+        .collect::<std::io::Result<_>>()
+        .context("cannot use the inherited listening sockets")
+}
+
+/// Loads and configures the XDP program when configured (pinned maps: the blocks of the process
+/// before carry over); `None` when XDP is off.
+fn load_xdp(settings: &NodeSettings) -> Option<Result<XdpProgram, XdpError>> {
     let xdp = &settings.xdp;
     if xdp.interfaces.is_empty() {
+        return None;
+    }
+    Some(
+        XdpProgram::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut program| {
+            program.set_config(&xdp.program)?;
+            program.set_allowlist(&xdp.allow)?;
+            Ok(program)
+        }),
+    )
+}
+
+/// Attaches the loaded XDP program, and says how: `driver`, `skb`, `off` (not configured) or
+/// `failed`. Failure is loud but not fatal: blocks are then enforced at connection accept,
+/// without early drops in the kernel (and `/readyz` says so).
+fn attach_xdp(
+    settings: &NodeSettings,
+    loaded: Option<Result<XdpProgram, XdpError>>,
+) -> (Option<XdpProgram>, &'static str) {
+    let xdp = &settings.xdp;
+    let Some(loaded) = loaded else {
         tracing::warn!(
             "XDP is disabled (xdp.enabled = false): blocked sources are refused at connection \
              accept only; floods are not dropped in the kernel"
         );
         return (None, "off");
-    }
-    let loaded = XdpProgram::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut program| {
-        program.set_config(&xdp.program)?;
-        program.set_allowlist(&xdp.allow)?;
-        Ok(program)
-    });
+    };
     let mut program = match loaded {
         Ok(program) => program,
         Err(err) => {
@@ -209,13 +324,28 @@ fn spawn_limiter_sweep(gateway: Arc<Gateway>) {
     });
 }
 
-fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()>> {
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    Ok(async move {
+/// The signals that end this process: SIGTERM and SIGINT (shut down), SIGUSR2 (upgrade).
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    upgrade: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            upgrade: signal(SignalKind::user_defined2()).context("cannot listen for SIGUSR2")?,
+        })
+    }
+
+    /// The next signal: `true` for an upgrade, `false` for a shutdown.
+    async fn next(&mut self) -> bool {
         tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
+            _ = self.terminate.recv() => false,
+            _ = self.interrupt.recv() => false,
+            _ = self.upgrade.recv() => true,
         }
-    })
+    }
 }

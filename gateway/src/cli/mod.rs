@@ -71,6 +71,12 @@ pub enum Operate {
         #[command(flatten)]
         target: Target,
     },
+    /// Replace the running gateway with the binary at the path it was started from (after
+    /// installing a new version), without refusing a connection; the old process drains.
+    Upgrade {
+        #[command(flatten)]
+        target: Target,
+    },
     /// A live view of requests, refusals, callers, tools, blocks and XDP drops (q to quit).
     Top {
         #[command(flatten)]
@@ -122,6 +128,17 @@ pub async fn run(command: Operate) -> anyhow::Result<String> {
                 .expect(Method::POST, "/api/v1/reload", None)
                 .await?;
             Ok(render(&target, &report, table::reload))
+        }
+        Operate::Upgrade { target } => {
+            let answer = client(&target)?
+                .expect(Method::POST, "/api/v1/upgrade", None)
+                .await?;
+            Ok(render(&target, &answer, |answer| {
+                format!(
+                    "upgraded: process {} took over from {}, which is draining\n",
+                    answer["new_pid"], answer["old_pid"]
+                )
+            }))
         }
         Operate::Top { target, interval } => {
             top::run(client(&target)?, Duration::from_secs(interval.max(1))).await?;

@@ -17,7 +17,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
     ProxyProtocol,
-    connection::{self, Connection, DRAIN_TIMEOUT},
+    connection::{self, Connection},
     proxy_protocol::HeaderError,
 };
 use crate::{
@@ -42,7 +42,8 @@ struct Shared {
     shutdown: CancellationToken,
 }
 
-/// Serves until `shutdown` is cancelled, then lets open requests finish (up to [`DRAIN_TIMEOUT`]).
+/// Serves until `shutdown` is cancelled, then lets open requests finish (up to
+/// `shutdown_grace_secs`).
 pub async fn serve(
     socket: TcpListener,
     listener: Listener,
@@ -93,11 +94,14 @@ pub async fn serve(
     }
 
     connections.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, connections.wait())
+    let grace = shared.gateway.settings().shutdown_grace;
+    if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
     {
-        tracing::warn!("open connections did not finish within {DRAIN_TIMEOUT:?}; closing them");
+        tracing::warn!(
+            "open connections did not finish within shutdown_grace_secs ({grace:?}); closing them"
+        );
     }
 }
 

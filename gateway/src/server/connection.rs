@@ -21,8 +21,6 @@ use crate::{
     tls::ClientCertificate,
 };
 
-/// Longest wait for open connections to finish after shutdown was asked for.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the response in flight when the gateway closes a connection of its own accord
 /// (its source got blocked, or it was idle), before the connection is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -65,14 +63,15 @@ struct ConnectionContext {
     activity: Arc<Activity>,
 }
 
-/// How long a connection being closed may take to finish. Shutting down: let requests finish.
+/// How long a connection being closed may take to finish. Shutting down (or handing over to a new
+/// process): let requests and streams finish, up to `shutdown_grace_secs`.
 /// The source got blocked: finish the response in flight (the one that may have triggered the
 /// block deserves its answer), then close. Idle: nothing is in flight, or only a request head that
 /// never completed. Not reading: the response in flight cannot be delivered, and is cut after the
 /// grace period.
-fn grace_period(shutdown: &CancellationToken) -> Duration {
+fn grace_period(shutdown: &CancellationToken, shutdown_grace: Duration) -> Duration {
     if shutdown.is_cancelled() {
-        DRAIN_TIMEOUT
+        shutdown_grace
     } else {
         CLOSE_GRACE
     }
@@ -125,6 +124,7 @@ where
     } = connection;
     let activity = Activity::new();
     let idle_timeout = gateway.settings().idle_timeout;
+    let shutdown_grace = gateway.settings().shutdown_grace;
     let protection = gateway.protection().clone();
     // Reference counts per request only on this connection's own cache lines (the context
     // and its activity): counting on the gateway's, which every worker shares, would move
@@ -165,11 +165,23 @@ where
                 Stale::NotReading => tracing::debug!(%peer, "closing a connection whose client has not read for {idle_timeout:?}"),
             }
         }
+        if shutdown.is_cancelled() && !activity.had_request() {
+            // Accepted just as the drain began (or the sockets were handed to a new process):
+            // its first request is most likely on its way. It gets a moment to arrive, and is
+            // then answered (with `Connection: close`) rather than cut off unanswered.
+            let first_request = async {
+                while !activity.had_request() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            };
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = tokio::time::timeout(CLOSE_GRACE, first_request) => {}
+            }
+        }
         connection.as_mut().graceful_shutdown();
-        if tokio::time::timeout(grace_period(&shutdown), connection)
-            .await
-            .is_err()
-        {
+        let grace = grace_period(&shutdown, shutdown_grace);
+        if tokio::time::timeout(grace, connection).await.is_err() {
             tracing::debug!(%peer, "connection cut after the grace period");
         }
     }

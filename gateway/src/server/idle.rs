@@ -15,7 +15,7 @@ use std::{
     pin::Pin,
     sync::{
         Arc, Mutex, Weak,
-        atomic::{AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     task::{Context, Poll, ready},
     time::{Duration, Instant},
@@ -34,6 +34,8 @@ const NOT_BLOCKED: u64 = u64::MAX;
 pub struct Activity {
     opened: Instant,
     in_progress: AtomicU32,
+    /// A request has started on the connection.
+    any_request: AtomicBool,
     /// When the last request ended (or the connection opened), in milliseconds since `opened`.
     idle_since_ms: AtomicU64,
     /// When a write to the client first found its socket full, in milliseconds since `opened`;
@@ -59,6 +61,7 @@ impl Activity {
         Arc::new(Self {
             opened: Instant::now(),
             in_progress: AtomicU32::new(0),
+            any_request: AtomicBool::new(false),
             idle_since_ms: AtomicU64::new(0),
             writes_blocked_since_ms: AtomicU64::new(NOT_BLOCKED),
             streams: Mutex::default(),
@@ -67,8 +70,14 @@ impl Activity {
 
     /// Counts a request in: it is in progress until the returned guard is dropped.
     pub fn start(self: &Arc<Self>) -> InProgress {
+        self.any_request.store(true, Relaxed);
         self.in_progress.fetch_add(1, Relaxed);
         InProgress(Arc::clone(self))
+    }
+
+    /// Whether a request has started on the connection.
+    pub fn had_request(&self) -> bool {
+        self.any_request.load(Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
