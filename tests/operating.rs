@@ -402,6 +402,7 @@ async fn a_reload_swaps_keys_while_a_stream_stays_open_and_keeps_limiter_windows
     const NEW_KEY: &str = "alice-new-key-0123456789abcdef";
     let config = std::fs::read_to_string(gateway.config_path()).unwrap();
     let config = config
+        .replace("[upstream]", "max_body_bytes = 100000\n[upstream]")
         .replace(&sha256_hex(ALICE_KEY), &sha256_hex(NEW_KEY))
         .replace(
             &format!(
@@ -413,6 +414,10 @@ async fn a_reload_swaps_keys_while_a_stream_stays_open_and_keeps_limiter_windows
     std::fs::write(gateway.config_path(), &config).unwrap();
     let text = stdout(&cli(admin, &["reload"]));
     assert!(text.contains("reloaded: 1 users"), "{text}");
+    assert!(
+        text.contains("changed but needs a restart: max_body_bytes"),
+        "{text}"
+    );
 
     assert_eq!(
         call(&gateway, ALICE_KEY).await,

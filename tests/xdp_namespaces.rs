@@ -595,3 +595,172 @@ fn an_operator_block_through_the_cli_drops_the_source_in_xdp_and_its_removal_let
     assert_eq!(net.call(GOOD_CLIENT, ALICE_KEY), Some(200), "served again");
     assert!(!net.status().contains(GOOD_CLIENT), "{}", net.status());
 }
+
+/// The capabilities the packaged systemd unit gives the gateway, in setpriv's spelling
+/// (`-all,+bpf,+net_admin,...`).
+fn unit_capabilities() -> String {
+    let unit =
+        std::fs::read_to_string(e2e_tests::workspace_root().join("packaging/mcp-gateway.service"))
+            .expect("packaging/mcp-gateway.service");
+    let caps = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("AmbientCapabilities="))
+        .expect("AmbientCapabilities in the unit");
+    std::iter::once("-all".to_owned())
+        .chain(
+            caps.split_whitespace()
+                .map(|cap| format!("+{}", cap.trim_start_matches("CAP_").to_lowercase())),
+        )
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and XDP"]
+fn as_a_user_with_only_the_units_capabilities_the_gateway_attaches_xdp_and_serves() {
+    use std::os::unix::fs::PermissionsExt;
+    const NOBODY: u32 = 65534;
+    let net = TestNet::new("p");
+    let dir = net.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // What the service user owns: its log directory and its pin directory (the unit makes both).
+    let logs = dir.join("logs");
+    std::fs::create_dir(&logs).unwrap();
+    std::os::unix::fs::chown(&logs, Some(NOBODY), Some(NOBODY)).unwrap();
+    std::fs::create_dir_all(net.pin_dir()).unwrap();
+    std::os::unix::fs::chown(net.pin_dir(), Some(NOBODY), Some(NOBODY)).unwrap();
+    let binary = dir.join("mcp-gateway");
+    std::fs::copy(gateway_bin(), &binary).unwrap();
+    let (config, _audit, _upstream) = prepare(&net, "driver", "");
+    let config_text = std::fs::read_to_string(&config).unwrap().replace(
+        &dir.join("audit.jsonl").display().to_string(),
+        &logs.join("audit.jsonl").display().to_string(),
+    );
+    std::fs::write(&config, config_text).unwrap();
+
+    let caps = unit_capabilities();
+    assert_eq!(caps, "-all,+bpf,+net_admin,+perfmon,+net_bind_service");
+    let log = dir.join("gateway.log");
+    let log_file = std::fs::File::create(&log).unwrap();
+    let gateway = KillOnDrop(
+        Command::new("ip")
+            .args(["netns", "exec", &net.server, "setpriv"])
+            .args([
+                &format!("--reuid={NOBODY}"),
+                &format!("--regid={NOBODY}"),
+                "--clear-groups",
+            ])
+            .args([
+                &format!("--inh-caps={caps}"),
+                &format!("--ambient-caps={caps}"),
+                &format!("--bounding-set={caps}"),
+                "--no-new-privs",
+            ])
+            .arg(&binary)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .expect("setpriv (util-linux)"),
+    );
+    let logs_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the gateway starts", Duration::from_secs(20), || {
+        logs_text().contains("mcp gateway started")
+    });
+    assert!(
+        logs_text().contains("XDP program attached"),
+        "{}",
+        logs_text()
+    );
+    assert!(!logs_text().contains("XDP NOT ATTACHED"), "{}", logs_text());
+    wait_until("the client is served", Duration::from_secs(10), || {
+        net.call(GOOD_CLIENT, ALICE_KEY) == Some(200)
+    });
+    // The process really runs as nobody, with no capability beyond the unit's.
+    let pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == binary))
+        .expect("the gateway's process");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains(&format!("Uid:\t{NOBODY}\t{NOBODY}")),
+        "{status}"
+    );
+    assert!(status.contains("CapEff:\t000000c000001400"), "{status}");
+    // Offenders are still dropped in the kernel by the unprivileged gateway.
+    for _ in 0..10 {
+        net.call(OFFENDER, "wrong-key-0123456789");
+    }
+    wait_until("the offender is dropped", Duration::from_secs(5), || {
+        net.blocked(OFFENDER)
+    });
+    drop(gateway);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and XDP"]
+fn an_upgrade_hands_over_the_pinned_blocks_and_the_new_process_attaches_xdp() {
+    let net = TestNet::new("u");
+    let dir = net.dir.path();
+    let (config, _audit, _upstream) = prepare(
+        &net,
+        "driver",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:9090\"\nkey_sha256 = \"{}\"",
+            sha256_hex(ADMIN_TOKEN)
+        ),
+    );
+    let log = dir.join("gateway.log");
+    let old = start_gateway(&net, &config, &log);
+    wait_until("the client is served", Duration::from_secs(10), || {
+        net.call(GOOD_CLIENT, ALICE_KEY) == Some(200)
+    });
+    admin_cli(&net, &["block", "add", OFFENDER]);
+    assert!(net.blocked(OFFENDER));
+
+    let answer: serde_json::Value =
+        serde_json::from_str(&admin_cli(&net, &["upgrade", "--json"])).expect("JSON");
+    let new_pid = answer["new_pid"].as_i64().expect("new pid") as i32;
+    struct KillPid(i32);
+    impl Drop for KillPid {
+        fn drop(&mut self) {
+            // SAFETY: plain kill(2) of the gateway this test's gateway started.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let _new = KillPid(new_pid);
+    wait_until(
+        "the new process attached XDP",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .matches("XDP program attached")
+                .count()
+                == 2
+        },
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_cli(&net, &["status", "--json"])).expect("JSON");
+    assert_eq!(status["status"]["pid"].as_i64(), Some(i64::from(new_pid)));
+    assert_eq!(status["status"]["xdp"], "driver");
+    let dropped_before = net.counter("drop_blocked");
+    assert!(
+        net.blocked(OFFENDER),
+        "the block carried over into the new process's program"
+    );
+    assert!(net.counter("drop_blocked") > dropped_before);
+    assert_eq!(net.call(GOOD_CLIENT, ALICE_KEY), Some(200));
+    let list = admin_cli(&net, &["block", "list"]);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with(OFFENDER) && l.contains("previous_run")),
+        "{list}"
+    );
+    drop(old);
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: the single entry point to set up, build, run and test the gateway.
 
 mod bench;
+mod dist;
 mod fuzz;
 mod pgo;
 mod setup;
@@ -28,6 +29,9 @@ enum Command {
     /// Build the eBPF object and the gateway binary that embeds it (dist profile: release + LTO,
     /// optimized with a profile recorded under load).
     Build,
+    /// Build the Debian package (binary, systemd unit, default config, logrotate, Grafana
+    /// dashboard) into target/dist/.
+    Dist,
     /// Build, then run the gateway. Without `--config`, runs a demo in front of a built-in MCP server.
     Run {
         /// Arguments passed to the gateway.
@@ -116,6 +120,12 @@ fn run(command: Command) -> Result<()> {
                 .status()?;
             std::process::exit(status.code().unwrap_or(1));
         }
+        Command::Dist => {
+            setup::toolchain(&root)?;
+            let binary = pgo::build(&root)?;
+            println!("package: {}", dist::build(&root, &binary)?.display());
+            Ok(())
+        }
         Command::Test { filter } => test(&root, filter.as_deref()),
         Command::Lint => lint(&root),
         Command::Fuzz { target, secs } => {
@@ -182,6 +192,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     setup::all(root)?;
     lint(root)?;
     let gateway = pgo::build(root)?;
+    let package = dist::build(root, &gateway)?;
 
     // Every test binary runs even after a failure, so one run reports every failing test.
     let mut args = vec!["test", "--workspace", "--release", "--no-fail-fast", "--"];
@@ -199,6 +210,7 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     }
     let output = Cmd::cargo(root, &args)
         .env("GATEWAY_BIN", &gateway)
+        .env("GATEWAY_DEB", &package)
         .env("RUST_BACKTRACE", "1")
         .run_echoing_stdout();
     let mut totals = TestTotals::from_output(&output.stdout);

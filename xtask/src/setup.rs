@@ -17,14 +17,18 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
 /// Debian packages the tests use: `ip` for network namespaces, `curl` as the client inside
 /// them (and over TLS), `openssl s_client` for TLS versions, ALPN and SNI, Node.js for the MCP SDK
-/// peers, `tmux` to read `gateway top`'s screen.
-const DEBIAN_PACKAGES: [(&str, &str); 6] = [
+/// peers, `tmux` to read `gateway top`'s screen; `dpkg-deb` packs the package, `systemd-analyze`
+/// checks its unit and `setpriv` runs the gateway with only the unit's capabilities.
+const DEBIAN_PACKAGES: [(&str, &str); 9] = [
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("openssl", "openssl"),
     ("node", "nodejs"),
     ("npm", "npm"),
     ("tmux", "tmux"),
+    ("dpkg-deb", "dpkg"),
+    ("systemd-analyze", "systemd"),
+    ("setpriv", "util-linux"),
 ];
 
 pub fn all(root: &Path) -> Result<()> {

@@ -16,7 +16,7 @@ pub use kernel::KernelCollector;
 
 use std::{
     collections::HashSet,
-    sync::{Arc, Mutex, atomic::AtomicBool},
+    sync::{Arc, RwLock, atomic::AtomicBool},
     time::Duration,
 };
 
@@ -47,7 +47,7 @@ pub struct Metrics {
     caller_labels: bool,
     requests: Family<RequestLabels, Counter>,
     tool_calls: Family<[(&'static str, Arc<str>); 1], Counter>,
-    tool_names: Mutex<HashSet<Arc<str>>>,
+    tool_names: RwLock<HashSet<Arc<str>>>,
     added: Histogram,
     upstream_headers: Histogram,
     rate_limited: Family<[(&'static str, &'static str); 1], Counter>,
@@ -135,7 +135,7 @@ impl Metrics {
             caller_labels,
             requests: Family::default(),
             tool_calls: Family::default(),
-            tool_names: Mutex::default(),
+            tool_names: RwLock::default(),
             added: latency_histogram(),
             upstream_headers: latency_histogram(),
             rate_limited: Family::default(),
@@ -259,10 +259,19 @@ impl Metrics {
 
     /// The tool's own name while fewer than [`MAX_TOOL_LABELS`] are in use, else `_other`.
     fn tool_label(&self, tool: &str) -> Arc<str> {
-        let mut names = crate::lock(&self.tool_names);
-        if let Some(name) = names.get(tool) {
-            return Arc::clone(name);
+        let known = self
+            .tool_names
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(tool)
+            .cloned();
+        if let Some(name) = known {
+            return name;
         }
+        let mut names = self
+            .tool_names
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if names.len() >= MAX_TOOL_LABELS {
             return Arc::from("_other");
         }
@@ -329,5 +338,22 @@ impl GaugeGuard {
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_labels_stop_growing_at_the_cap_and_known_tools_keep_theirs() {
+        let metrics = Metrics::new(true, &AuditStats::default(), &OffenseCounts::default());
+        assert_eq!(&*metrics.tool_label("echo"), "echo");
+        for n in 1..MAX_TOOL_LABELS {
+            metrics.tool_label(&format!("tool-{n}"));
+        }
+        assert_eq!(&*metrics.tool_label("one-too-many"), "_other");
+        assert_eq!(&*metrics.tool_label("echo"), "echo");
+        assert_eq!(metrics.tool_names.read().unwrap().len(), MAX_TOOL_LABELS);
     }
 }
