@@ -255,7 +255,7 @@ async fn a_reload_changes_grants_for_the_next_request_and_a_bad_one_changes_noth
     std::fs::write(gateway.config_path(), &granting).unwrap();
     gateway.signal(libc::SIGHUP);
     eventually("the reload to grant tickets_search", || {
-        gateway.logs().contains("policy reloaded")
+        gateway.logs().contains("configuration reloaded")
     });
     assert_eq!(
         status(post(&gateway, &[("authorization", ALICE)], &search).await),

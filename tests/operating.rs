@@ -85,6 +85,15 @@ fn sample(metrics: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
 }
 
+/// The first audit line of `event` (`reload`, `block`, ...).
+fn first_line(gateway: &Gateway, event: &str) -> Value {
+    gateway
+        .audit_lines()
+        .into_iter()
+        .find(|line| line["event"] == event)
+        .unwrap_or_else(|| panic!("no {event} line in the audit log"))
+}
+
 async fn call(gateway: &Gateway, key: &str) -> StatusCode {
     post(
         gateway,
@@ -445,11 +454,7 @@ async fn a_reload_swaps_keys_while_a_stream_stays_open_and_keeps_limiter_windows
             .unwrap_or_default()
             .contains("two")
     });
-    let reload = gateway
-        .audit_lines()
-        .into_iter()
-        .find(|line| line["event"] == "reload")
-        .expect("a reload line");
+    let reload = first_line(&gateway, "reload");
     assert_eq!(reload["outcome"], "applied");
     assert_eq!(reload["by"], "admin 127.0.0.1");
     assert_eq!(reload["policy_sha256"], sha256_hex(&config));
@@ -474,11 +479,7 @@ async fn an_invalid_reload_is_refused_naming_the_field_and_the_old_policy_stays(
         StatusCode::OK,
         "old policy in force"
     );
-    let line = gateway
-        .audit_lines()
-        .into_iter()
-        .find(|line| line["event"] == "reload")
-        .expect("a reload line");
+    let line = first_line(&gateway, "reload");
     assert_eq!(line["outcome"], "rejected");
     assert!(
         line["detail"]
@@ -556,11 +557,7 @@ async fn an_expired_or_disabled_user_is_refused_and_a_reload_revokes_at_once() {
             .unwrap()
             .contains("disabled")
     );
-    let line = gateway
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["event"] == "reload")
-        .unwrap();
+    let line = first_line(&gateway, "reload");
     assert_eq!(line["by"], "signal");
 }
 
@@ -648,11 +645,7 @@ async fn blocks_and_the_allowlist_through_the_cli_take_effect_at_accept() {
             r#""allow.rm" "127.0.0.4" "applied""#,
         ]
     );
-    let block = gateway
-        .audit_lines()
-        .into_iter()
-        .find(|l| l["event"] == "block")
-        .unwrap();
+    let block = first_line(&gateway, "block");
     assert_eq!(block["origin"], "operator");
 }
 
@@ -738,16 +731,6 @@ async fn gateway_top_in_a_terminal_shows_the_traffic_that_was_sent() {
     });
 }
 
-/// Kills a process that is not our child (a gateway started by another gateway) when dropped.
-struct KillPid(i32);
-
-impl Drop for KillPid {
-    fn drop(&mut self) {
-        // SAFETY: plain kill(2) of a pid this test started (indirectly).
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
-    }
-}
-
 fn is_running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         stat.split_whitespace()
@@ -817,7 +800,7 @@ async fn the_binary_is_replaced_under_load_without_a_refused_connection_or_a_fai
         .unwrap();
     let answer: Value = serde_json::from_str(&stdout(&upgrade)).unwrap();
     let new_pid = answer["new_pid"].as_i64().unwrap() as i32;
-    let _new = KillPid(new_pid);
+    let _new = e2e_tests::KillPid(new_pid);
     assert_eq!(answer["old_pid"].as_i64().unwrap() as i32, old_pid);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

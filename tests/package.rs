@@ -8,7 +8,9 @@ use std::{
     process::Command,
 };
 
-use e2e_tests::{ALICE_KEY, Gateway, RecordingUpstream, free_port, ok_upstream, post, sha256_hex};
+use e2e_tests::{
+    ALICE_KEY, Gateway, RecordingUpstream, free_port, ok_upstream, post, run_ok as run, sha256_hex,
+};
 
 /// The package under test, unpacked into a temporary directory.
 struct Unpacked {
@@ -54,20 +56,6 @@ fn package() -> PathBuf {
         deb.display()
     );
     deb
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("{program}: {err}"));
-    assert!(
-        output.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[test]

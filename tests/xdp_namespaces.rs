@@ -31,19 +31,6 @@ const V6_OTHER_SITE: &str = "fd00:8::2";
 const PORT: u16 = 8080;
 const CALL: &str = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"}}}"#;
 
-fn run(program: &str, args: &[&str]) {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|err| panic!("{program}: {err}"));
-    assert!(
-        output.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// The test's hosts: a veth pair between two namespaces, and a temporary directory.
 struct TestNet {
     veth: VethPair,
@@ -371,7 +358,7 @@ fn packet_floods_are_rate_dropped_and_escalate_to_a_block() {
         "the flooding source is blocked",
         Duration::from_secs(20),
         || {
-            run("ip", &["netns", "exec", &net.client, "sh", "-c", &flood]);
+            e2e_tests::run_ok("ip", &["netns", "exec", &net.client, "sh", "-c", &flood]);
             block_line(&audit).is_some()
         },
     );
@@ -726,14 +713,7 @@ fn an_upgrade_hands_over_the_pinned_blocks_and_the_new_process_attaches_xdp() {
     let answer: serde_json::Value =
         serde_json::from_str(&admin_cli(&net, &["upgrade", "--json"])).expect("JSON");
     let new_pid = answer["new_pid"].as_i64().expect("new pid") as i32;
-    struct KillPid(i32);
-    impl Drop for KillPid {
-        fn drop(&mut self) {
-            // SAFETY: plain kill(2) of the gateway this test's gateway started.
-            unsafe { libc::kill(self.0, libc::SIGKILL) };
-        }
-    }
-    let _new = KillPid(new_pid);
+    let _new = e2e_tests::KillPid(new_pid);
     wait_until(
         "the new process attached XDP",
         Duration::from_secs(10),

@@ -103,6 +103,9 @@ enum Command {
         /// the audit log.
         #[arg(long)]
         tls: bool,
+        /// Also serve the admin listener (health, metrics, `gateway top --admin ADDR`) here.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
     },
 }
 
@@ -229,7 +232,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             audit_path,
             no_xdp,
             tls,
-        }) => runtime()?.block_on(demo(listen, audit_path, !no_xdp, tls)),
+            admin,
+        }) => runtime()?.block_on(demo(listen, audit_path, !no_xdp, tls, admin)),
         Some(Command::Xdp {
             command: XdpCommand::Status,
             pin_path,
@@ -331,7 +335,13 @@ fn validate(mut config: Config, args: &RunArgs) -> anyhow::Result<Settings> {
     Ok(config.validate(api_key.as_deref(), user_keys.as_deref())?)
 }
 
-async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool, tls: bool) -> anyhow::Result<()> {
+async fn demo(
+    listen: SocketAddr,
+    audit_path: PathBuf,
+    xdp: bool,
+    tls: bool,
+    admin: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let upstream = demo_upstream::spawn(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     let key = keys::generate()?;
     // As root, the demo shows the kernel half too: generic XDP on loopback, limited to the
@@ -359,8 +369,9 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool, tls: bool) -> 
     } else {
         (String::new(), format!("http://{listen}/mcp"), String::new())
     };
+    let admin_listen = admin.map_or_else(String::new, |addr| addr.to_string());
     let toml = format!(
-        "listen = \"{listen}\"\naudit.path = {}\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[[users]]\nname = \"demo\"\nkey_sha256 = \"{}\"\n{xdp_section}{tls_section}",
+        "listen = \"{listen}\"\naudit.path = {}\n[upstream]\nurl = \"http://{upstream}/mcp\"\n[[users]]\nname = \"demo\"\nkey_sha256 = \"{}\"\n[admin]\nlisten = \"{admin_listen}\"\n{xdp_section}{tls_section}",
         toml_string(&audit_path.to_string_lossy()),
         keys::hash(&key)?
     );
@@ -374,8 +385,11 @@ async fn demo(listen: SocketAddr, audit_path: PathBuf, xdp: bool, tls: bool) -> 
          curl -s{cacert} {url} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
          -H 'Accept: application/json, text/event-stream' \
          -d '{{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{{\"name\":\"echo\",\"arguments\":{{\"message\":\"hello\"}}}}}}'\n\
-         Audit log: {}   (Ctrl-C to stop)\n",
-        audit_path.display()
+         Audit log: {}   (Ctrl-C to stop)\n{}",
+        audit_path.display(),
+        admin.map_or_else(String::new, |addr| format!(
+            "Metrics: http://{addr}/metrics   Live view: gateway top --admin {addr}\n"
+        ))
     );
     // One write, so a reader sees the whole banner at once. A reader that has gone (`| head -2`)
     // must not take the gateway down with it, as `println!` would on a broken pipe.

@@ -664,3 +664,48 @@ fn blocks_and_allowlists_in_pinned_maps_are_counted_into_the_next_programs_slots
     );
     assert_eq!(program.run(&v4_tcp(BLOCKED_V4, PORT)), XDP_PASS);
 }
+
+#[test]
+#[ignore = "needs root: BPF_PROG_TEST_RUN"]
+fn a_new_allowlist_replaces_the_old_one_in_the_kernel() {
+    let mut program = Program::new();
+    let kept: IpNet = "2001:db8::/64".parse().expect("prefix");
+    let dropped: IpNet = "198.51.100.0/28".parse().expect("prefix");
+    program.kernel.allow(dropped).expect("allow");
+    program.kernel.allow(kept).expect("allow");
+    program
+        .kernel
+        .block_prefix(
+            "198.51.100.0/24".parse().expect("prefix"),
+            0,
+            BlockReason::Manual,
+        )
+        .expect("block prefix");
+    assert_eq!(
+        program.run(&v4_tcp(BLOCKED_V4, PORT)),
+        XDP_PASS,
+        "allowlisted"
+    );
+
+    // A reload (or a start on pinned maps) whose allowlist no longer has the /28.
+    let added: IpNet = "203.0.113.0/24".parse().expect("prefix");
+    program
+        .kernel
+        .set_allowlist(&[kept, added])
+        .expect("set allowlist");
+    let mut allowed = program.kernel.allowed().expect("allowed");
+    allowed.sort();
+    let mut expected = vec![kept, added];
+    expected.sort();
+    assert_eq!(allowed, expected);
+    assert_eq!(
+        program.run(&v4_tcp(BLOCKED_V4, PORT)),
+        XDP_DROP,
+        "no longer allowlisted: the prefix block applies"
+    );
+    assert!(program.kernel.disallow(added).expect("disallow"));
+    assert!(
+        !program.kernel.disallow(added).expect("disallow"),
+        "already gone"
+    );
+}

@@ -142,6 +142,32 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Kills a process that is not our child (a gateway started by another gateway, in an upgrade)
+/// when dropped.
+pub struct KillPid(pub i32);
+
+impl Drop for KillPid {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) of a pid the test started (indirectly).
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// Runs `program` to completion; panics with its stderr if it fails. Returns its stdout.
+pub fn run_ok(program: &str, args: &[&str]) -> String {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|err| panic!("{program}: {err}"));
+    assert!(
+        output.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Extra configuration for a test gateway, as TOML lines.
 #[derive(Default)]
 pub struct Options<'a> {
@@ -199,6 +225,12 @@ impl Gateway {
             sha256_hex(ALICE_KEY),
             sha256_hex(BOB_KEY),
         );
+        // Tests run side by side: no admin listener on the default port unless asked for.
+        let config = if sections.contains("[admin]") {
+            config
+        } else {
+            format!("{config}[admin]\nlisten = \"\"\n")
+        };
         let config_path = dir.path().join("gateway.toml");
         std::fs::write(&config_path, config).expect("write config");
         let mut command = Command::new(gateway_bin());

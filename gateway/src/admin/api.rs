@@ -116,11 +116,10 @@ pub async fn handle(
     match (&method, segments.as_slice()) {
         (&Method::GET, ["status"]) => status(admin).await,
         (&Method::GET, ["blocks"]) => with_snapshot(admin, |snapshot| blocks_json(&snapshot)).await,
-        (&Method::POST, ["blocks"]) => match read_change(request).await {
-            Ok(change) => block(admin, &by, change).await,
-            Err(refused) => refused.into_response(),
-        },
-        (&Method::DELETE, ["blocks", target]) => unblock(admin, &by, target).await,
+        (&Method::POST, ["blocks"]) => {
+            answer(async { block(admin, &by, read_change(request).await?).await }).await
+        }
+        (&Method::DELETE, ["blocks", target]) => answer(unblock(admin, &by, target)).await,
         (&Method::GET, ["allow"]) => {
             with_snapshot(admin, |snapshot| {
                 json!(
@@ -133,11 +132,10 @@ pub async fn handle(
             })
             .await
         }
-        (&Method::POST, ["allow"]) => match read_change(request).await {
-            Ok(change) => allow(admin, &by, change).await,
-            Err(refused) => refused.into_response(),
-        },
-        (&Method::DELETE, ["allow", target]) => disallow(admin, &by, target).await,
+        (&Method::POST, ["allow"]) => {
+            answer(async { allow(admin, &by, read_change(request).await?).await }).await
+        }
+        (&Method::DELETE, ["allow", target]) => answer(disallow(admin, &by, target)).await,
         (&Method::GET, ["users"]) => {
             let policy = admin.gateway.policy();
             let users: Vec<Value> = policy.callers().map(|caller| caller.view()).collect();
@@ -177,6 +175,10 @@ pub async fn handle(
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
+}
+
+async fn answer(handler: impl Future<Output = Answer>) -> Response<Full<Bytes>> {
+    handler.await.unwrap_or_else(ApiError::into_response)
 }
 
 async fn with_snapshot(
@@ -279,155 +281,139 @@ fn overlaps(allow: &[IpNet], target: IpNet) -> bool {
         .any(|allowed| allowed.contains(&target) || target.contains(allowed))
 }
 
-async fn block(admin: &Admin, by: &str, change: Change) -> Response<Full<Bytes>> {
-    let target = match target_of(&change.target) {
-        Ok(target) => target,
-        Err(refused) => return refused.into_response(),
-    };
-    let protection = admin.gateway.protection();
-    let allow = protection
+type Answer = Result<Response<Full<Bytes>>, ApiError>;
+
+async fn snapshot(admin: &Admin) -> Result<Snapshot, ApiError> {
+    admin
+        .gateway
+        .protection()
         .snapshot()
         .await
-        .map(|s| s.allow)
-        .unwrap_or_default();
-    if overlaps(&allow, target) {
+        .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err))
+}
+
+/// Audits an operator's change, then hands it to the enforcer: an action that cannot be
+/// audited is not carried out.
+async fn carry_out(
+    admin: &Admin,
+    action: &str,
+    by: &str,
+    target: IpNet,
+    detail: Option<String>,
+    command: Command,
+) -> Result<(), ApiError> {
+    audit_action(admin, action, by, "applied", &target, detail).await?;
+    admin
+        .gateway
+        .protection()
+        .command(command)
+        .await
+        .map_err(|err| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, err))
+}
+
+async fn block(admin: &Admin, by: &str, change: Change) -> Answer {
+    let target = target_of(&change.target)?;
+    if overlaps(&snapshot(admin).await?.allow, target) {
         let message = format!("{target} overlaps the allowlist: take it off the allowlist first");
-        let _ = audit_action(
-            admin,
-            "block.add",
-            by,
-            "rejected",
-            &target,
-            Some(message.clone()),
-        )
-        .await;
-        return error(StatusCode::CONFLICT, message);
+        let detail = Some(message.clone());
+        let _ = audit_action(admin, "block.add", by, "rejected", &target, detail).await;
+        return Err(ApiError::new(StatusCode::CONFLICT, message));
     }
-    let duration = change.ttl_secs.map(Duration::from_secs);
     let block = Block {
         target,
-        duration,
+        duration: change.ttl_secs.map(Duration::from_secs),
         reason: BlockReason::Manual,
         origin: Origin::Operator,
     };
-    if let Err(refused) = audit_action(
+    let detail = reason(change.reason);
+    carry_out(
         admin,
         "block.add",
         by,
-        "applied",
-        &target,
-        reason(change.reason),
+        target,
+        detail,
+        Command::Block(block),
     )
-    .await
-    {
-        return refused.into_response();
-    }
-    if let Err(err) = protection.command(Command::Block(block)).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, err);
-    }
-    json(
+    .await?;
+    Ok(json(
         StatusCode::CREATED,
         &json!({"blocked": BlockTarget::from(target).to_string(), "ttl_secs": change.ttl_secs}),
-    )
+    ))
 }
 
-async fn unblock(admin: &Admin, by: &str, text: &str) -> Response<Full<Bytes>> {
-    let target = match target_of(text) {
-        Ok(target) => target,
-        Err(refused) => return refused.into_response(),
-    };
-    let protection = admin.gateway.protection();
-    let listed = protection
-        .snapshot()
-        .await
-        .is_ok_and(|snapshot| snapshot.blocks.iter().any(|block| block.target == target));
-    if !listed {
-        return error(StatusCode::NOT_FOUND, format!("{target} is not blocked"));
-    }
-    if let Err(refused) = audit_action(admin, "block.rm", by, "applied", &target, None).await {
-        return refused.into_response();
-    }
-    if let Err(err) = protection
-        .command(Command::Unblock {
-            target,
-            origin: Origin::Operator,
-        })
-        .await
+async fn unblock(admin: &Admin, by: &str, text: &str) -> Answer {
+    let target = target_of(text)?;
+    if !snapshot(admin)
+        .await?
+        .blocks
+        .iter()
+        .any(|block| block.target == target)
     {
-        return error(StatusCode::SERVICE_UNAVAILABLE, err);
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("{target} is not blocked"),
+        ));
     }
-    json(
+    let origin = Origin::Operator;
+    carry_out(
+        admin,
+        "block.rm",
+        by,
+        target,
+        None,
+        Command::Unblock { target, origin },
+    )
+    .await?;
+    Ok(json(
         StatusCode::OK,
         &json!({"unblocked": BlockTarget::from(target).to_string()}),
-    )
+    ))
 }
 
-async fn allow(admin: &Admin, by: &str, change: Change) -> Response<Full<Bytes>> {
-    let target = match target_of(&change.target) {
-        Ok(target) => target,
-        Err(refused) => return refused.into_response(),
-    };
+async fn allow(admin: &Admin, by: &str, change: Change) -> Answer {
+    let target = target_of(&change.target)?;
     if change.ttl_secs.is_some() {
-        return error(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "ttl_secs: allowlist entries last until removed or the next reload",
-        );
+        ));
     }
-    if let Err(refused) = audit_action(
+    let (detail, origin) = (reason(change.reason), Origin::Operator);
+    carry_out(
         admin,
         "allow.add",
         by,
-        "applied",
-        &target,
-        reason(change.reason),
+        target,
+        detail,
+        Command::Allow { target, origin },
     )
-    .await
-    {
-        return refused.into_response();
-    }
-    if let Err(err) = admin
-        .gateway
-        .protection()
-        .command(Command::Allow {
-            target,
-            origin: Origin::Operator,
-        })
-        .await
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, err);
-    }
-    json(StatusCode::CREATED, &json!({"allowed": target.to_string()}))
+    .await?;
+    Ok(json(
+        StatusCode::CREATED,
+        &json!({"allowed": target.to_string()}),
+    ))
 }
 
-async fn disallow(admin: &Admin, by: &str, text: &str) -> Response<Full<Bytes>> {
-    let target = match target_of(text) {
-        Ok(target) => target,
-        Err(refused) => return refused.into_response(),
-    };
-    let protection = admin.gateway.protection();
-    let listed = protection
-        .snapshot()
-        .await
-        .is_ok_and(|snapshot| snapshot.allow.contains(&target));
-    if !listed {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("{target} is not on the allowlist"),
-        );
+async fn disallow(admin: &Admin, by: &str, text: &str) -> Answer {
+    let target = target_of(text)?;
+    if !snapshot(admin).await?.allow.contains(&target) {
+        let message = format!("{target} is not on the allowlist");
+        return Err(ApiError::new(StatusCode::NOT_FOUND, message));
     }
-    if let Err(refused) = audit_action(admin, "allow.rm", by, "applied", &target, None).await {
-        return refused.into_response();
-    }
-    if let Err(err) = protection
-        .command(Command::Disallow {
-            target,
-            origin: Origin::Operator,
-        })
-        .await
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, err);
-    }
-    json(StatusCode::OK, &json!({"disallowed": target.to_string()}))
+    let origin = Origin::Operator;
+    carry_out(
+        admin,
+        "allow.rm",
+        by,
+        target,
+        None,
+        Command::Disallow { target, origin },
+    )
+    .await?;
+    Ok(json(
+        StatusCode::OK,
+        &json!({"disallowed": target.to_string()}),
+    ))
 }
 
 async fn upgrade(admin: &Admin, by: &str) -> Response<Full<Bytes>> {

@@ -368,6 +368,10 @@ pub fn gateway_config(
          {extra}\n",
         audit.display()
     );
+    if !extra.contains("[admin]") {
+        // Gateways run side by side (the noise control): none on the default admin port.
+        config.push_str("[admin]\nlisten = \"\"\n");
+    }
     for (i, key) in keys.iter().enumerate() {
         let digest = hex::encode(sha2::Sha256::digest(key.as_bytes()));
         config.push_str(&format!(
