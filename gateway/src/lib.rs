@@ -11,6 +11,7 @@ pub mod admin;
 pub mod app;
 pub mod audit;
 pub mod authz;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod demo_upstream;

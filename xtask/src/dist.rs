@@ -1,4 +1,4 @@
-//! `cargo xtask dist`: the Debian package, `target/dist/mcp-gateway_VERSION_ARCH.deb`.
+//! `cargo xtask dist`: the Debian package, `target/package/mcp-gateway_VERSION_ARCH.deb`.
 //!
 //! Laid out by hand and packed with `dpkg-deb` (Debian's own tool, present wherever dpkg is):
 //! the package is a handful of files from `packaging/`, and cargo-deb would add a tool to build
@@ -25,7 +25,7 @@ use crate::shell::Cmd;
 
 /// Where `dist` writes the package: the tests look for it here.
 pub fn package_path(root: &Path) -> PathBuf {
-    root.join("target/dist").join(format!(
+    root.join("target/package").join(format!(
         "mcp-gateway_{}_{}.deb",
         env!("CARGO_PKG_VERSION"),
         debian_arch()
@@ -43,7 +43,7 @@ fn debian_arch() -> &'static str {
 /// Builds the package around `binary`; returns its path.
 pub fn build(root: &Path, binary: &Path) -> Result<PathBuf> {
     let packaging = root.join("packaging");
-    let stage = root.join("target/dist/stage");
+    let stage = root.join("target/package/stage");
     if stage.exists() {
         fs::remove_dir_all(&stage).with_context(|| format!("cannot clear {}", stage.display()))?;
     }

@@ -30,7 +30,7 @@ enum Command {
     /// optimized with a profile recorded under load).
     Build,
     /// Build the Debian package (binary, systemd unit, default config, logrotate, Grafana
-    /// dashboard) into target/dist/.
+    /// dashboard) into target/package/.
     Dist,
     /// Build, then run the gateway. Without `--config`, runs a demo in front of a built-in MCP server.
     Run {
