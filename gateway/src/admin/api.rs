@@ -185,10 +185,7 @@ async fn with_snapshot(
     admin: &Admin,
     render: impl FnOnce(Snapshot) -> Value,
 ) -> Response<Full<Bytes>> {
-    match admin.gateway.protection().snapshot().await {
-        Ok(snapshot) => json(StatusCode::OK, &render(snapshot)),
-        Err(err) => error(StatusCode::SERVICE_UNAVAILABLE, err),
-    }
+    answer(async { Ok(json(StatusCode::OK, &render(snapshot(admin).await?))) }).await
 }
 
 fn blocks_json(snapshot: &Snapshot) -> Value {

@@ -48,26 +48,17 @@ pub async fn ready(admin: &Admin) -> Response<Full<Bytes>> {
 }
 
 async fn upstream_reachable(settings: &crate::config::NodeSettings) -> Result<(), String> {
-    let url = &settings.upstream.url;
-    let port = url
-        .port_u16()
-        .unwrap_or(if settings.upstream.tls.is_some() {
-            443
-        } else {
-            80
-        });
-    let host = url.host().unwrap_or("localhost");
-    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let address = settings.upstream.address();
     match tokio::time::timeout(
         UPSTREAM_CHECK_TIMEOUT,
-        tokio::net::TcpStream::connect((host, port)),
+        tokio::net::TcpStream::connect(&address),
     )
     .await
     {
         Ok(Ok(_)) => Ok(()),
-        Ok(Err(err)) => Err(format!("cannot connect to {host}:{port}: {err}")),
+        Ok(Err(err)) => Err(format!("cannot connect to {address}: {err}")),
         Err(_) => Err(format!(
-            "no connection to {host}:{port} within {UPSTREAM_CHECK_TIMEOUT:?}"
+            "no connection to {address} within {UPSTREAM_CHECK_TIMEOUT:?}"
         )),
     }
 }

@@ -107,6 +107,19 @@ pub struct UpstreamSettings {
     pub legacy_sse_path: Option<Arc<str>>,
 }
 
+impl UpstreamSettings {
+    /// `host:port` of the upstream, with the scheme's port when the URL has none (the
+    /// configuration accepts only http:// and https:// URLs with a host).
+    pub fn address(&self) -> String {
+        let default_port = if self.tls.is_some() { 443 } else { 80 };
+        format!(
+            "{}:{}",
+            self.url.host().unwrap_or("localhost"),
+            self.url.port_u16().unwrap_or(default_port)
+        )
+    }
+}
+
 /// Validated `[audit]` settings.
 #[derive(Debug, Clone)]
 pub struct AuditSettings {

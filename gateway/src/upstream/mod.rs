@@ -46,13 +46,7 @@ impl Upstream {
     /// `stats` are shared by every worker's pool.
     pub fn new(settings: &UpstreamSettings, stats: PoolStats) -> Self {
         let url = &settings.url;
-        // The config accepts only http:// and https:// URLs with a host.
-        let default_port = if settings.tls.is_some() { 443 } else { 80 };
-        let address = format!(
-            "{}:{}",
-            url.host().unwrap_or("localhost"),
-            url.port_u16().unwrap_or(default_port)
-        );
+        let address = settings.address();
         let host = url
             .authority()
             .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
