@@ -15,6 +15,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod demo_upstream;
+pub mod fleet;
 pub mod kernel;
 pub mod limit;
 pub mod mcp;

@@ -11,6 +11,18 @@ const headers = key ? { Authorization: `Bearer ${key}` } : {};
 const Transport = process.env.TRANSPORT === "sse" ? SSEClientTransport : StreamableHTTPClientTransport;
 // SESSION_ID: resume that session instead of starting one (the SDK then skips initialize).
 const options = { requestInit: { headers }, sessionId: process.env.SESSION_ID || undefined };
+// ALTERNATE_URL: every other request goes to that host instead (another node of a fleet); the
+// hosts each request went to are reported.
+const hostsUsed = [];
+if (process.env.ALTERNATE_URL) {
+  const hosts = [new URL(url).host, new URL(process.env.ALTERNATE_URL).host];
+  options.fetch = (input, init) => {
+    const target = new URL(input instanceof Request ? input.url : String(input));
+    target.host = hosts[hostsUsed.length % 2];
+    hostsUsed.push(`${init?.method ?? "GET"} ${target.host}`);
+    return fetch(target, init);
+  };
+}
 let transport = new Transport(new URL(url), options);
 let client = new Client({ name: "gateway-e2e", version: "1.0.0" });
 const text = (result) => result.content?.[0]?.text;
@@ -85,5 +97,6 @@ try {
   out.error = String(error?.message ?? error);
   out.code = error?.code ?? null;
 }
+if (hostsUsed.length) out.hosts = hostsUsed;
 console.log(JSON.stringify(out));
 process.exit(0);

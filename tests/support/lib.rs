@@ -3,6 +3,7 @@
 //! Everything listens and connects on 127.0.0.1 only, or inside [`netns::VethPair`]s.
 
 pub mod netns;
+pub mod redis;
 
 use std::{
     convert::Infallible,

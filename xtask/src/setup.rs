@@ -18,8 +18,9 @@ const BPF_LINKER_LLVM_MAJORS: [u32; 3] = [21, 22, 23];
 /// Debian packages the tests use: `ip` for network namespaces, `curl` as the client inside
 /// them (and over TLS), `openssl s_client` for TLS versions, ALPN and SNI, Node.js for the MCP SDK
 /// peers, `tmux` to read `gateway top`'s screen; `dpkg-deb` packs the package, `systemd-analyze`
-/// checks its unit and `setpriv` runs the gateway with only the unit's capabilities.
-const DEBIAN_PACKAGES: [(&str, &str); 9] = [
+/// checks its unit and `setpriv` runs the gateway with only the unit's capabilities;
+/// `redis-server` is the fleet's shared store (the tests start their own on loopback ports).
+const DEBIAN_PACKAGES: [(&str, &str); 10] = [
     ("ip", "iproute2"),
     ("curl", "curl"),
     ("openssl", "openssl"),
@@ -29,6 +30,7 @@ const DEBIAN_PACKAGES: [(&str, &str); 9] = [
     ("dpkg-deb", "dpkg"),
     ("systemd-analyze", "systemd"),
     ("setpriv", "util-linux"),
+    ("redis-server", "redis-server"),
 ];
 
 pub fn all(root: &Path) -> Result<()> {

@@ -198,6 +198,7 @@ fn blocks_json(snapshot: &Snapshot) -> Value {
                     "target": BlockTarget::from(block.target).to_string(),
                     "reason": block.reason.as_str(),
                     "origin": block.origin.as_str(),
+                    "node": block.node.as_deref(),
                     "remaining_secs": block.remaining.map(|left| left.as_secs()),
                 })
             })
@@ -223,6 +224,10 @@ async fn status(admin: &Admin) -> Response<Full<Bytes>> {
             "users": gateway.policy().callers().count(),
             "blocks": snapshot.blocks.len(),
             "allowlist": snapshot.allow.len(),
+            "fleet": settings.fleet.as_ref().map(|fleet| json!({
+                "node": &*fleet.node_name,
+                "redis": gateway.fleet().is_some_and(|health| health.is_up()),
+            })),
             "xdp_packets": snapshot.xdp.map(|stats| stats
                 .iter()
                 .map(|(verdict, count)| (verdict.as_str().to_owned(), json!(count)))
@@ -321,6 +326,7 @@ async fn block(admin: &Admin, by: &str, change: Change) -> Answer {
         duration: change.ttl_secs.map(Duration::from_secs),
         reason: BlockReason::Manual,
         origin: Origin::Operator,
+        node: None,
     };
     let detail = reason(change.reason);
     carry_out(
@@ -358,7 +364,11 @@ async fn unblock(admin: &Admin, by: &str, text: &str) -> Answer {
         by,
         target,
         None,
-        Command::Unblock { target, origin },
+        Command::Unblock {
+            target,
+            origin,
+            node: None,
+        },
     )
     .await?;
     Ok(json(

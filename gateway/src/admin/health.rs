@@ -25,7 +25,11 @@ pub async fn ready(admin: &Admin) -> Response<Full<Bytes>> {
     let audit = audit_writable(gateway);
     let xdp_ok = admin.xdp_mode != "failed";
     let draining = admin.draining.is_cancelled();
-    let ready = upstream.is_ok() && audit.is_ok() && xdp_ok && !draining;
+    let fleet = fleet_state(gateway);
+    let refusing = fleet
+        .as_ref()
+        .is_some_and(|fleet| fleet["mode"] == "refusing");
+    let ready = upstream.is_ok() && audit.is_ok() && xdp_ok && !draining && !refusing;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -43,8 +47,31 @@ pub async fn ready(admin: &Admin) -> Response<Full<Bytes>> {
             "audit": answer(&audit),
             "xdp": admin.xdp_mode,
             "draining": draining,
+            "fleet": fleet,
         }),
     )
+}
+
+/// The fleet's Redis and what the node does about it: `shared` (Redis answers), `local` (counting
+/// alone while it does not) or `refusing`. `None` for a node on its own.
+fn fleet_state(gateway: &crate::proxy::Gateway) -> Option<serde_json::Value> {
+    let (settings, health) = (gateway.settings().fleet.as_ref()?, gateway.fleet()?);
+    let (redis, mode) = match health.down_for() {
+        None => ("ok".to_owned(), "shared"),
+        Some(down) => (
+            format!("unavailable for {} s", down.as_secs()),
+            match settings.on_unavailable {
+                crate::config::OnUnavailable::Local => "local",
+                crate::config::OnUnavailable::Refuse => "refusing",
+            },
+        ),
+    };
+    Some(json!({
+        "node": &*settings.node_name,
+        "redis": redis,
+        "redis_url": health.redis_shown,
+        "mode": mode,
+    }))
 }
 
 async fn upstream_reachable(settings: &crate::config::NodeSettings) -> Result<(), String> {
@@ -78,6 +105,9 @@ fn audit_writable(gateway: &crate::proxy::Gateway) -> Result<(), String> {
 /// The OpenMetrics text, with the enforcer's blocks and the kernel's counters as of now.
 pub async fn metrics(admin: &Admin) -> Response<Full<Bytes>> {
     let metrics = admin.gateway.metrics();
+    if let Some(health) = admin.gateway.fleet() {
+        metrics.fleet.update(health);
+    }
     match admin.gateway.protection().snapshot().await {
         Ok(snapshot) => metrics.kernel.update(&snapshot, admin.xdp_mode),
         Err(err) => tracing::warn!(error = %err, "metrics without blocks: {err}"),

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     audit::AuditLog,
     config::{NodeSettings, Settings, XdpModeConfig},
+    fleet::{Fleet, NodeLimiter},
     kernel::{XdpError, XdpProgram},
     protection,
     proxy::Gateway,
@@ -75,11 +76,19 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         tracing::info!("took over the listening sockets of the previous process");
     }
     let (program, xdp_mode) = attach_xdp(node, loaded);
+    let (fleet, fleet_channel) = match &node.fleet {
+        Some(settings) => {
+            let (fleet, channel) = Fleet::new(settings)?;
+            (Some(fleet), Some(channel))
+        }
+        None => (None, None),
+    };
     let (protection, enforcer) = protection::start(
         node.blocking.clone(),
         program,
         node.xdp.allow.clone(),
         audit.clone(),
+        fleet_channel,
     );
     let workers = listeners.len();
 
@@ -98,12 +107,26 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         xdp = xdp_mode,
         admin = %node.admin.as_ref().map_or("none".to_owned(), |admin| admin.listen.to_string()),
         blocking = node.blocking.enabled,
+        fleet = %node.fleet.as_ref().map_or("none".to_owned(), |fleet| format!("{} as {}", fleet.redis_shown, fleet.node_name)),
         workers,
         pid = std::process::id(),
         "mcp gateway started"
     );
 
-    let gateway = Arc::new(Gateway::new(settings, audit, protection));
+    let gateway = match fleet {
+        Some(fleet) => {
+            let limiters = (
+                NodeLimiter::Fleet(Box::new(fleet.limiter())),
+                NodeLimiter::Fleet(Box::new(fleet.limiter())),
+            );
+            let health = Arc::clone(fleet.health());
+            tokio::spawn(fleet.start(protection.clone()));
+            Gateway::with_limiters(settings, limiters.0, limiters.1, audit, protection)
+                .in_fleet(health)
+        }
+        None => Gateway::new(settings, audit, protection),
+    };
+    let gateway = Arc::new(gateway);
     // The enforcer owns the XDP maps; ending it detaches the program (pins stay).
     let mut enforcer = Some(tokio::spawn(enforcer.run()));
     let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), reload));

@@ -318,6 +318,8 @@ pub struct BlockRecord<'a> {
     pub origin: &'a str,
     /// Narrower blocks this one replaced when abuse spread over its network.
     pub folded: usize,
+    /// The fleet node that decided it, when another node did.
+    pub node: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -339,6 +341,9 @@ struct BlockLine<'a> {
     origin: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     folded: Option<usize>,
+    /// The fleet node that decided it, when another node did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<&'a str>,
 }
 
 /// `event: "block"`.
@@ -354,12 +359,13 @@ pub fn block_line(block: &BlockRecord<'_>) -> Vec<u8> {
         enforced_in: Some(block.enforced_in),
         origin: (block.origin != "local").then_some(block.origin),
         folded: (block.folded > 0).then_some(block.folded),
+        node: block.node,
     })
 }
 
 /// `event: "unblock"`: a block ended (`reason`: "expired", "manual", or "folded" into a block
-/// of its wider network).
-pub fn unblock_line(target: BlockTarget, reason: &str) -> Vec<u8> {
+/// of its wider network), ended by another fleet `node` or by this one (`None`).
+pub fn unblock_line(target: BlockTarget, reason: &str, node: Option<&str>) -> Vec<u8> {
     let (ip, prefix) = split(target);
     finish_line(&BlockLine {
         ts: SystemTime::now(),
@@ -369,8 +375,9 @@ pub fn unblock_line(target: BlockTarget, reason: &str) -> Vec<u8> {
         reason,
         duration_secs: None,
         enforced_in: None,
-        origin: None,
+        origin: node.map(|_| "fleet"),
         folded: None,
+        node,
     })
 }
 

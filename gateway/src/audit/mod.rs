@@ -46,6 +46,8 @@ pub enum Decision {
     /// The audit line could not be written, so the call was refused (only seen in the gateway's
     /// own log, since the audit log was failing).
     AuditFailed,
+    /// The fleet's shared limits were unavailable and `on_unavailable = "refuse"`.
+    FleetUnavailable,
 }
 
 impl Decision {
@@ -60,6 +62,7 @@ impl Decision {
             Self::BadRequest => "bad_request",
             Self::TooLarge => "too_large",
             Self::AuditFailed => "audit_failed",
+            Self::FleetUnavailable => "fleet_unavailable",
         }
     }
 }

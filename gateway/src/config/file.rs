@@ -62,6 +62,10 @@ pub struct Config {
     pub groups: BTreeMap<String, GroupConfig>,
     #[serde(default)]
     pub admin: AdminSection,
+    /// Several gateway nodes sharing limits, offense counts, blocks and sessions through Redis;
+    /// without it the node is on its own (the default).
+    #[serde(default)]
+    pub fleet: Option<FleetSection>,
     /// On SIGTERM (or when a new process takes over), open streams get this long to finish
     /// before they are cut; requests in flight always finish.
     #[serde(default = "defaults::shutdown_grace_secs")]
@@ -95,6 +99,48 @@ impl Default for AdminSection {
             caller_labels: true,
         }
     }
+}
+
+/// `[fleet]`: this node is one of several sharing one Redis (7.x, or Valkey).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSection {
+    /// `redis://host:6379/0`, or `rediss://` for TLS (verified against the system's CAs).
+    pub redis_url: String,
+    /// Redis ACL user (instead of one in the URL).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Its password (keep this file 0640, as the package installs it).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Every key the gateway writes starts with this (one Redis may serve several fleets).
+    #[serde(default = "defaults::fleet_key_prefix")]
+    pub key_prefix: String,
+    /// This node's name in audit lines and block events; the host name by default.
+    #[serde(default)]
+    pub node_name: Option<String>,
+    /// Longest a request waits for Redis; past it, `on_unavailable` applies.
+    #[serde(default = "defaults::fleet_timeout_ms")]
+    pub timeout_ms: u64,
+    /// `"local"` (the default): count in this node while Redis is away; `"refuse"`: answer 503.
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+    /// Keys sealing the session ids clients see, 64 hex digits each, the same on every node: the
+    /// first seals new sessions, every one opens them (add a new key first, drop an old one once
+    /// its sessions have ended).
+    #[serde(default)]
+    pub session_keys: Vec<String>,
+}
+
+/// What a fleet node does while Redis does not answer within `timeout_ms`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Count limits and offenses in this node alone (each node then admits up to the limit).
+    #[default]
+    Local,
+    /// Refuse calls with 503 until Redis answers again.
+    Refuse,
 }
 
 /// `[tls]`: with it, `listen` serves HTTPS (TLS 1.3 and 1.2; HTTP/2 and HTTP/1.1 by ALPN).
@@ -541,6 +587,12 @@ mod defaults {
     }
     pub fn admin_listen() -> String {
         "127.0.0.1:9090".into()
+    }
+    pub fn fleet_key_prefix() -> String {
+        "mcp-gateway".into()
+    }
+    pub fn fleet_timeout_ms() -> u64 {
+        50
     }
     pub fn shutdown_grace_secs() -> u64 {
         30

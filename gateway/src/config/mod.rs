@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 
 pub use file::{
     AdminSection, AuditConfig, AuthorizationSection, BlockingSection, Config, DefaultDecision,
-    EscalationSection, GroupConfig, Interfaces, Limit, Limits, RateLimitConfig, TlsSection,
-    UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
+    EscalationSection, FleetSection, GroupConfig, Interfaces, Limit, Limits, OnUnavailable,
+    RateLimitConfig, TlsSection, UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection,
+    XdpSection,
 };
 pub use protection::parse_prefix;
 pub use settings::{
-    AdminAddress, AdminSettings, AuditSettings, BlockingPolicy, Escalation, NodeSettings,
-    PolicySettings, RateLimit, Settings, UpstreamSettings, User, XdpSettings,
+    AdminAddress, AdminSettings, AuditSettings, BlockingPolicy, Escalation, FleetSettings,
+    NodeSettings, PolicySettings, RateLimit, Settings, UpstreamSettings, User, XdpSettings,
 };
 
 /// A configuration problem, naming the field at fault.

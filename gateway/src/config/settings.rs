@@ -17,10 +17,14 @@ use hyper::{
 };
 use ipnet::IpNet;
 
-use super::file::{Limits, XdpModeConfig};
+use super::file::{Limits, OnUnavailable, XdpModeConfig};
 use crate::{
-    authz::Grants, mcp::origin::AllowedOrigins, policy::Sha256Digest, server::ProxyProtocol,
-    tls::TlsSettings, upstream::UpstreamTls,
+    authz::Grants,
+    mcp::{origin::AllowedOrigins, sealed::SessionKey},
+    policy::Sha256Digest,
+    server::ProxyProtocol,
+    tls::TlsSettings,
+    upstream::UpstreamTls,
 };
 
 /// The validated configuration the gateway starts with.
@@ -54,6 +58,22 @@ pub struct NodeSettings {
     pub admin: Option<AdminSettings>,
     /// How long open streams may run on after shutdown (or a takeover) begins.
     pub shutdown_grace: Duration,
+    /// The fleet this node shares state with; `None`: on its own.
+    pub fleet: Option<FleetSettings>,
+}
+
+/// Validated `[fleet]` settings.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// Where Redis is and how to log in (its `Debug` hides the password).
+    pub redis: redis::ConnectionInfo,
+    /// What `redis_url` says, without credentials (for logs and `/readyz`).
+    pub redis_shown: String,
+    pub key_prefix: String,
+    pub node_name: Arc<str>,
+    pub timeout: Duration,
+    pub on_unavailable: OnUnavailable,
+    pub session_keys: Vec<SessionKey>,
 }
 
 /// Validated `[admin]` settings.

@@ -13,19 +13,21 @@ use super::{
     ConfigError,
     authorization::assign_grants,
     file::{
-        AdminSection, ClientAuthMode, Config, Limit, Limits, RateLimitConfig, TlsSection,
-        UpstreamConfig,
+        AdminSection, ClientAuthMode, Config, FleetSection, Limit, Limits, RateLimitConfig,
+        TlsSection, UpstreamConfig,
     },
     invalid,
     protection::{blocking_policy, parse_prefix, xdp_settings},
     settings::{
-        AdminAddress, AdminSettings, AuditSettings, NodeSettings, PolicySettings, RateLimit,
-        Settings, UpstreamSettings,
+        AdminAddress, AdminSettings, AuditSettings, FleetSettings, NodeSettings, PolicySettings,
+        RateLimit, Settings, UpstreamSettings,
     },
     users::users,
 };
+use redis::IntoConnectionInfo;
+
 use crate::{
-    mcp::origin::AllowedOrigins,
+    mcp::{origin::AllowedOrigins, sealed::SessionKey},
     policy::Sha256Digest,
     server::ProxyProtocol,
     tls::{
@@ -94,6 +96,7 @@ impl Config {
         }
         assign_grants(&self, &mut users)?;
         let admin = admin(&self.admin)?;
+        let fleet = self.fleet.as_ref().map(fleet).transpose()?;
         if self.shutdown_grace_secs == 0 {
             return Err(invalid("shutdown_grace_secs", "must be at least 1"));
         }
@@ -117,6 +120,7 @@ impl Config {
                 limits: self.limits,
                 admin,
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+                fleet,
             },
             policy: PolicySettings {
                 users,
@@ -126,6 +130,113 @@ impl Config {
             },
         })
     }
+}
+
+/// `[fleet]`: where Redis is, who this node is, and the keys that seal session ids.
+fn fleet(section: &FleetSection) -> Result<FleetSettings, ConfigError> {
+    let mut redis = section
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(|err| invalid("fleet.redis_url", format!("not a Redis URL: {err}")))?;
+    if !matches!(
+        redis.addr(),
+        redis::ConnectionAddr::Tcp(..) | redis::ConnectionAddr::TcpTls { .. }
+    ) {
+        return Err(invalid(
+            "fleet.redis_url",
+            "must be redis://host:port/db or rediss://host:port/db",
+        ));
+    }
+    let mut credentials = redis.redis_settings().clone();
+    if let Some(username) = &section.username {
+        credentials = credentials.set_username(username);
+    }
+    if let Some(password) = &section.password {
+        credentials = credentials.set_password(password);
+    }
+    redis = redis.set_redis_settings(credentials);
+    let redis_shown = format!(
+        "{}/{}",
+        match redis.addr() {
+            redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}"),
+            other => format!("redis://{other}"),
+        },
+        redis.redis_settings().db()
+    );
+    if section.key_prefix.is_empty()
+        || !section
+            .key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(invalid(
+            "fleet.key_prefix",
+            "letters, digits and - _ . : only, not empty",
+        ));
+    }
+    let node_name = match &section.node_name {
+        Some(name) => name.clone(),
+        None => host_name()
+            .ok_or_else(|| invalid("fleet.node_name", "cannot read the host name: set a name"))?,
+    };
+    if node_name.is_empty()
+        || node_name.len() > 64
+        || !node_name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    {
+        return Err(invalid(
+            "fleet.node_name",
+            format!("{node_name:?}: 1 to 64 letters, digits, - _ ."),
+        ));
+    }
+    if !(1..=10_000).contains(&section.timeout_ms) {
+        return Err(invalid("fleet.timeout_ms", "must be 1 to 10000"));
+    }
+    let session_keys = section
+        .session_keys
+        .iter()
+        .enumerate()
+        .map(|(index, key)| {
+            SessionKey::from_hex(key).ok_or_else(|| {
+                invalid(
+                    format!("fleet.session_keys[{index}]"),
+                    "must be 64 hex digits (openssl rand -hex 32)",
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if session_keys.is_empty() {
+        return Err(invalid(
+            "fleet.session_keys",
+            "needs at least one key, the same on every node (openssl rand -hex 32): sessions \
+             opened through one node are checked by the others with it",
+        ));
+    }
+    Ok(FleetSettings {
+        redis,
+        redis_shown,
+        key_prefix: section.key_prefix.clone(),
+        node_name: node_name.into(),
+        timeout: Duration::from_millis(section.timeout_ms),
+        on_unavailable: section.on_unavailable,
+        session_keys,
+    })
+}
+
+/// The machine's host name, the default node name.
+fn host_name() -> Option<String> {
+    let mut buffer = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it or fails.
+    let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
+    if result != 0 {
+        return None;
+    }
+    let end = buffer.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buffer[..end]).ok()?;
+    // The short name: a node is named within its fleet.
+    Some(name.split('.').next().unwrap_or(name).to_owned())
 }
 
 /// `[admin]`: `None` for `listen = ""`. Without a token the listener serves health and metrics

@@ -29,7 +29,7 @@ pub trait Limiter: Send + Sync + 'static {
         key: &Arc<str>,
         limit: RateLimit,
         cost: u32,
-    ) -> impl Future<Output = Result<(), Denied>> + Send;
+    ) -> impl Future<Output = Result<(), NotAdmitted>> + Send;
 
     /// How many admissions `key` has within the last `window` (for operators; never refuses).
     fn used(&self, key: &str, window: Duration) -> u64;
@@ -37,6 +37,16 @@ pub trait Limiter: Send + Sync + 'static {
     /// Forgets keys with no admission within `idle_after`. Called periodically with the longest
     /// window of the current policy.
     fn sweep(&self, idle_after: Duration);
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// Over the limit.
+    Over(Denied),
+    /// The count is kept elsewhere (a fleet's Redis) and could not be had in time, and the
+    /// configuration says to refuse rather than count locally.
+    Unavailable,
 }
 
 /// Refused: the caller must wait `retry_after` for enough slots to free.

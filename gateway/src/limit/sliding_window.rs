@@ -19,7 +19,7 @@ use std::{
 
 use dashmap::DashMap;
 
-use super::{Denied, Limiter};
+use super::{Denied, Limiter, NotAdmitted};
 use crate::config::RateLimit;
 
 /// Admission times per key, in this process: exact, and as fast as a map lookup.
@@ -112,8 +112,11 @@ impl Limiter for SlidingWindow {
         key: &Arc<str>,
         limit: RateLimit,
         cost: u32,
-    ) -> impl Future<Output = Result<(), Denied>> + Send {
-        std::future::ready(self.check_at(key, limit, cost, Instant::now()))
+    ) -> impl Future<Output = Result<(), NotAdmitted>> + Send {
+        std::future::ready(
+            self.check_at(key, limit, cost, Instant::now())
+                .map_err(NotAdmitted::Over),
+        )
     }
 
     fn used(&self, key: &str, window: Duration) -> u64 {

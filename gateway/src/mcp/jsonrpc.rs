@@ -30,6 +30,8 @@ pub mod code {
     pub const REQUEST_TIMEOUT: i64 = -31408;
     pub const UPSTREAM_UNAVAILABLE: i64 = -31502;
     pub const AUDIT_UNAVAILABLE: i64 = -31503;
+    /// The fleet's shared limits (Redis) could not be had and the node refuses without them.
+    pub const FLEET_UNAVAILABLE: i64 = -31505;
     pub const UPSTREAM_TIMEOUT: i64 = -31504;
 }
 

@@ -7,6 +7,11 @@
 //! no other caller can post into that session, and the binding ends with the stream. The endpoint
 //! goes to the client as an absolute path, so the client posts through the gateway even when the
 //! server named itself by full URL.
+//!
+//! In a fleet, the client may post through another node than the one holding its stream, so the
+//! endpoint is not remembered but sealed for the caller ([`SessionSeal`]): the client is told
+//! `/.mcp-gateway/legacy/<sealed>`, which any node opens back into the server's endpoint. It
+//! stays usable after the stream ends (the server then answers for its own session).
 
 use std::{
     pin::Pin,
@@ -18,7 +23,17 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::sse::event_end;
+use super::{sealed::SessionSeal, sse::event_end};
+
+/// Where a client of a fleet posts legacy messages: this, then the sealed server endpoint.
+pub const SEALED_ENDPOINT: &str = "/.mcp-gateway/legacy/";
+
+/// What becomes of an announced endpoint: bound to its caller in this node while the stream is
+/// open, or sealed for its caller (fleet).
+pub enum Announced {
+    Bound(Arc<Endpoints>),
+    Sealed(Arc<SessionSeal>),
+}
 
 /// The first event is read before anything is passed on; past this size it is passed on unread.
 const MAX_FIRST_EVENT: usize = 8 * 1024;
@@ -53,7 +68,7 @@ pub struct EndpointWatch<B> {
     held: Option<Frame<Bytes>>,
     /// The stream ended while watching.
     ended: bool,
-    endpoints: Arc<Endpoints>,
+    endpoints: Announced,
     caller: Arc<str>,
     /// Where the stream was opened (the server's SSE path), for relative endpoints.
     sse_path: Arc<str>,
@@ -61,7 +76,7 @@ pub struct EndpointWatch<B> {
 }
 
 impl<B> EndpointWatch<B> {
-    pub fn new(body: B, endpoints: Arc<Endpoints>, caller: Arc<str>, sse_path: Arc<str>) -> Self {
+    pub fn new(body: B, endpoints: Announced, caller: Arc<str>, sse_path: Arc<str>) -> Self {
         Self {
             body,
             first_event: Some(BytesMut::new()),
@@ -89,14 +104,25 @@ impl<B> EndpointWatch<B> {
                 Some(("endpoint", data)) => {
                     match absolute_path(data.trim(), &self.sse_path) {
                         Some(endpoint) => {
-                            self.endpoints
-                                .owners
-                                .insert(endpoint.as_str().into(), Arc::clone(&self.caller));
-                            tracing::debug!(caller = %self.caller, "legacy SSE endpoint bound to its caller");
+                            let announced = match &self.endpoints {
+                                Announced::Bound(endpoints) => {
+                                    endpoints
+                                        .owners
+                                        .insert(endpoint.as_str().into(), Arc::clone(&self.caller));
+                                    tracing::debug!(caller = %self.caller, "legacy SSE endpoint bound to its caller");
+                                    self.bound = Some(endpoint.as_str().into());
+                                    endpoint
+                                }
+                                Announced::Sealed(seal) => {
+                                    format!(
+                                        "{SEALED_ENDPOINT}{}",
+                                        seal.seal(&self.caller, &endpoint)
+                                    )
+                                }
+                            };
                             out.extend_from_slice(b"event: endpoint\ndata: ");
-                            out.extend_from_slice(endpoint.as_bytes());
+                            out.extend_from_slice(announced.as_bytes());
                             out.extend_from_slice(b"\n\n");
-                            self.bound = Some(endpoint.into());
                         }
                         None => out.extend_from_slice(&event),
                     }
@@ -184,8 +210,9 @@ where
 
 impl<B> Drop for EndpointWatch<B> {
     fn drop(&mut self) {
-        if let Some(endpoint) = self.bound.take() {
-            self.endpoints.owners.remove(&endpoint);
+        if let (Some(endpoint), Announced::Bound(endpoints)) = (self.bound.take(), &self.endpoints)
+        {
+            endpoints.owners.remove(&endpoint);
         }
     }
 }
@@ -238,7 +265,7 @@ mod tests {
     fn watch(parts: &[&'static str], endpoints: &Arc<Endpoints>) -> EndpointWatch<Parts> {
         EndpointWatch::new(
             Parts::of(parts.iter().copied()),
-            Arc::clone(endpoints),
+            Announced::Bound(Arc::clone(endpoints)),
             "alice".into(),
             "/legacy/sse".into(),
         )

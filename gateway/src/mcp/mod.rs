@@ -7,5 +7,6 @@ pub mod headers;
 pub mod jsonrpc;
 pub mod legacy_sse;
 pub mod origin;
+pub mod sealed;
 pub mod sessions;
 pub mod sse;

@@ -23,6 +23,8 @@ use std::{
 
 use lru::LruCache;
 
+use super::sealed::SessionSeal;
+
 /// Why a request's session id is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SessionError {
@@ -160,6 +162,49 @@ impl Table {
         issued
             .order
             .retain(|id| owners.peek(&**id).is_some_and(|owner| owner == caller));
+    }
+}
+
+/// Who may use which session: this gateway's own table, or (in a fleet) ids sealed for their
+/// caller that every node opens alike ([`SessionSeal`]).
+pub enum SessionOwners {
+    Table(Sessions),
+    Sealed(Arc<SessionSeal>),
+}
+
+impl SessionOwners {
+    /// Allows `caller` to use the session the client named `session`; `Some(id)` when the
+    /// upstream knows it by another id, which the request must carry instead.
+    pub fn claim(&self, session: &str, caller: &Arc<str>) -> Result<Option<String>, SessionError> {
+        match self {
+            Self::Table(table) => table.claim(session, caller).map(|()| None),
+            Self::Sealed(seal) => seal.open(session, caller).map(Some),
+        }
+    }
+
+    /// The upstream issued `session` to `caller`; `Some(id)` when the client must see another id.
+    pub fn issued(&self, session: &str, caller: &Arc<str>) -> Option<String> {
+        match self {
+            Self::Table(table) => {
+                table.bind(session, caller);
+                None
+            }
+            Self::Sealed(seal) => Some(seal.seal(caller, session)),
+        }
+    }
+
+    /// The session was ended or is unknown to the upstream (a sealed id holds no state).
+    pub fn forget(&self, session: &str) {
+        if let Self::Table(table) = self {
+            table.forget(session);
+        }
+    }
+
+    pub fn seal(&self) -> Option<&Arc<SessionSeal>> {
+        match self {
+            Self::Sealed(seal) => Some(seal),
+            Self::Table(_) => None,
+        }
     }
 }
 

@@ -10,8 +10,10 @@
 //! configuration (and can be switched off), tool names are capped at [`MAX_TOOL_LABELS`]
 //! distinct values (then `_other`), and no label ever holds a key, a header or an argument.
 
+mod fleet;
 mod kernel;
 
+pub use fleet::FleetCollector;
 pub use kernel::KernelCollector;
 
 use std::{
@@ -57,6 +59,8 @@ pub struct Metrics {
     pub upstream: PoolStats,
     /// Blocks and XDP counters, as of the last scrape's snapshot.
     pub kernel: Arc<KernelCollector>,
+    /// The fleet's Redis link, as of the last scrape (fleet mode).
+    pub fleet: Arc<FleetCollector>,
 }
 
 /// The labels of `mcp_gateway_requests_total`.
@@ -144,6 +148,7 @@ impl Metrics {
             open_streams: Gauge::default(),
             upstream: PoolStats::default(),
             kernel: Arc::default(),
+            fleet: Arc::default(),
         };
         metrics.register(audit, offenses);
         metrics
@@ -225,6 +230,7 @@ impl Metrics {
             self.upstream.reused.clone(),
         );
         registry.register_collector(Box::new(Arc::clone(&self.kernel)));
+        registry.register_collector(Box::new(Arc::clone(&self.fleet)));
     }
 
     /// The OpenMetrics text of every metric.

@@ -19,6 +19,7 @@ use super::{
 use crate::{
     audit::{self, AuditLog},
     config::BlockingPolicy,
+    fleet::FleetChannel,
     kernel::{
         XdpProgram,
         events::{RateEvents, forward_program_logs, next_rate_events, poll_rate_events},
@@ -54,13 +55,17 @@ pub struct Enforcer {
     /// Blocks so far per offender or escalated network, and when the last ends: repeats last
     /// longer.
     history: HashMap<IpNet, (u32, Instant)>,
+    /// The fleet this node belongs to: offenses count there, blocks are published there.
+    fleet: Option<FleetChannel>,
 }
 
 /// A block as listed: reason, who decided, CLOCK_MONOTONIC expiry in ns (0: until unblocked).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Listed {
     reason: BlockReason,
     origin: Origin,
+    /// The fleet node that decided it, if another one did.
+    node: Option<Arc<str>>,
     expires_at_ns: u64,
 }
 
@@ -71,6 +76,7 @@ impl Enforcer {
         allow: Vec<IpNet>,
         audit: AuditLog,
         commands: mpsc::Receiver<Command>,
+        fleet: Option<FleetChannel>,
     ) -> Self {
         let blocked = Arc::new(BlockSet::default());
         let mut listed = BTreeMap::new();
@@ -86,6 +92,7 @@ impl Enforcer {
                             Listed {
                                 reason,
                                 origin: Origin::PreviousRun,
+                                node: None,
                                 expires_at_ns: entry.expires_at_ns,
                             },
                         );
@@ -112,6 +119,7 @@ impl Enforcer {
             commands,
             recent: HashMap::new(),
             history: HashMap::new(),
+            fleet,
         }
     }
 
@@ -159,9 +167,31 @@ impl Enforcer {
                     tracing::warn!(target = %block.target, origin = block.origin.as_str(), "not blocking: the target overlaps the allowlist");
                     return;
                 }
+                // The fleet repeats what this node holds already when it catches up.
+                if block.origin == Origin::Fleet && self.listed.contains_key(&block.target) {
+                    return;
+                }
                 self.enforce(&block, None, 0).await;
             }
-            Command::Unblock { target, origin } => self.unblock(target, origin).await,
+            Command::Unblock {
+                target,
+                origin,
+                node,
+            } => self.unblock(target, origin, node).await,
+            Command::SharedThreshold {
+                offender,
+                offense,
+                count,
+            } => {
+                if self.listed.contains_key(&offender) {
+                    return;
+                }
+                self.block_offender(offender, offense.reason(), count as usize)
+                    .await;
+            }
+            Command::CountLocally { offender, offense } => {
+                self.count_here(offender, offense).await;
+            }
             Command::Allow { target, origin } => {
                 if !self.allow.contains(&target) {
                     self.allow.push(target);
@@ -234,6 +264,7 @@ impl Enforcer {
                 target: *target,
                 reason: listed.reason,
                 origin: listed.origin,
+                node: listed.node.clone(),
                 remaining: (listed.expires_at_ns != 0)
                     .then(|| Duration::from_nanos(listed.expires_at_ns - now_ns)),
             })
@@ -256,18 +287,37 @@ impl Enforcer {
             return;
         }
         let offender = offender_of(source, &self.policy);
-        let key = (offender, offense);
-        if self.recent.len() >= MAX_TRACKED_SOURCES && !self.recent.contains_key(&key) {
+        if let Some(fleet) = self.fleet.as_ref().filter(|fleet| fleet.is_up()) {
+            fleet.count_offense(
+                offender,
+                offense,
+                self.threshold(offense),
+                self.policy.window,
+            );
             return;
         }
-        let threshold = match offense {
+        self.count_here(offender, offense).await;
+    }
+
+    /// How many offenses of a kind within the window lead to a block.
+    fn threshold(&self, offense: Offense) -> u32 {
+        match offense {
             Offense::AuthFailure => self.policy.auth_failures,
             Offense::RateLimited => self.policy.rate_limited,
             Offense::Malformed => self.policy.malformed,
             Offense::PacketRate => self.policy.packet_rate_events,
             Offense::TooManyConnections => self.policy.refused_connections,
             Offense::Forbidden => self.policy.forbidden_calls,
-        } as usize;
+        }
+    }
+
+    /// Counts an offense in this node's memory (alone, or while the fleet's Redis is away).
+    async fn count_here(&mut self, offender: IpNet, offense: Offense) {
+        let key = (offender, offense);
+        if self.recent.len() >= MAX_TRACKED_SOURCES && !self.recent.contains_key(&key) {
+            return;
+        }
+        let threshold = self.threshold(offense) as usize;
         let now = Instant::now();
         let window = self.policy.window;
         let times = self.recent.entry(key).or_default();
@@ -378,6 +428,7 @@ impl Enforcer {
                 duration: Some(duration),
                 reason,
                 origin: Origin::Local,
+                node: None,
             };
             self.enforce(&block, offenses, folded).await;
         }
@@ -408,15 +459,22 @@ impl Enforcer {
             Listed {
                 reason: block.reason,
                 origin: block.origin,
+                node: block.node.clone(),
                 expires_at_ns,
             },
         );
+        if let Some(fleet) = &self.fleet
+            && matches!(block.origin, Origin::Local | Origin::Operator)
+        {
+            fleet.publish_block(block.target, block.duration, block.reason);
+        }
         let closed = self.connections.close_within(block.target);
         let source = audit::BlockTarget::from(block.target);
         tracing::warn!(
             %source,
             reason = block.reason.as_str(),
             origin = block.origin.as_str(),
+            node = block.node.as_deref(),
             offenses,
             duration_secs = block.duration.map(|duration| duration.as_secs()),
             enforced_in,
@@ -431,20 +489,28 @@ impl Enforcer {
             enforced_in,
             origin: block.origin.as_str(),
             folded,
+            node: block.node.as_deref(),
         });
         if let Err(err) = self.audit.write(line).await {
             tracing::error!(error = %err, "could not audit a block");
         }
     }
 
-    async fn unblock(&mut self, target: IpNet, origin: Origin) {
+    async fn unblock(&mut self, target: IpNet, origin: Origin, node: Option<Arc<str>>) {
+        if let Some(fleet) = &self.fleet
+            && origin == Origin::Operator
+        {
+            fleet.publish_unblock(target);
+        }
         if !self.remove_block(target) {
             return;
         }
         self.history.remove(&target);
-        tracing::info!(%target, origin = origin.as_str(), "source unblocked");
-        self.audit_unblock(audit::BlockTarget::from(target), "manual")
-            .await;
+        tracing::info!(%target, origin = origin.as_str(), node = node.as_deref(), "source unblocked");
+        let line = audit::unblock_line(audit::BlockTarget::from(target), "manual", node.as_deref());
+        if let Err(err) = self.audit.write(line).await {
+            tracing::error!(error = %err, "could not audit an unblock");
+        }
     }
 
     /// Removes a block from the kernel and the accept check; `false` if neither had it.
@@ -495,7 +561,11 @@ impl Enforcer {
     }
 
     async fn audit_unblock(&self, target: audit::BlockTarget, reason: &str) {
-        if let Err(err) = self.audit.write(audit::unblock_line(target, reason)).await {
+        if let Err(err) = self
+            .audit
+            .write(audit::unblock_line(target, reason, None))
+            .await
+        {
             tracing::error!(error = %err, "could not audit an unblock");
         }
     }

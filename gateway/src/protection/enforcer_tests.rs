@@ -32,7 +32,7 @@ fn enforcer_with(
 ) -> (Protection, Enforcer, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let audit = AuditLog::open(&dir.path().join("audit.jsonl"), false).unwrap();
-    let (protection, enforcer) = start(policy, None, allow, audit);
+    let (protection, enforcer) = start(policy, None, allow, audit, None);
     (protection, enforcer, dir)
 }
 
@@ -165,6 +165,7 @@ async fn an_operator_block_of_a_prefix_covers_its_addresses_until_unblocked() {
         duration: None,
         reason: BlockReason::Manual,
         origin: Origin::Operator,
+        node: None,
     };
     enforcer.handle(Command::Block(block)).await;
     assert!(protection.is_blocked(inside));
@@ -183,6 +184,7 @@ async fn an_operator_block_of_a_prefix_covers_its_addresses_until_unblocked() {
         .handle(Command::Unblock {
             target: prefix,
             origin: Origin::Operator,
+            node: None,
         })
         .await;
     assert!(!protection.is_blocked(inside));
@@ -206,6 +208,7 @@ async fn a_block_from_elsewhere_never_covers_the_allowlist() {
             duration: Some(Duration::from_secs(60)),
             reason: BlockReason::Manual,
             origin: Origin::Fleet,
+            node: None,
         };
         enforcer.handle(Command::Block(block)).await;
     }
@@ -234,6 +237,7 @@ async fn offenses_arrive_as_commands_through_the_handle() {
         .command(Command::Unblock {
             target: IpNet::from(source),
             origin: Origin::Operator,
+            node: None,
         })
         .await
         .unwrap();
@@ -369,6 +373,7 @@ async fn a_block_until_unblocked_inside_the_network_is_not_folded() {
         duration: None,
         reason: BlockReason::Manual,
         origin: Origin::Operator,
+        node: None,
     };
     enforcer.handle(Command::Block(kept)).await;
     fail_three_times(&mut enforcer, "fd00:7:0:2::2").await;

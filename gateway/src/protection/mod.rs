@@ -28,6 +28,7 @@ pub use enforcer::Enforcer;
 use crate::{
     audit::AuditLog,
     config::BlockingPolicy,
+    fleet::FleetChannel,
     kernel::{Stats, XdpProgram},
 };
 
@@ -82,8 +83,21 @@ pub enum Command {
     Offense { source: IpAddr, offense: Offense },
     /// Block an address or a prefix, decided elsewhere.
     Block(Block),
-    /// End the block of an address or a prefix.
-    Unblock { target: IpNet, origin: Origin },
+    /// End the block of an address or a prefix (`node`: the fleet node that ended it, if
+    /// another one did).
+    Unblock {
+        target: IpNet,
+        origin: Origin,
+        node: Option<Arc<str>>,
+    },
+    /// The fleet counted `count` offenses of `offender` (across its nodes): block it.
+    SharedThreshold {
+        offender: IpNet,
+        offense: Offense,
+        count: u32,
+    },
+    /// Count this offense on this node: the fleet's shared count could not be had.
+    CountLocally { offender: IpNet, offense: Offense },
     /// Never block this address or prefix (until the next reload or restart); its blocks end.
     Allow { target: IpNet, origin: Origin },
     /// Take an address or prefix off the allowlist.
@@ -118,6 +132,8 @@ pub struct BlockView {
     pub target: IpNet,
     pub reason: BlockReason,
     pub origin: Origin,
+    /// The fleet node that decided it, if another one did.
+    pub node: Option<Arc<str>>,
     /// `None`: until unblocked.
     pub remaining: Option<Duration>,
 }
@@ -131,6 +147,8 @@ pub struct Block {
     pub duration: Option<Duration>,
     pub reason: BlockReason,
     pub origin: Origin,
+    /// The fleet node that decided it, if another one did.
+    pub node: Option<Arc<str>>,
 }
 
 /// Who decided a block.
@@ -219,9 +237,10 @@ pub fn start(
     program: Option<XdpProgram>,
     allow: Vec<IpNet>,
     audit: AuditLog,
+    fleet: Option<FleetChannel>,
 ) -> (Protection, Enforcer) {
     let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
-    let enforcer = Enforcer::new(policy, program, allow, audit, receiver);
+    let enforcer = Enforcer::new(policy, program, allow, audit, receiver, fleet);
     let protection = Protection {
         blocked: Arc::clone(&enforcer.blocked),
         connections: Arc::clone(&enforcer.connections),

@@ -61,6 +61,10 @@ pub struct Call<'a> {
     pub forwarded_at: Option<Instant>,
     /// How the answer's list results are filtered for the caller, if they are.
     pub list_filter: Option<ListFilter>,
+    /// The upstream's id of the session the client named by a sealed id (fleet mode).
+    pub upstream_session: Option<String>,
+    /// The upstream's message endpoint a sealed legacy endpoint stands for (fleet mode).
+    pub upstream_endpoint: Option<String>,
 }
 
 impl<'a> Call<'a> {
@@ -86,6 +90,8 @@ impl<'a> Call<'a> {
             received_at: Instant::now(),
             forwarded_at: None,
             list_filter: None,
+            upstream_session: None,
+            upstream_endpoint: None,
         }
     }
 

@@ -38,12 +38,14 @@ use crate::{
     audit::{self, AuditLog, Decision, Peer},
     authz::{self, ToolCatalog},
     config::{NodeSettings, PolicySettings, RateLimit, Settings},
-    limit::{HoldingSlot, InFlight, InFlightSlot, Limiter, SlidingWindow},
+    fleet::{self, NodeLimiter},
+    limit::{HoldingSlot, InFlight, InFlightSlot, Limiter, NotAdmitted},
     mcp::{
         headers::{MCP_SESSION_ID, check_mcp_headers},
         jsonrpc::{self, code},
-        legacy_sse::{EndpointWatch, Endpoints},
-        sessions::Sessions,
+        legacy_sse::{Announced, EndpointWatch, Endpoints, SEALED_ENDPOINT},
+        sealed::SessionSeal,
+        sessions::{SessionError, SessionOwners, Sessions},
     },
     metrics::{self, GaugeGuard, Metrics, RequestRecord},
     policy::{Caller, Policy, PolicyStore},
@@ -52,9 +54,9 @@ use crate::{
     upstream::{PooledBody, REQUEST_ID},
 };
 
-/// Everything a request needs, shared by all connections. `L` counts the limits: this process's
-/// [`SlidingWindow`] unless a shared limiter is given.
-pub struct Gateway<L: Limiter = SlidingWindow> {
+/// Everything a request needs, shared by all connections. `L` counts the limits: this node's
+/// own or the fleet's ([`NodeLimiter`]).
+pub struct Gateway<L: Limiter = NodeLimiter> {
     settings: NodeSettings,
     policy: PolicyStore,
     /// Per caller.
@@ -64,13 +66,15 @@ pub struct Gateway<L: Limiter = SlidingWindow> {
     /// Requests of each caller being forwarded now.
     in_flight: InFlight,
     audit: AuditLog,
-    sessions: Sessions,
+    sessions: SessionOwners,
     /// Message endpoints of open legacy SSE streams, by caller.
     legacy_endpoints: Arc<Endpoints>,
     /// Tool annotations the upstream listed, for rules that read them.
     catalog: Arc<ToolCatalog>,
     protection: Protection,
     metrics: Metrics,
+    /// Whether the fleet's Redis answers, when this node is in a fleet.
+    fleet: Option<Arc<fleet::Health>>,
 }
 
 impl Gateway {
@@ -78,8 +82,8 @@ impl Gateway {
     pub fn new(settings: Settings, audit: AuditLog, protection: Protection) -> Self {
         Self::with_limiters(
             settings,
-            SlidingWindow::default(),
-            SlidingWindow::default(),
+            NodeLimiter::default(),
+            NodeLimiter::default(),
             audit,
             protection,
         )
@@ -94,10 +98,18 @@ impl<L: Limiter> Gateway<L> {
         audit: AuditLog,
         protection: Protection,
     ) -> Self {
-        let sessions = Sessions::new(
-            settings.node.limits.max_sessions,
-            settings.node.limits.max_sessions_per_caller,
-        );
+        let seal = settings
+            .node
+            .fleet
+            .as_ref()
+            .and_then(|fleet| SessionSeal::new(&fleet.session_keys));
+        let sessions = match seal {
+            Some(seal) => SessionOwners::Sealed(Arc::new(seal)),
+            None => SessionOwners::Table(Sessions::new(
+                settings.node.limits.max_sessions,
+                settings.node.limits.max_sessions_per_caller,
+            )),
+        };
         let caller_labels = settings
             .node
             .admin
@@ -116,7 +128,19 @@ impl<L: Limiter> Gateway<L> {
             catalog: Arc::default(),
             protection,
             metrics,
+            fleet: None,
         }
+    }
+
+    /// This node shares its state with a fleet whose Redis link reports `health`.
+    pub fn in_fleet(mut self, health: Arc<fleet::Health>) -> Self {
+        self.fleet = Some(health);
+        self
+    }
+
+    /// The fleet's Redis link, when this node is in a fleet.
+    pub fn fleet(&self) -> Option<&Arc<fleet::Health>> {
+        self.fleet.as_ref()
     }
 
     pub fn settings(&self) -> &NodeSettings {
@@ -358,11 +382,12 @@ impl<L: Limiter> Gateway<L> {
         }
     }
 
-    /// A legacy message may go only to an endpoint announced to its caller on a stream still
-    /// open, and a session only to the caller it belongs to.
+    /// A legacy message may go only to an endpoint announced to its caller (on a stream still
+    /// open, or sealed for them in a fleet), and a session only to the caller it belongs to.
+    /// Notes in `call` what the upstream knows them by when the client sees sealed ids.
     fn check_ownership(
         &self,
-        call: &Call<'_>,
+        call: &mut Call<'_>,
         uri: &Uri,
         caller: &Arc<str>,
     ) -> Result<(), Refusal> {
@@ -370,31 +395,36 @@ impl<L: Limiter> Gateway<L> {
             let endpoint = uri
                 .path_and_query()
                 .map_or(uri.path(), PathAndQuery::as_str);
-            match self.legacy_endpoints.owner(endpoint) {
-                Some(owner) if *owner == **caller => {}
-                Some(_) => {
-                    return Err(Refusal::new(
-                        StatusCode::FORBIDDEN,
-                        Decision::Forbidden,
-                        code::FORBIDDEN,
-                        "this legacy SSE session belongs to another caller",
-                    ));
-                }
-                None => {
-                    return Err(Refusal::new(
-                        StatusCode::NOT_FOUND,
-                        Decision::NotFound,
-                        code::INVALID_REQUEST,
-                        format!(
-                            "not found: neither {} nor the endpoint of an open legacy SSE stream",
-                            self.settings.mcp_path
-                        ),
-                    ));
-                }
-            }
+            let owner = match (self.sessions.seal(), endpoint.strip_prefix(SEALED_ENDPOINT)) {
+                (Some(seal), Some(sealed)) => seal.open(sealed, caller).map(|upstream| {
+                    call.upstream_endpoint = Some(upstream);
+                }),
+                _ => match self.legacy_endpoints.owner(endpoint) {
+                    Some(owner) if *owner == **caller => Ok(()),
+                    Some(_) => Err(SessionError::NotOwner),
+                    None => Err(SessionError::Unknown),
+                },
+            };
+            owner.map_err(|err| match err {
+                SessionError::NotOwner => Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    Decision::Forbidden,
+                    code::FORBIDDEN,
+                    "this legacy SSE session belongs to another caller",
+                ),
+                SessionError::Unknown => Refusal::new(
+                    StatusCode::NOT_FOUND,
+                    Decision::NotFound,
+                    code::INVALID_REQUEST,
+                    format!(
+                        "not found: neither {} nor the endpoint of an open legacy SSE stream",
+                        self.settings.mcp_path
+                    ),
+                ),
+            })?;
         }
         if let Some(session) = &call.context.session {
-            self.sessions.claim(session, caller)?;
+            call.upstream_session = self.sessions.claim(session, caller)?;
         }
         Ok(())
     }
@@ -434,19 +464,28 @@ impl<L: Limiter> Gateway<L> {
                 self.tool_limiter
                     .admit(&key, limit, count)
                     .await
-                    .map_err(|denied| {
-                        self.metrics.rate_limited(true);
-                        Refusal::rate_limited(&denied, Some(tool), status)
-                    })?;
+                    .map_err(|refused| self.not_admitted(refused, Some(tool), status))?;
             }
         }
         self.caller_limiter
             .admit(&caller.name, policy.limit_of(caller), call.cost())
             .await
-            .map_err(|denied| {
-                self.metrics.rate_limited(false);
-                Refusal::rate_limited(&denied, None, status)
-            })
+            .map_err(|refused| self.not_admitted(refused, None, status))
+    }
+
+    fn not_admitted(
+        &self,
+        refused: NotAdmitted,
+        tool: Option<&str>,
+        status: StatusCode,
+    ) -> Refusal {
+        match refused {
+            NotAdmitted::Over(denied) => {
+                self.metrics.rate_limited(tool.is_some());
+                Refusal::rate_limited(&denied, tool, status)
+            }
+            NotAdmitted::Unavailable => Refusal::fleet_unavailable(),
+        }
     }
 
     /// Writes the request's lines and waits for the write: nothing reaches the upstream unaudited.
@@ -480,8 +519,18 @@ impl<L: Limiter> Gateway<L> {
             parts.headers.remove(hyper::header::ACCEPT_ENCODING);
         }
         let is_delete = parts.method == Method::DELETE;
-        // A legacy message goes to the endpoint its stream announced, which the client posted to.
-        let client_path = (call.route == Route::LegacyMessage).then(|| parts.uri.path().to_owned());
+        if let Some(upstream_session) = &call.upstream_session
+            && let Ok(value) = HeaderValue::from_str(upstream_session)
+        {
+            parts.headers.insert(MCP_SESSION_ID, value);
+        }
+        // A legacy message goes to the endpoint its stream announced, which the client posted to
+        // (or which the sealed endpoint it posted to holds).
+        let client_path = (call.route == Route::LegacyMessage).then(|| {
+            call.upstream_endpoint
+                .clone()
+                .unwrap_or_else(|| parts.uri.path().to_owned())
+        });
         let upstream_path = match call.route {
             Route::Mcp => None,
             Route::LegacyStream => self.settings.upstream.legacy_sse_path.as_deref(),
@@ -512,13 +561,26 @@ impl<L: Limiter> Gateway<L> {
         call: &Call<'_>,
         caller: &Arc<str>,
         is_delete: bool,
-        response: Response<Relayed>,
+        mut response: Response<Relayed>,
     ) -> Response<ProxyBody> {
         // (The request's own session was claimed before forwarding.)
-        if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID)
-            && call.context.session.as_deref() != Some(session)
-        {
-            self.sessions.bind(session, caller);
+        if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID) {
+            let own = call
+                .upstream_session
+                .as_deref()
+                .or(call.context.session.as_deref());
+            let shown = if own == Some(session) {
+                // The client keeps the id it sent.
+                call.upstream_session
+                    .is_some()
+                    .then(|| call.context.session.clone())
+                    .flatten()
+            } else {
+                self.sessions.issued(session, caller)
+            };
+            if let Some(value) = shown.and_then(|shown| HeaderValue::from_str(&shown).ok()) {
+                response.headers_mut().insert(MCP_SESSION_ID, value);
+            }
         }
         // Ended by the client, or unknown to the upstream (which answers 404 for a session it
         // ended or lost): either way the id is not usable any more.
@@ -532,7 +594,10 @@ impl<L: Limiter> Gateway<L> {
             (call.route, &self.settings.upstream.legacy_sse_path)
             && response.status().is_success()
         {
-            let endpoints = Arc::clone(&self.legacy_endpoints);
+            let endpoints = match self.sessions.seal() {
+                Some(seal) => Announced::Sealed(Arc::clone(seal)),
+                None => Announced::Bound(Arc::clone(&self.legacy_endpoints)),
+            };
             let (caller, sse_path) = (Arc::clone(caller), Arc::clone(sse_path));
             return response
                 .map(|body| EndpointWatch::new(body, endpoints, caller, sse_path).boxed());

@@ -137,6 +137,19 @@ impl Refusal {
         )
     }
 
+    /// The fleet's shared limits could not be checked (Redis away) and the node is configured to
+    /// refuse rather than count alone.
+    pub fn fleet_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Decision::FleetUnavailable,
+            code::FLEET_UNAVAILABLE,
+            "the fleet's shared rate limits are unavailable (Redis does not answer) and this \
+             gateway refuses calls without them (fleet.on_unavailable = \"refuse\"); retry shortly",
+        )
+        .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// The answer: a JSON-RPC error echoing the ids of `body`'s requests.
     pub fn into_response(self, body: Option<&Body>) -> Response<ProxyBody> {
         let payload = jsonrpc::error_body(body, self.code, &self.message, self.data);
@@ -155,9 +168,11 @@ fn default_offense(decision: Decision) -> Option<Offense> {
         Decision::Unauthenticated | Decision::InvalidKey => Some(Offense::AuthFailure),
         Decision::RateLimited => Some(Offense::RateLimited),
         Decision::BadRequest | Decision::TooLarge => Some(Offense::Malformed),
-        Decision::Forwarded | Decision::Forbidden | Decision::NotFound | Decision::AuditFailed => {
-            None
-        }
+        Decision::Forwarded
+        | Decision::Forbidden
+        | Decision::NotFound
+        | Decision::AuditFailed
+        | Decision::FleetUnavailable => None,
     }
 }
 

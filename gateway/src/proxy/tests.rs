@@ -19,7 +19,8 @@ fn gateway(policy: PolicySettings, dir: &tempfile::TempDir) -> Gateway {
         enabled: false,
         ..node.blocking.clone()
     };
-    let (protection, _enforcer) = protection::start(blocking, None, Vec::new(), audit.clone());
+    let (protection, _enforcer) =
+        protection::start(blocking, None, Vec::new(), audit.clone(), None);
     Gateway::new(Settings { node, policy }, audit, protection)
 }
 
@@ -46,6 +47,8 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
         received_at: std::time::Instant::now(),
         forwarded_at: None,
         list_filter: None,
+        upstream_session: None,
+        upstream_endpoint: None,
     };
     call.body = Some(inspect(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap());
     gateway.limit(&policy, caller, &call).await

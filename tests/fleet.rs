@@ -1,0 +1,577 @@
+//! Fleet mode: several real gateway processes sharing one real Redis (Debian's `redis-server`,
+//! started per test on a loopback port). Limits, offenses, blocks and sessions hold across the
+//! nodes, whichever node each request reaches; when Redis goes away the nodes fall back (or
+//! refuse) without waiting, and catch up when it is back.
+
+use std::{net::IpAddr, sync::Arc, time::Duration};
+
+use e2e_tests::{
+    ALICE, BOB_KEY, CALL, EverythingServer, Gateway, RecordingUpstream, connect_from, eventually,
+    free_port, json_reply, ok_upstream, post, raw_post, raw_request, redis::Redis, sdk_client,
+    send,
+};
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+const SESSION_KEY: &str = "6d2b1f0c9a8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4e";
+const BOB: &str = "Bearer bob-test-key-0123456789abcdef";
+
+/// `count` gateway nodes named node-0, node-1... in front of `upstream`, sharing `redis`.
+/// `sections` is each node's extra configuration; `fleet` more keys of `[fleet]`.
+fn start_nodes(
+    upstream: &str,
+    redis: &Redis,
+    count: usize,
+    sections: &str,
+    fleet: &str,
+) -> Vec<Gateway> {
+    (0..count)
+        .map(|index| start_node(upstream, redis, index, sections, fleet))
+        .collect()
+}
+
+fn start_node(upstream: &str, redis: &Redis, index: usize, sections: &str, fleet: &str) -> Gateway {
+    let sections = format!(
+        "{sections}\n[fleet]\nredis_url = \"{}\"\nnode_name = \"node-{index}\"\n\
+         timeout_ms = 100\nsession_keys = [\"{SESSION_KEY}\"]\n{fleet}\n",
+        redis.url()
+    );
+    let node = Gateway::start(upstream, &sections);
+    eventually("the node follows the fleet's blocks", || {
+        node.logs().contains("following block events")
+    });
+    node
+}
+
+fn statuses(answers: &[e2e_tests::Answer]) -> (usize, usize) {
+    let ok = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::OK)
+        .count();
+    let limited = answers
+        .iter()
+        .filter(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    (ok, limited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_limit_holds_across_three_nodes_whichever_node_each_request_reaches() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let redis = Redis::start();
+    let nodes = start_nodes(
+        &upstream.url(),
+        &redis,
+        3,
+        "[rate_limit]\nrequests = 10\nwindow_secs = 60\n[blocking]\nrate_limited = 1000\n",
+        "",
+    );
+    let mut answers = Vec::new();
+    for request in 0..40 {
+        let node = &nodes[request % nodes.len()];
+        answers.push(post(node, &[("authorization", ALICE)], CALL).await);
+    }
+    assert_eq!(statuses(&answers), (10, 30));
+    assert_eq!(upstream.count(), 10, "the upstream saw exactly the limit");
+    let mut refusing_nodes = std::collections::HashSet::new();
+    for (index, answer) in answers.iter().enumerate() {
+        if answer.status != StatusCode::TOO_MANY_REQUESTS {
+            continue;
+        }
+        refusing_nodes.insert(index % nodes.len());
+        let retry_after: u64 = answer.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        let body = answer.json();
+        assert_eq!(body["error"]["code"], -31029);
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("10 requests per 60 s"),
+            "{body}"
+        );
+    }
+    assert_eq!(refusing_nodes.len(), 3, "every node refused some");
+    // Bob's own limit is untouched by alice's.
+    let bob = post(&nodes[1], &[("authorization", BOB)], CALL).await;
+    assert_eq!(bob.status, StatusCode::OK);
+    // Redis holds caller names and counters, never a key.
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(keys.contains("mcp-gateway:rl:{alice}"), "{keys}");
+    let dump = redis.cli(&["ZRANGE", "mcp-gateway:rl:{alice}", "0", "-1"]);
+    assert!(!dump.contains("alice-test-key") && !keys.contains("test-key"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_through_three_nodes_never_pass_the_limit() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let redis = Redis::start();
+    let nodes = Arc::new(start_nodes(
+        &upstream.url(),
+        &redis,
+        3,
+        "[rate_limit]\nrequests = 50\nwindow_secs = 60\n[blocking]\nrate_limited = 100000\n\
+         [limits]\nmax_in_flight_per_caller = 1000\n",
+        "",
+    ));
+    let tasks: Vec<_> = (0..20)
+        .map(|task| {
+            let nodes = Arc::clone(&nodes);
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                for request in 0..10 {
+                    let node = &nodes[(task + request) % nodes.len()];
+                    answers.push(post(node, &[("authorization", ALICE)], CALL).await);
+                }
+                answers
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.extend(task.await.unwrap());
+    }
+    assert_eq!(statuses(&answers), (50, 150));
+    assert_eq!(upstream.count(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_limit_holds_across_nodes() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let redis = Redis::start();
+    let nodes = start_nodes(
+        &upstream.url(),
+        &redis,
+        3,
+        "[rate_limit]\nrequests = 1000\nwindow_secs = 60\n\
+         [rate_limit.tools.echo]\nrequests = 4\nwindow_secs = 60\n[blocking]\nrate_limited = 1000\n",
+        "",
+    );
+    let mut answers = Vec::new();
+    for request in 0..12 {
+        answers.push(post(&nodes[request % 3], &[("authorization", ALICE)], CALL).await);
+    }
+    assert_eq!(statuses(&answers), (4, 8));
+    let refused = answers
+        .iter()
+        .find(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
+        .unwrap()
+        .json();
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("for tool \"echo\""),
+        "{refused}"
+    );
+    // Other tools are still within the caller's own limit.
+    let other =
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"add","arguments":{}}}"#;
+    assert_eq!(
+        post(&nodes[2], &[("authorization", ALICE)], other)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+/// Failed authentications from 127.0.0.2 spread over three nodes (2 each): the sixth, wherever
+/// it lands, blocks the source on every node; an idle connection the source had open on another
+/// node is closed; a node started later enforces the block too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentications_spread_over_nodes_block_the_source_on_every_node() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let redis = Redis::start();
+    let blocking = "[blocking]\nauth_failures = 6\nwindow_secs = 60\nblock_secs = 120\n";
+    let nodes = start_nodes(&upstream.url(), &redis, 3, blocking, "");
+    let offender: IpAddr = "127.0.0.2".parse().unwrap();
+    let good: IpAddr = "127.0.0.1".parse().unwrap();
+
+    // An open keep-alive connection of the offender on node 2.
+    let mut idle = connect_from(offender, nodes[2].addr).await.unwrap();
+    let first = exchange_keepalive(&mut idle, &raw_post(nodes[2].addr, ALICE, CALL)).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    for attempt in 0..6 {
+        let node = &nodes[attempt % 3];
+        let answer = raw_request(
+            offender,
+            node.addr,
+            &raw_post(node.addr, "Bearer wrong-key-0000000000", CALL),
+        )
+        .await
+        .expect("an answer before the block");
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        if attempt < 5 {
+            assert!(
+                nodes.iter().all(|n| !n.logs().contains("source blocked")),
+                "no block before the threshold (attempt {attempt})"
+            );
+        }
+    }
+    for node in &nodes {
+        eventually("every node blocks the source", || {
+            node.audit_lines()
+                .iter()
+                .any(|l| l["event"] == "block" && l["ip"] == "127.0.0.2")
+        });
+        let refused = raw_request(offender, node.addr, &raw_post(node.addr, ALICE, CALL)).await;
+        assert!(refused.is_err(), "node refuses the offender: {refused:?}");
+        let served = raw_request(good, node.addr, &raw_post(node.addr, ALICE, CALL))
+            .await
+            .unwrap();
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    }
+    // Exactly one node decided; the others name it.
+    let deciders: Vec<Value> = nodes
+        .iter()
+        .flat_map(Gateway::audit_lines)
+        .filter(|l| l["event"] == "block")
+        .collect();
+    assert_eq!(deciders.len(), 3, "{deciders:?}");
+    let local: Vec<_> = deciders
+        .iter()
+        .filter(|l| l.get("node").is_none())
+        .collect();
+    assert_eq!(local.len(), 1, "one node decided: {deciders:?}");
+    let decider = deciders
+        .iter()
+        .find_map(|l| l["node"].as_str())
+        .expect("a remote block names its node")
+        .to_owned();
+    for remote in deciders.iter().filter(|l| l.get("node").is_some()) {
+        assert_eq!(remote["node"], decider.as_str());
+        assert_eq!(remote["origin"], "fleet");
+        assert_eq!(remote["reason"], "auth_failures");
+        let left = remote["duration_secs"].as_u64().unwrap();
+        assert!((110..=120).contains(&left), "{left}");
+    }
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut byte),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the offender's open connection on node 2 is closed: {read:?}"
+    );
+
+    // A node started after the block loads it from Redis.
+    let late = start_node(&upstream.url(), &redis, 3, blocking, "");
+    eventually("the late node holds the block", || {
+        late.audit_lines()
+            .iter()
+            .any(|l| l["event"] == "block" && l["ip"] == "127.0.0.2")
+    });
+    let refused = raw_request(offender, late.addr, &raw_post(late.addr, ALICE, CALL)).await;
+    assert!(refused.is_err(), "the late node refuses: {refused:?}");
+}
+
+/// Redis killed while three nodes serve: with `on_unavailable = "local"` every request is still
+/// answered, quickly, each node counting alone, and `/readyz` says so; blocks decided meanwhile
+/// are published when Redis is back (empty: it had no persistence), and shared limits resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_redis_dies_nodes_count_locally_and_catch_up_when_it_returns() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let mut redis = Redis::start();
+    let admin_port = free_port();
+    let sections = format!(
+        "[rate_limit]\nrequests = 4\nwindow_secs = 60\n[blocking]\nauth_failures = 3\n\
+         rate_limited = 1000\nblock_secs = 300\n[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"
+    );
+    let node_a = start_node(&upstream.url(), &redis, 0, &sections, "");
+    let node_b = start_node(
+        &upstream.url(),
+        &redis,
+        1,
+        "[rate_limit]\nrequests = 4\nwindow_secs = 60\n[blocking]\nauth_failures = 3\nrate_limited = 1000\n",
+        "",
+    );
+    let readyz = format!("http://127.0.0.1:{admin_port}/readyz");
+    let ready = send(Method::GET, &readyz, &[], "").await.json();
+    assert_eq!(ready["fleet"]["mode"], "shared", "{ready}");
+
+    redis.stop();
+    let started = std::time::Instant::now();
+    let mut answers = Vec::new();
+    for request in 0..8 {
+        let node = if request % 2 == 0 { &node_a } else { &node_b };
+        let sent = std::time::Instant::now();
+        answers.push(post(node, &[("authorization", ALICE)], CALL).await);
+        assert!(
+            sent.elapsed() < Duration::from_millis(600),
+            "answered within timeout_ms plus normal latency: {:?}",
+            sent.elapsed()
+        );
+    }
+    // Each node admits up to the limit on its own while Redis is away.
+    assert_eq!(statuses(&answers), (8, 0), "{:?}", started.elapsed());
+    let ready = send(Method::GET, &readyz, &[], "").await;
+    let ready_json = ready.json();
+    assert_eq!(ready.status, StatusCode::OK, "local fallback still serves");
+    assert_eq!(ready_json["fleet"]["mode"], "local", "{ready_json}");
+    assert!(
+        ready_json["fleet"]["redis"]
+            .as_str()
+            .unwrap()
+            .starts_with("unavailable"),
+        "{ready_json}"
+    );
+    let metrics = send(
+        Method::GET,
+        &format!("http://127.0.0.1:{admin_port}/metrics"),
+        &[],
+        "",
+    )
+    .await;
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("mcp_gateway_fleet_redis_up 0"),
+        "{metrics}"
+    );
+    assert_eq!(
+        node_a.logs().matches("fleet: Redis is unavailable").count(),
+        1,
+        "the outage is logged once"
+    );
+    // A block decided during the outage, on node A alone.
+    let offender: IpAddr = "127.0.0.3".parse().unwrap();
+    for _ in 0..3 {
+        let answer = raw_request(
+            offender,
+            node_a.addr,
+            &raw_post(node_a.addr, "Bearer wrong-key-0000000000", CALL),
+        )
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    eventually("node A blocks on its own", || {
+        node_a.audit_lines().iter().any(|l| l["event"] == "block")
+    });
+
+    redis.restart();
+    eventually("node B learns the block decided during the outage", || {
+        node_b
+            .audit_lines()
+            .iter()
+            .any(|l| l["event"] == "block" && l["ip"] == "127.0.0.3" && l["node"] == "node-0")
+    });
+    assert!(
+        redis
+            .cli(&["HGETALL", "mcp-gateway:{blocks}:active"])
+            .contains("127.0.0.3"),
+        "the block is in Redis again"
+    );
+    eventually("the nodes say Redis is back", || {
+        node_a.logs().contains("Redis is back") && node_b.logs().contains("Redis is back")
+    });
+    // Shared limits again: 4 between both nodes.
+    let mut answers = Vec::new();
+    for request in 0..8 {
+        let node = if request % 2 == 0 { &node_a } else { &node_b };
+        answers.push(post(node, &[("authorization", BOB)], CALL).await);
+    }
+    assert_eq!(statuses(&answers), (4, 4));
+    let ready = send(Method::GET, &readyz, &[], "").await.json();
+    assert_eq!(ready["fleet"]["mode"], "shared", "{ready}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_on_unavailable_refuse_calls_get_503_while_redis_is_away() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let mut redis = Redis::start();
+    let node = start_node(
+        &upstream.url(),
+        &redis,
+        0,
+        "[rate_limit]\nrequests = 100\nwindow_secs = 60\n",
+        "on_unavailable = \"refuse\"\n",
+    );
+    assert_eq!(
+        post(&node, &[("authorization", ALICE)], CALL).await.status,
+        StatusCode::OK
+    );
+    redis.stop();
+    let sent = std::time::Instant::now();
+    let refused = post(&node, &[("authorization", ALICE)], CALL).await;
+    assert!(
+        sent.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert_eq!(refused.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = refused.json();
+    assert_eq!(body["error"]["code"], -31505);
+    assert_eq!(body["id"], 42);
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("Redis"),
+        "{body}"
+    );
+    // Refused at once while the outage lasts.
+    let sent = std::time::Instant::now();
+    assert_eq!(
+        post(&node, &[("authorization", ALICE)], CALL).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        sent.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        sent.elapsed()
+    );
+    redis.restart();
+    let back = async {
+        loop {
+            if post(&node, &[("authorization", ALICE)], CALL).await.status == StatusCode::OK {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), back)
+        .await
+        .expect("calls pass again once Redis is back");
+    assert!(
+        node.audit_lines()
+            .iter()
+            .any(|l| l["decision"] == "fleet_unavailable")
+    );
+}
+
+/// A session opened through node A is used through nodes B and C by its caller; another caller
+/// gets 403 through every node, and an altered id is unknown (404).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_opened_through_one_node_is_used_through_the_others_by_its_caller_only() {
+    let upstream = RecordingUpstream::start(|request| {
+        let mut reply = json_reply(StatusCode::OK, r#"{"jsonrpc":"2.0","id":42,"result":{}}"#);
+        if !request.headers.contains_key("mcp-session-id") {
+            reply
+                .headers_mut()
+                .insert("mcp-session-id", "upstream-session-7".parse().unwrap());
+        }
+        reply
+    })
+    .await;
+    let redis = Redis::start();
+    let nodes = start_nodes(&upstream.url(), &redis, 3, "", "");
+    let opened = post(&nodes[0], &[("authorization", ALICE)], CALL).await;
+    let session = opened.headers["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(session.starts_with("g1."), "{session}");
+    assert!(!session.contains("upstream-session-7"));
+    for node in &nodes[1..] {
+        let used = post(
+            node,
+            &[("authorization", ALICE), ("mcp-session-id", &session)],
+            CALL,
+        )
+        .await;
+        assert_eq!(used.status, StatusCode::OK);
+        assert_eq!(
+            upstream.last().headers["mcp-session-id"],
+            "upstream-session-7",
+            "the upstream sees its own id"
+        );
+    }
+    for node in &nodes {
+        let foreign = post(
+            node,
+            &[("authorization", BOB), ("mcp-session-id", &session)],
+            CALL,
+        )
+        .await;
+        assert_eq!(foreign.status, StatusCode::FORBIDDEN);
+    }
+    let mut altered = session.clone().into_bytes();
+    let at = altered.len() - 5;
+    altered[at] = if altered[at] == b'x' { b'y' } else { b'x' };
+    let altered = String::from_utf8(altered).unwrap();
+    let refused = post(
+        &nodes[2],
+        &[("authorization", ALICE), ("mcp-session-id", &altered)],
+        CALL,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    let made_up = post(
+        &nodes[1],
+        &[
+            ("authorization", ALICE),
+            ("mcp-session-id", "upstream-session-7"),
+        ],
+        CALL,
+    )
+    .await;
+    assert_eq!(
+        made_up.status,
+        StatusCode::NOT_FOUND,
+        "raw upstream ids are not accepted"
+    );
+    assert_eq!(
+        upstream.count(),
+        3,
+        "refused requests never reached the upstream"
+    );
+    let _ = BOB_KEY;
+}
+
+/// The official TypeScript SDK client, its requests alternating between two nodes, completes
+/// initialize, tools/list and tools/call against the reference server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_sdk_client_completes_a_session_alternating_between_two_nodes() {
+    let server = EverythingServer::start();
+    let redis = Redis::start();
+    let nodes = start_nodes(&server.url(), &redis, 2, "", "");
+    let report = sdk_client(
+        &nodes[0].url(),
+        Some(e2e_tests::ALICE_KEY),
+        "call",
+        1,
+        &[
+            ("ALTERNATE_URL", &nodes[1].url()),
+            ("SECRET_ARG", "across nodes"),
+        ],
+    );
+    assert!(report.get("error").is_none(), "{report}");
+    assert_eq!(report["echo"], "Echo: across nodes", "{report}");
+    assert_eq!(report["sum"], "The sum of 2 and 3 is 5.", "{report}");
+    let hosts: Vec<String> = report["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_owned())
+        .collect();
+    for node in &nodes {
+        let host = node.addr.to_string();
+        assert!(
+            hosts
+                .iter()
+                .filter(|h| h.starts_with("POST") && h.ends_with(&host))
+                .count()
+                >= 2,
+            "each node carried requests: {hosts:?}"
+        );
+    }
+    assert!(
+        report["sessionId"].as_str().unwrap().starts_with("g1."),
+        "{report}"
+    );
+}
+
+async fn exchange_keepalive(stream: &mut tokio::net::TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut buffer = vec![0u8; 8192];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&buffer[..read]).into_owned()
+}
