@@ -10,7 +10,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use e2e_tests::{ALICE_KEY, KillOnDrop, gateway_bin, netns::VethPair, read_audit, sha256_hex};
+use e2e_tests::{
+    ALICE_KEY, KillOnDrop, gateway_bin,
+    netns::{Namespace, VethPair},
+    read_audit, sha256_hex,
+};
 
 const SERVER_ADDR: &str = "198.18.0.1";
 const SERVER_ADDR_V6: &str = "fd00::1";
@@ -743,4 +747,110 @@ fn an_upgrade_hands_over_the_pinned_blocks_and_the_new_process_attaches_xdp() {
         "{list}"
     );
     drop(old);
+}
+
+/// Three fleet nodes, each an edge host of its own (server namespace, clients' namespace, XDP on
+/// its interface, its own pinned maps), sharing a Redis in a fourth namespace. Failed
+/// authentications from one source, spread over the three nodes, reach the threshold together;
+/// the block then drops the source in every node's XDP program, while others are served.
+#[test]
+#[ignore = "needs root: network namespaces and XDP"]
+fn a_block_decided_by_the_fleet_drops_the_source_in_every_nodes_xdp() {
+    let nets: Vec<TestNet> = (0..3)
+        .map(|node| TestNet::new(&format!("f{node}")))
+        .collect();
+    let redis_host = Namespace::create("redis").expect("the Redis host's namespace");
+    for (node, net) in nets.iter().enumerate() {
+        redis_host
+            .link_to(
+                &net.server,
+                node,
+                &format!("198.19.{node}.1/24"),
+                &format!("198.19.{node}.2/24"),
+            )
+            .expect("link to the Redis host");
+    }
+    let redis_dir = tempfile::tempdir().expect("tempdir");
+    let redis_log = redis_dir.path().join("redis.log");
+    let _redis = KillOnDrop(
+        redis_host
+            .exec("redis-server")
+            .args([
+                "--port",
+                "6390",
+                "--bind",
+                "0.0.0.0",
+                "--protected-mode",
+                "no",
+            ])
+            .args(["--save", "", "--appendonly", "no", "--logfile"])
+            .arg(&redis_log)
+            .arg("--dir")
+            .arg(redis_dir.path())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    wait_until("Redis is up", Duration::from_secs(10), || {
+        std::fs::read_to_string(&redis_log)
+            .unwrap_or_default()
+            .contains("Ready to accept connections")
+    });
+    let mut running = Vec::new();
+    for (node, net) in nets.iter().enumerate() {
+        let (config, audit, upstream) = prepare(
+            net,
+            "driver",
+            &format!(
+                "[blocking]\nauth_failures = 6\nwindow_secs = 60\nblock_secs = 120\n\
+                 [fleet]\nredis_url = \"redis://198.19.{node}.1:6390/0\"\nnode_name = \"edge-{node}\"\n\
+                 session_keys = [\"{}\"]\n",
+                "ab".repeat(32)
+            ),
+        );
+        let log = net.dir.path().join("gateway.log");
+        let gateway = start_gateway(net, &config, &log);
+        wait_until(
+            "the node follows the fleet",
+            Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("following block events")
+            },
+        );
+        running.push((gateway, upstream, audit));
+    }
+    for net in &nets {
+        wait_until("the good client is served", Duration::from_secs(10), || {
+            net.call(GOOD_CLIENT, ALICE_KEY) == Some(200)
+        });
+    }
+    let dropped_before: Vec<u64> = nets.iter().map(|net| net.counter("drop_blocked")).collect();
+    for net in nets.iter().cycle().take(6) {
+        assert_eq!(net.call(OFFENDER, "wrong-key-0123456789"), Some(401));
+    }
+    for (node, net) in nets.iter().enumerate() {
+        let audit = &running[node].2;
+        wait_until(
+            "every node applies the block",
+            Duration::from_secs(5),
+            || block_line(audit).is_some(),
+        );
+        let block = block_line(audit).expect("block line");
+        assert_eq!(block["ip"], OFFENDER);
+        assert_eq!(block["enforced_in"], "xdp", "node {node}: {block}");
+        assert!(net.blocked(OFFENDER), "node {node} drops the offender");
+        assert!(
+            net.counter("drop_blocked") > dropped_before[node],
+            "node {node} dropped it in XDP"
+        );
+        assert_eq!(net.call(BYSTANDER, ALICE_KEY), Some(200), "node {node}");
+    }
+    let decided: Vec<_> = running
+        .iter()
+        .filter_map(|(_, _, audit)| block_line(audit))
+        .filter(|block| block.get("node").is_none())
+        .collect();
+    assert_eq!(decided.len(), 1, "one node decided, the others applied");
 }

@@ -117,3 +117,49 @@ fn ip(args: &[&str]) -> Result<()> {
     }
     Ok(())
 }
+
+/// A namespace of its own for a service the test's hosts share (the fleet's Redis), joined to
+/// other namespaces by veth links. Removed on drop, with its links.
+pub struct Namespace {
+    pub name: String,
+}
+
+impl Namespace {
+    pub fn create(tag: &str) -> Result<Self> {
+        let name = format!("mcpgw-{tag}-{}", std::process::id() % 100_000);
+        ip(&["netns", "add", &name])?;
+        ip(&["-n", &name, "link", "set", "lo", "up"])?;
+        Ok(Namespace { name })
+    }
+
+    /// A veth link from this namespace (address `here`, with prefix length) to namespace `other`
+    /// (address `there`); `index` tells this namespace's links apart.
+    pub fn link_to(&self, other: &str, index: usize, here: &str, there: &str) -> Result<()> {
+        let id = std::process::id() % 100_000;
+        let (near, far) = (format!("mgn{id}l{index}"), format!("mgf{id}l{index}"));
+        ip(&[
+            "link", "add", &near, "netns", &self.name, "type", "veth", "peer", "name", &far,
+            "netns", other,
+        ])?;
+        for (ns, interface, address) in [(&*self.name, &near, here), (other, &far, there)] {
+            ip(&["-n", ns, "addr", "add", address, "dev", interface])?;
+            ip(&["-n", ns, "link", "set", interface, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// `program` inside this namespace.
+    pub fn exec(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
