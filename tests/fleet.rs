@@ -6,12 +6,16 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use e2e_tests::{
-    ALICE, BOB_KEY, CALL, EverythingServer, Gateway, RecordingUpstream, connect_from, eventually,
-    free_port, json_reply, ok_upstream, post, raw_post, raw_request, redis::Redis, sdk_client,
-    send,
+    ALICE, BOB_KEY, CALL, EverythingServer, Gateway, Options, RecordingUpstream, connect_from,
+    eventually, free_port, json_reply, ok_upstream, post, raw_post, raw_request, redis::Redis,
+    sdk_client, send,
 };
 use hyper::{Method, StatusCode};
 use serde_json::Value;
+
+#[path = "edge/pki.rs"]
+#[allow(dead_code)] // the edge tests use the rest
+mod pki;
 
 const SESSION_KEY: &str = "6d2b1f0c9a8e7d6c5b4a39281706f5e4d3c2b1a0f9e8d7c6b5a4938271605f4e";
 const BOB: &str = "Bearer bob-test-key-0123456789abcdef";
@@ -31,14 +35,34 @@ fn start_nodes(
 }
 
 fn start_node(upstream: &str, redis: &Redis, index: usize, sections: &str, fleet: &str) -> Gateway {
+    start_node_with(upstream, "", redis, index, sections, fleet)
+}
+
+/// [`start_node`], with `upstream_keys` in `[upstream]`.
+fn start_node_with(
+    upstream: &str,
+    upstream_keys: &str,
+    redis: &Redis,
+    index: usize,
+    sections: &str,
+    fleet: &str,
+) -> Gateway {
     let sections = format!(
         "{sections}\n[fleet]\nredis_url = \"{}\"\nnode_name = \"node-{index}\"\n\
          timeout_ms = 100\nsession_keys = [\"{SESSION_KEY}\"]\n{fleet}\n",
         redis.url()
     );
-    let node = Gateway::start(upstream, &sections);
-    eventually("the node follows the fleet's blocks", || {
-        node.logs().contains("following block events")
+    let node = Gateway::start_with(
+        upstream,
+        Options {
+            upstream: upstream_keys,
+            sections: &sections,
+            ..Options::default()
+        },
+    );
+    eventually("the node joins the fleet", || {
+        let logs = node.logs();
+        logs.contains("fleet: connected to Redis") && logs.contains("following block events")
     });
     node
 }
@@ -562,6 +586,172 @@ async fn the_official_sdk_client_completes_a_session_alternating_between_two_nod
     assert!(
         report["sessionId"].as_str().unwrap().starts_with("g1."),
         "{report}"
+    );
+}
+
+/// The legacy HTTP+SSE transport across nodes: the stream stays on one node, the SDK client posts
+/// its messages alternately through the other, to the sealed endpoint the stream announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_sse_session_posts_through_another_node_than_its_stream() {
+    let server = EverythingServer::start_legacy();
+    let redis = Redis::start();
+    let nodes: Vec<Gateway> = (0..2)
+        .map(|index| start_node_with(&server.url(), "sse_path = \"/sse\"", &redis, index, "", ""))
+        .collect();
+    let sse_url = |node: &Gateway| format!("http://{}/sse", node.addr);
+    let report = sdk_client(
+        &sse_url(&nodes[0]),
+        Some(e2e_tests::ALICE_KEY),
+        "call",
+        1,
+        &[
+            ("TRANSPORT", "sse"),
+            ("ALTERNATE_URL", &sse_url(&nodes[1])),
+            ("SECRET_ARG", "legacy across nodes"),
+        ],
+    );
+    assert!(report.get("error").is_none(), "{report}");
+    assert_eq!(report["echo"], "Echo: legacy across nodes", "{report}");
+    let hosts = report["hosts"].to_string();
+    assert!(
+        hosts.contains(&format!("POST {}", nodes[1].addr)),
+        "messages went through the other node: {hosts}"
+    );
+    // The endpoint a stream on node 0 announces is sealed for its caller: alice posts to it
+    // through node 1, bob is refused through either node.
+    let mut stream = tokio::net::TcpStream::connect(nodes[0].addr).await.unwrap();
+    let endpoint = first_endpoint_event(&mut stream, nodes[0].addr).await;
+    assert!(
+        endpoint.starts_with("/.mcp-gateway/legacy/g1."),
+        "{endpoint}"
+    );
+    assert!(
+        !endpoint.contains("sessionId"),
+        "the server's endpoint is sealed: {endpoint}"
+    );
+    let initialize = r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#;
+    let message = async |node: &Gateway, key: &str| {
+        let url = format!("http://{}{endpoint}", node.addr);
+        let headers = [("authorization", key), ("content-type", "application/json")];
+        send(Method::POST, &url, &headers, initialize).await.status
+    };
+    assert_eq!(message(&nodes[1], ALICE).await, StatusCode::ACCEPTED);
+    for node in &nodes {
+        assert_eq!(message(node, BOB).await, StatusCode::FORBIDDEN);
+    }
+    drop(stream);
+}
+
+/// Opens a legacy SSE stream as alice and reads its first event's data (the endpoint).
+async fn first_endpoint_event(
+    stream: &mut tokio::net::TcpStream,
+    addr: std::net::SocketAddr,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "GET /sse HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {ALICE}\r\nAccept: text/event-stream\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("\n\n")
+        || !String::from_utf8_lossy(&seen).contains("data: ")
+    {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer))
+            .await
+            .expect("the endpoint event in time")
+            .unwrap();
+        assert!(
+            read > 0,
+            "stream closed: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buffer[..read]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    text.lines()
+        .find_map(|line| line.strip_prefix("data: "))
+        .unwrap_or_else(|| panic!("no data line: {text}"))
+        .trim()
+        .to_owned()
+}
+
+/// `rediss://` with the test's own CA, as an ACL user allowed only keys under the fleet's prefix
+/// (so every key the gateway touches is under it), and the default user disabled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_share_limits_over_tls_as_an_acl_user_confined_to_the_key_prefix() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let pki = pki::Pki::new();
+    let (cert, key) = pki.leaf("redis", "redis", &["127.0.0.1"]);
+    let redis = Redis::start_tls(
+        &cert,
+        &key,
+        &[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "edge",
+            "on",
+            ">edge-password",
+            "~mcp-gateway:*",
+            "+@all",
+        ],
+    );
+    let url = format!("rediss://127.0.0.1:{}/0", redis.port);
+    let start = |index: usize, password: &str| {
+        Gateway::start(
+            &upstream.url(),
+            &format!(
+                "[rate_limit]\nrequests = 3\nwindow_secs = 60\n[blocking]\nrate_limited = 1000\n\
+                 [fleet]\nredis_url = \"{url}\"\nca_file = \"{}\"\nusername = \"edge\"\n\
+                 password = \"{password}\"\nnode_name = \"tls-{index}\"\n\
+                 session_keys = [\"{SESSION_KEY}\"]\n",
+                pki.ca().display()
+            ),
+        )
+    };
+    let nodes = [start(0, "edge-password"), start(1, "edge-password")];
+    for node in &nodes {
+        eventually("the node joins the fleet over TLS", || {
+            let logs = node.logs();
+            logs.contains("fleet: connected to Redis") && logs.contains("following block events")
+        });
+    }
+    let mut answers = Vec::new();
+    for request in 0..6 {
+        answers.push(post(&nodes[request % 2], &[("authorization", ALICE)], CALL).await);
+    }
+    assert_eq!(
+        statuses(&answers),
+        (3, 3),
+        "shared through Redis over TLS: {}",
+        nodes[0].logs()
+    );
+    for node in &nodes {
+        assert!(
+            !node.logs().contains("Redis is unavailable"),
+            "{}",
+            node.logs()
+        );
+        assert!(
+            !node.logs().contains("edge-password"),
+            "no password in the logs"
+        );
+    }
+    // A wrong password is an outage, said once, not a crash; the node serves on its own.
+    let wrong = start(2, "not-the-password");
+    assert_eq!(
+        post(&wrong, &[("authorization", BOB)], CALL).await.status,
+        StatusCode::OK
+    );
+    eventually("the outage is reported", || {
+        wrong.logs().contains("fleet: Redis is unavailable")
+    });
+    assert!(
+        !wrong.logs().contains("not-the-password"),
+        "{}",
+        wrong.logs()
     );
 }
 

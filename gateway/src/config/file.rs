@@ -107,6 +107,10 @@ impl Default for AdminSection {
 pub struct FleetSection {
     /// `redis://host:6379/0`, or `rediss://` for TLS (verified against the system's CAs).
     pub redis_url: String,
+    /// PEM bundle of the CAs that sign Redis's certificate (`rediss://`), instead of the
+    /// system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Redis ACL user (instead of one in the URL).
     #[serde(default)]
     pub username: Option<String>,

@@ -484,3 +484,85 @@ fn expires_at_is_rfc_3339_with_any_offset_and_a_bad_one_names_the_user() {
     let message = at("next tuesday").unwrap_err().to_string();
     assert!(message.starts_with("users[0].expires_at"), "{message}");
 }
+
+fn with_fleet(keys: &str) -> String {
+    format!("{}\n[fleet]\n{keys}\n", with_user(""))
+}
+
+const FLEET_KEY: &str =
+    "session_keys = [\"000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f\"]";
+
+#[test]
+fn a_fleet_section_gets_documented_defaults_and_hides_its_password() {
+    assert!(settings(&with_user("")).unwrap().node.fleet.is_none());
+    let fleet = settings(&with_fleet(&format!(
+        "redis_url = \"redis://10.0.0.5:6380/2\"\nusername = \"edge\"\npassword = \"s3cret\"\n{FLEET_KEY}"
+    )))
+    .unwrap()
+    .node
+    .fleet
+    .expect("fleet settings");
+    assert_eq!(fleet.key_prefix, "mcp-gateway");
+    assert_eq!(fleet.timeout, Duration::from_millis(50));
+    assert_eq!(fleet.on_unavailable, OnUnavailable::Local);
+    assert!(!fleet.node_name.is_empty(), "the host name by default");
+    assert_eq!(fleet.redis_shown, "redis://10.0.0.5:6380/2");
+    assert_eq!(fleet.redis.redis_settings().username(), Some("edge"));
+    assert_eq!(fleet.redis.redis_settings().password(), Some("s3cret"));
+    assert_eq!(fleet.session_keys.len(), 1);
+    let shown = format!("{fleet:?}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("0001020304"),
+        "{shown}"
+    );
+    let tls = settings(&with_fleet(&format!(
+        "redis_url = \"rediss://redis.internal:6379\"\non_unavailable = \"refuse\"\n{FLEET_KEY}"
+    )))
+    .unwrap()
+    .node
+    .fleet
+    .unwrap();
+    assert_eq!(tls.redis_shown, "rediss://redis.internal:6379/0");
+    assert_eq!(tls.on_unavailable, OnUnavailable::Refuse);
+}
+
+#[test]
+fn fleet_errors_name_their_field() {
+    let cases = [
+        ("redis_url = \"http://x\"", "fleet.redis_url"),
+        (
+            "redis_url = \"redis+unix:///run/redis.sock\"",
+            "fleet.redis_url",
+        ),
+        (
+            "redis_url = \"redis://h\"\nkey_prefix = \"a b\"",
+            "fleet.key_prefix",
+        ),
+        (
+            "redis_url = \"redis://h\"\nnode_name = \"edge/1\"",
+            "fleet.node_name",
+        ),
+        (
+            "redis_url = \"redis://h\"\ntimeout_ms = 0",
+            "fleet.timeout_ms",
+        ),
+        (
+            "redis_url = \"redis://h\"\nca_file = \"/etc/ca.pem\"",
+            "fleet.ca_file",
+        ),
+        (
+            "redis_url = \"rediss://h\"\nca_file = \"/nonexistent/ca.pem\"",
+            "fleet.ca_file",
+        ),
+    ];
+    for (keys, field) in cases {
+        let message = error(&with_fleet(&format!("{keys}\n{FLEET_KEY}")));
+        assert!(message.starts_with(field), "{keys}: {message}");
+    }
+    let no_keys = error(&with_fleet("redis_url = \"redis://h\""));
+    assert!(no_keys.starts_with("fleet.session_keys"), "{no_keys}");
+    let bad_key = error(&with_fleet(
+        "redis_url = \"redis://h\"\nsession_keys = [\"00\"]",
+    ));
+    assert!(bad_key.starts_with("fleet.session_keys[0]"), "{bad_key}");
+}

@@ -148,6 +148,18 @@ fn fleet(section: &FleetSection) -> Result<FleetSettings, ConfigError> {
             "must be redis://host:port/db or rediss://host:port/db",
         ));
     }
+    let redis_ca = match &section.ca_file {
+        None => None,
+        Some(_) if !matches!(redis.addr(), redis::ConnectionAddr::TcpTls { .. }) => {
+            return Err(invalid("fleet.ca_file", "only for rediss:// URLs"));
+        }
+        Some(path) => Some(std::fs::read(path).map_err(|err| {
+            invalid(
+                "fleet.ca_file",
+                format!("cannot read {}: {err}", path.display()),
+            )
+        })?),
+    };
     let mut credentials = redis.redis_settings().clone();
     if let Some(username) = &section.username {
         credentials = credentials.set_username(username);
@@ -216,6 +228,7 @@ fn fleet(section: &FleetSection) -> Result<FleetSettings, ConfigError> {
     }
     Ok(FleetSettings {
         redis,
+        redis_ca,
         redis_shown,
         key_prefix: section.key_prefix.clone(),
         node_name: node_name.into(),

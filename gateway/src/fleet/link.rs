@@ -21,6 +21,9 @@ use redis::{
 
 use crate::config::FleetSettings;
 
+/// How long connecting (TCP, TLS, `AUTH`) may take; requests still wait at most `timeout_ms`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Redis did not answer in time, or answered with an error: the caller falls back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("Redis is unavailable")]
@@ -72,9 +75,18 @@ impl Health {
 impl Link {
     /// Connects lazily: a Redis that is away at start is an outage like any other.
     pub fn new(settings: &FleetSettings) -> Result<Self, RedisError> {
-        let client = Client::open(settings.redis.clone())?;
+        let client = match &settings.redis_ca {
+            Some(ca) => Client::build_with_tls(
+                settings.redis.clone(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )?,
+            None => Client::open(settings.redis.clone())?,
+        };
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(200))))
+            .set_connection_timeout(Some(settings.timeout.max(CONNECT_TIMEOUT)))
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(100));
@@ -116,14 +128,34 @@ impl Link {
         &self,
         operation: impl AsyncFnOnce(ConnectionManager) -> Result<T, RedisError>,
     ) -> Result<T, Unavailable> {
-        match tokio::time::timeout(self.timeout, operation(self.connection.clone())).await {
+        self.run_within(self.timeout, operation).await
+    }
+
+    /// Connects (TCP, TLS, `AUTH`: longer than a request may wait) and pings once, at start.
+    pub async fn connect(&self) -> Result<(), Unavailable> {
+        let within = self.timeout.max(CONNECT_TIMEOUT);
+        self.run_within(within, async |mut connection| {
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn run_within<T: FromRedisValue>(
+        &self,
+        within: Duration,
+        operation: impl AsyncFnOnce(ConnectionManager) -> Result<T, RedisError>,
+    ) -> Result<T, Unavailable> {
+        match tokio::time::timeout(within, operation(self.connection.clone())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 self.failed(&err.to_string());
                 Err(Unavailable)
             }
             Err(_) => {
-                self.failed(&format!("no answer within {} ms", self.timeout.as_millis()));
+                self.failed(&format!("no answer within {} ms", within.as_millis()));
                 Err(Unavailable)
             }
         }
@@ -133,8 +165,9 @@ impl Link {
     /// other command on the shared one.
     pub async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, RedisError> {
         let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(200))))
-            .set_response_timeout(None);
+            .set_connection_timeout(Some(self.timeout.max(CONNECT_TIMEOUT)))
+            // Longer than an `XREAD BLOCK`: a Redis gone silent is noticed, a quiet one is not.
+            .set_response_timeout(Some(Duration::from_secs(5)));
         self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await

@@ -148,11 +148,7 @@ impl Fleet {
     /// Checks Redis once (an absent Redis starts the node in its outage mode, logged), then
     /// follows the fleet until the process ends.
     pub async fn start(self, protection: Protection) {
-        let pong: Result<String, _> = self
-            .link
-            .run(async |mut connection| redis::cmd("PING").query_async(&mut connection).await)
-            .await;
-        if pong.is_ok() {
+        if self.link.connect().await.is_ok() {
             tracing::info!(
                 redis = %self.settings.redis_shown,
                 node = %self.settings.node_name,
