@@ -140,3 +140,57 @@ fn the_demo_with_tls_serves_https_and_its_printed_curl_line_works() {
     );
     assert!(out.contains("hello"), "{out}");
 }
+
+/// `cargo xtask run -- fleet-demo`: a local Redis and two nodes; the loop the banner prints,
+/// run as printed, shows one limit across the fleet (five 200s, then 429s); Ctrl-C ends Redis and
+/// both nodes.
+#[test]
+fn the_fleet_demo_shows_one_limit_across_two_nodes_and_cleans_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = free_port();
+    let second = SocketAddr::from(([127, 0, 0, 1], first + 1));
+    let log = dir.path().join("fleet-demo.log");
+    let mut command = Command::new(gateway_bin());
+    command
+        .args([
+            "fleet-demo",
+            "--listen",
+            &format!("127.0.0.1:{first}"),
+            "--dir",
+        ])
+        .arg(dir.path().join("fleet"));
+    let mut demo = spawn_listening(command, "fleet-demo (needs redis-server)", &log, second);
+    let printed = || std::fs::read_to_string(&log).unwrap_or_default();
+    e2e_tests::eventually("the banner", || printed().contains("Ctrl-C to stop"));
+    let text = printed();
+    let loop_line = text
+        .lines()
+        .find(|line| line.trim_start().starts_with("for node in"))
+        .unwrap_or_else(|| panic!("the banner shows the loop:\n{text}"));
+    let output = Command::new("bash")
+        .args(["-c", loop_line])
+        .output()
+        .expect("bash");
+    let codes = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        codes.split_whitespace().collect::<Vec<_>>(),
+        ["200", "200", "200", "200", "200", "429", "429", "429"],
+        "{text}"
+    );
+    let redis_port: u16 = text
+        .split("Redis on 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|port| port.parse().ok())
+        .expect("the banner names Redis's port");
+    // SAFETY: kill(2) of the demo, our child.
+    unsafe { libc::kill(demo.0.id() as i32, libc::SIGINT) };
+    let status = demo.0.wait().expect("the demo exits");
+    assert!(status.success(), "{status}");
+    for port in [first, first + 1, redis_port] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "nothing listens on {port} after the demo"
+        );
+    }
+}

@@ -89,6 +89,16 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/mcp-gateway", global = true)]
         pin_path: PathBuf,
     },
+    /// Run a fleet on this machine: a local redis-server and two gateway nodes sharing limits,
+    /// blocks and sessions, in front of the built-in demo MCP server.
+    FleetDemo {
+        /// The first node's address; the second takes the next port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Where logs, audit lines, configurations and Redis's files go.
+        #[arg(long, default_value = "logs/fleet-demo")]
+        dir: PathBuf,
+    },
     /// Run the gateway in front of the built-in demo MCP server, with a fresh key.
     Demo {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -234,6 +244,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             admin,
         }) => runtime()?.block_on(demo(listen, audit_path, !no_xdp, tls, admin)),
+        Some(Command::FleetDemo { listen, dir }) => {
+            runtime()?.block_on(gateway::fleet::demo::run(listen, dir))
+        }
         Some(Command::Xdp {
             command: XdpCommand::Status,
             pin_path,

@@ -19,6 +19,7 @@
 //! reconnects on its own; `fred` does as much with a larger API and dependency tree than we need.
 
 mod blocks;
+pub mod demo;
 mod limiter;
 mod link;
 
