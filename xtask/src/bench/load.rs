@@ -26,6 +26,9 @@ pub struct LoadArgs {
     /// Target URL (http://host:port/path).
     #[arg(long)]
     pub url: String,
+    /// More targets (other nodes of a fleet): connections are spread over all, round robin.
+    #[arg(long)]
+    pub also_url: Vec<String>,
     /// Bearer key; or `--keys-file` with one key per line, used round robin.
     #[arg(long)]
     pub key: Option<String>,
@@ -52,6 +55,7 @@ impl LoadArgs {
     pub fn new(url: String, connections: usize) -> Self {
         Self {
             url,
+            also_url: Vec::new(),
             key: None,
             keys_file: None,
             connections,
@@ -80,6 +84,9 @@ impl LoadArgs {
         if let Some(file) = &self.keys_file {
             args.extend(["--keys-file".into(), file.display().to_string()]);
         }
+        for url in &self.also_url {
+            args.extend(["--also-url".into(), url.clone()]);
+        }
         if self.each_key_once {
             args.push("--each-key-once".into());
         }
@@ -96,6 +103,7 @@ pub struct LoadResult {
     pub ok: u64,
     pub failed: u64,
     pub rps: f64,
+    pub p50_us: f64,
     pub p99_us: f64,
 }
 
@@ -106,6 +114,7 @@ impl LoadResult {
             ok: value["ok"].as_u64().unwrap_or(0),
             failed: value["failed"].as_u64().unwrap_or(0),
             rps: f("rps"),
+            p50_us: f("p50_us"),
             p99_us: f("p99_us"),
         }
     }
@@ -134,24 +143,28 @@ pub fn summary(args: LoadArgs) -> Result<serde_json::Value> {
 }
 
 async fn generate(args: LoadArgs, keys: Arc<Vec<String>>) -> Result<serde_json::Value> {
-    let uri: Uri = args.url.parse().context("--url")?;
-    let authority = uri.authority().context("--url needs host:port")?.clone();
-    let target: SocketAddr = tokio::net::lookup_host(authority.as_str())
-        .await?
-        .next()
-        .context("--url host does not resolve")?;
+    let mut targets = Vec::new();
+    for url in std::iter::once(&args.url).chain(&args.also_url) {
+        let uri: Uri = url.parse().with_context(|| format!("--url {url}"))?;
+        let authority = uri.authority().context("--url needs host:port")?.clone();
+        let target: SocketAddr = tokio::net::lookup_host(authority.as_str())
+            .await?
+            .next()
+            .context("--url host does not resolve")?;
+        targets.push((uri, target));
+    }
     let next_key = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs(args.duration_secs);
     let body = Bytes::from(args.body.clone());
     let started = Instant::now();
     let workers: Vec<_> = (0..args.connections)
-        .map(|_| {
-            let (keys, next_key, failed, uri, body) = (
+        .map(|worker| {
+            let (uri, target) = targets[worker % targets.len()].clone();
+            let (keys, next_key, failed, body) = (
                 Arc::clone(&keys),
                 Arc::clone(&next_key),
                 Arc::clone(&failed),
-                uri.clone(),
                 body.clone(),
             );
             let (from, once) = (args.from, args.each_key_once);

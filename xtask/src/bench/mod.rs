@@ -4,6 +4,7 @@
 //! section.
 
 mod callers;
+mod fleet;
 mod flood;
 pub mod load;
 mod proxy;
@@ -45,6 +46,8 @@ pub enum Scenario {
     Flood,
     /// TLS ending in the proxy: nginx vs HAProxy vs gateway, keep-alive and handshakes.
     Tls,
+    /// Fleet mode: two nodes on Redis vs one alone; block propagation between nodes.
+    Fleet,
 }
 
 /// How long and how often each measurement runs, and what else to measure.
@@ -91,6 +94,9 @@ pub fn run(root: &Path, scenario: Scenario, plan: Plan) -> Result<()> {
     if wanted(Scenario::Tls) {
         report.add(tls::run(&bench)?);
     }
+    if wanted(Scenario::Fleet) {
+        report.add(fleet::run(&bench)?);
+    }
     let written = report.write(root, scenario == Scenario::All)?;
     println!("results: {}", written.display());
     Ok(())
@@ -110,6 +116,7 @@ fn install_tools(root: &Path, scenario: Scenario) -> Result<()> {
         ("haproxy", "haproxy"),
         ("openssl", "openssl"),
         ("wrk", "wrk"),
+        ("redis-server", "redis-server"),
     ])?;
     install_tool(root, "oha", OHA_VERSION, "the load generator")?;
     Ok(())
