@@ -676,8 +676,9 @@ async fn first_endpoint_event(
         .to_owned()
 }
 
-/// `rediss://` with the test's own CA, as an ACL user allowed only keys under the fleet's prefix
-/// (so every key the gateway touches is under it), and the default user disabled.
+/// `rediss://` with the test's own CA, as the README's least-privilege ACL user: keys under the
+/// fleet's prefix only (so every key the gateway touches is under it), no dangerous commands, and
+/// the default user disabled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_share_limits_over_tls_as_an_acl_user_confined_to_the_key_prefix() {
     let upstream = RecordingUpstream::start(ok_upstream()).await;
@@ -696,6 +697,7 @@ async fn nodes_share_limits_over_tls_as_an_acl_user_confined_to_the_key_prefix()
             ">edge-password",
             "~mcp-gateway:*",
             "+@all",
+            "-@dangerous",
         ],
     );
     let url = format!("rediss://127.0.0.1:{}/0", redis.port);
@@ -753,6 +755,118 @@ async fn nodes_share_limits_over_tls_as_an_acl_user_confined_to_the_key_prefix()
         "{}",
         wrong.logs()
     );
+}
+
+/// Three Redis Cluster primaries (slots spread over them), started and joined by `redis-cli
+/// --cluster create` on loopback ports; killed when the test ends.
+struct RedisCluster {
+    nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    fn start() -> Self {
+        // The cluster bus port too: the default (port + 10000) may be in the ephemeral range.
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                let bus = free_port().to_string();
+                Redis::start_with(&[
+                    "--port",
+                    "{port}",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    &bus,
+                ])
+            })
+            .collect();
+        let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
+        create.extend(nodes.iter().map(|node| format!("127.0.0.1:{}", node.port)));
+        create.extend(["--cluster-replicas", "0", "--cluster-yes"].map(str::to_owned));
+        let create: Vec<&str> = create.iter().map(String::as_str).collect();
+        e2e_tests::run_ok("redis-cli", &create);
+        eventually("the cluster is up", || {
+            nodes
+                .iter()
+                .all(|node| node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        });
+        RedisCluster { nodes }
+    }
+
+    /// The keys each primary holds.
+    fn keys_per_node(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|node| node.cli(&["KEYS", "*"]))
+            .collect()
+    }
+}
+
+/// Redis Cluster: the nodes seed from one primary, the limiter's keys of many callers spread over
+/// the primaries (one caller's keys on one), the limit and the block fan-out hold as with one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_cluster_limits_and_blocks_hold_and_callers_spread_over_the_shards() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let cluster = RedisCluster::start();
+    let seed = &cluster.nodes[1];
+    let users: String = (0..30)
+        .map(|index| {
+            format!(
+                "[[users]]\nname = \"agent-{index}\"\nkey_sha256 = \"{}\"\n",
+                e2e_tests::sha256_hex(&format!("agent-key-{index}-0123456789"))
+            )
+        })
+        .collect();
+    let sections = format!(
+        "{users}[rate_limit]\nrequests = 10\nwindow_secs = 60\n\
+         [rate_limit.tools.echo]\nrequests = 1000\nwindow_secs = 60\n\
+         [blocking]\nauth_failures = 3\nrate_limited = 1000\nblock_secs = 120\n"
+    );
+    let nodes = start_nodes(&upstream.url(), seed, 3, &sections, "cluster = true\n");
+    let mut answers = Vec::new();
+    for request in 0..40 {
+        answers.push(post(&nodes[request % 3], &[("authorization", ALICE)], CALL).await);
+    }
+    assert_eq!(statuses(&answers), (10, 30));
+    for index in 0..30 {
+        let key = format!("Bearer agent-key-{index}-0123456789");
+        let answer = post(&nodes[index % 3], &[("authorization", &key)], CALL).await;
+        assert_eq!(answer.status, StatusCode::OK);
+    }
+    let per_node = cluster.keys_per_node();
+    assert!(
+        per_node
+            .iter()
+            .all(|keys| keys.contains("mcp-gateway:rl:{agent-")),
+        "callers spread over every primary: {per_node:?}"
+    );
+    let alice_home: Vec<_> = per_node
+        .iter()
+        .filter(|keys| keys.contains("mcp-gateway:rl:{alice}"))
+        .collect();
+    assert_eq!(alice_home.len(), 1, "{per_node:?}");
+    assert!(
+        alice_home[0].contains("mcp-gateway:rl:{alice}:echo"),
+        "a caller's tool keys share its slot: {per_node:?}"
+    );
+    let offender: IpAddr = "127.0.0.4".parse().unwrap();
+    for attempt in 0..3 {
+        let node = &nodes[attempt % 3];
+        let answer = raw_request(
+            offender,
+            node.addr,
+            &raw_post(node.addr, "Bearer wrong-key-0000000000", CALL),
+        )
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+    }
+    for node in &nodes {
+        eventually("every node blocks the source", || {
+            node.audit_lines()
+                .iter()
+                .any(|l| l["event"] == "block" && l["ip"] == "127.0.0.4")
+        });
+    }
 }
 
 async fn exchange_keepalive(stream: &mut tokio::net::TcpStream, request: &str) -> String {

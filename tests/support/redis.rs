@@ -35,7 +35,8 @@ impl Redis {
         Self::start_with(&args)
     }
 
-    fn start_with(args: &[&str]) -> Self {
+    /// With the command line `args` (`{port}` stands for its port).
+    pub fn start_with(args: &[&str]) -> Self {
         let mut redis = Redis {
             process: None,
             port: free_port(),

@@ -107,6 +107,10 @@ impl Default for AdminSection {
 pub struct FleetSection {
     /// `redis://host:6379/0`, or `rediss://` for TLS (verified against the system's CAs).
     pub redis_url: String,
+    /// Redis is a Redis Cluster; `redis_url` names one of its nodes, from which the others are
+    /// found.
+    #[serde(default)]
+    pub cluster: bool,
     /// PEM bundle of the CAs that sign Redis's certificate (`rediss://`), instead of the
     /// system's.
     #[serde(default)]

@@ -67,6 +67,8 @@ pub struct NodeSettings {
 pub struct FleetSettings {
     /// Where Redis is and how to log in (its `Debug` hides the password).
     pub redis: redis::ConnectionInfo,
+    /// A Redis Cluster, found from the URL's node.
+    pub cluster: bool,
     /// PEM CAs for `rediss://` instead of the system's.
     pub redis_ca: Option<Vec<u8>>,
     /// What `redis_url` says, without credentials (for logs and `/readyz`).

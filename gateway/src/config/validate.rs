@@ -169,12 +169,13 @@ fn fleet(section: &FleetSection) -> Result<FleetSettings, ConfigError> {
     }
     redis = redis.set_redis_settings(credentials);
     let redis_shown = format!(
-        "{}/{}",
+        "{}/{}{}",
         match redis.addr() {
             redis::ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}"),
             other => format!("redis://{other}"),
         },
-        redis.redis_settings().db()
+        redis.redis_settings().db(),
+        if section.cluster { " (cluster)" } else { "" }
     );
     if section.key_prefix.is_empty()
         || !section
@@ -226,8 +227,15 @@ fn fleet(section: &FleetSection) -> Result<FleetSettings, ConfigError> {
              opened through one node are checked by the others with it",
         ));
     }
+    if section.cluster && redis.redis_settings().db() != 0 {
+        return Err(invalid(
+            "fleet.redis_url",
+            "a Redis Cluster has database 0 only",
+        ));
+    }
     Ok(FleetSettings {
         redis,
+        cluster: section.cluster,
         redis_ca,
         redis_shown,
         key_prefix: section.key_prefix.clone(),

@@ -5,6 +5,10 @@
 //! all (it falls back at once, see `on_unavailable`). One probe task pings with a growing pause
 //! (50 ms doubling to 2 s) and marks the link up when Redis answers. The outage is logged once
 //! when it starts and once when it ends, and shown in `/readyz` and the metrics.
+//!
+//! Redis is one instance (a `ConnectionManager`: one multiplexed connection that reconnects on
+//! its own) or a Redis Cluster (`fleet.cluster`: the cluster client finds the primaries from the
+//! URL's node and routes each command to the slot of its keys).
 
 use std::{
     sync::{
@@ -15,11 +19,19 @@ use std::{
 };
 
 use redis::{
-    Client, FromRedisValue, RedisError,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisFuture, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection},
+    cluster::{ClusterClient, ClusterConfig},
+    cluster_async::ClusterConnection,
 };
 
 use crate::config::FleetSettings;
+
+thread_local! {
+    /// A worker thread's own connection, by link (`None` while it connects).
+    static WORKER_CONNECTION: std::cell::RefCell<Option<(usize, Option<Connection>)>> =
+        const { std::cell::RefCell::new(None) };
+}
 
 /// How long connecting (TCP, TLS, `AUTH`) may take; requests still wait at most `timeout_ms`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -32,10 +44,58 @@ pub struct Unavailable;
 /// A shared, reconnecting connection to Redis with the node's view of its health.
 #[derive(Clone)]
 pub struct Link {
-    connection: ConnectionManager,
-    client: Client,
+    connection: Connection,
+    endpoint: Endpoint,
     timeout: Duration,
     health: Arc<Health>,
+}
+
+/// Where Redis is: one instance, or a cluster.
+#[derive(Clone)]
+enum Endpoint {
+    Single(Box<Client>),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A connection to Redis, whichever kind; commands and scripts run on it alike.
+#[derive(Clone)]
+pub enum Connection {
+    /// The request path's, to one instance.
+    Shared(ConnectionManager),
+    /// One of its own, for blocking reads.
+    Dedicated(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Shared(connection) => connection.req_packed_command(cmd),
+            Self::Dedicated(connection) => connection.req_packed_command(cmd),
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Shared(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Dedicated(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Shared(connection) => connection.get_db(),
+            Self::Dedicated(connection) => connection.get_db(),
+            Self::Cluster(connection) => connection.get_db(),
+        }
+    }
 }
 
 /// Whether Redis answers, as the request path sees it.
@@ -75,25 +135,44 @@ impl Health {
 impl Link {
     /// Connects lazily: a Redis that is away at start is an outage like any other.
     pub fn new(settings: &FleetSettings) -> Result<Self, RedisError> {
-        let client = match &settings.redis_ca {
-            Some(ca) => Client::build_with_tls(
-                settings.redis.clone(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(ca.clone()),
-                },
-            )?,
-            None => Client::open(settings.redis.clone())?,
+        let certificates = || redis::TlsCertificates {
+            client_tls: None,
+            root_cert: settings.redis_ca.clone(),
         };
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout.max(CONNECT_TIMEOUT)))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(100));
-        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        let connect_timeout = settings.timeout.max(CONNECT_TIMEOUT);
+        let (endpoint, connection) = if settings.cluster {
+            let mut builder = ClusterClient::builder([settings.redis.clone()]);
+            if settings.redis_ca.is_some() {
+                builder = builder.certs(certificates());
+            }
+            let client = builder.build()?;
+            let config = ClusterConfig::new()
+                .set_connection_timeout(connect_timeout)
+                .set_response_timeout(settings.timeout);
+            let connection = client.get_pending_async_connection_with_config(config);
+            (
+                Endpoint::Cluster(Box::new(client)),
+                Connection::Cluster(connection),
+            )
+        } else {
+            let client = match settings.redis_ca {
+                Some(_) => Client::build_with_tls(settings.redis.clone(), certificates())?,
+                None => Client::open(settings.redis.clone())?,
+            };
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(settings.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(100));
+            let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+            (
+                Endpoint::Single(Box::new(client)),
+                Connection::Shared(connection),
+            )
+        };
         Ok(Self {
             connection,
-            client,
+            endpoint,
             timeout: settings.timeout,
             health: Arc::new(Health {
                 redis_shown: settings.redis_shown.clone(),
@@ -114,7 +193,7 @@ impl Link {
     /// While it is down, fails at once.
     pub async fn run<T: FromRedisValue>(
         &self,
-        operation: impl AsyncFnOnce(ConnectionManager) -> Result<T, RedisError>,
+        operation: impl AsyncFnOnce(Connection) -> Result<T, RedisError>,
     ) -> Result<T, Unavailable> {
         if !self.is_up() {
             return Err(Unavailable);
@@ -126,7 +205,7 @@ impl Link {
     /// waits for Redis anyway).
     pub async fn try_run<T: FromRedisValue>(
         &self,
-        operation: impl AsyncFnOnce(ConnectionManager) -> Result<T, RedisError>,
+        operation: impl AsyncFnOnce(Connection) -> Result<T, RedisError>,
     ) -> Result<T, Unavailable> {
         self.run_within(self.timeout, operation).await
     }
@@ -146,9 +225,9 @@ impl Link {
     async fn run_within<T: FromRedisValue>(
         &self,
         within: Duration,
-        operation: impl AsyncFnOnce(ConnectionManager) -> Result<T, RedisError>,
+        operation: impl AsyncFnOnce(Connection) -> Result<T, RedisError>,
     ) -> Result<T, Unavailable> {
-        match tokio::time::timeout(within, operation(self.connection.clone())).await {
+        match tokio::time::timeout(within, operation(self.connection())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(err)) => {
                 self.failed(&err.to_string());
@@ -161,16 +240,88 @@ impl Link {
         }
     }
 
+    /// The connection for this thread: a worker's own once it is connected, else the shared one.
+    ///
+    /// Workers run single-threaded runtimes; the shared connection's task runs on the main one,
+    /// so each command through it wakes another thread and back. Measured with two nodes on one
+    /// Redis (release build, 32 connections): 93-106 µs of gateway CPU per request through the
+    /// shared connection, 69-73 µs through each worker's own, 44-52 µs for a node alone. A
+    /// worker's own connection is driven on the worker's thread, like its upstream
+    /// pool. It connects in the background; until then the worker uses the shared one, so no
+    /// request waits for a connection to be made.
+    fn connection(&self) -> Connection {
+        let on_worker = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+            runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread
+        });
+        if !on_worker {
+            return self.connection.clone();
+        }
+        let id = Arc::as_ptr(&self.health) as usize;
+        WORKER_CONNECTION.with_borrow_mut(|own| match own {
+            Some((owner, Some(connection))) if *owner == id => connection.clone(),
+            Some((owner, None)) if *owner == id => self.connection.clone(),
+            _ => {
+                *own = Some((id, None));
+                tokio::spawn(self.clone().connect_worker(id));
+                self.connection.clone()
+            }
+        })
+    }
+
+    /// Makes this worker thread's own connection (see [`connection`](Self::connection)).
+    async fn connect_worker(self, id: usize) {
+        let connected = match &self.endpoint {
+            Endpoint::Single(client) => {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.timeout.max(CONNECT_TIMEOUT)))
+                    .set_response_timeout(Some(self.timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(100));
+                ConnectionManager::new_with_config(Client::clone(client), config)
+                    .await
+                    .map(Connection::Shared)
+            }
+            Endpoint::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(self.timeout.max(CONNECT_TIMEOUT))
+                    .set_response_timeout(self.timeout);
+                client
+                    .get_async_connection_with_config(config)
+                    .await
+                    .map(Connection::Cluster)
+            }
+        };
+        WORKER_CONNECTION.with_borrow_mut(|own| {
+            *own = match connected {
+                Ok(connection) => Some((id, Some(connection))),
+                // Tried again on the next request (the shared connection serves meanwhile).
+                Err(_) => None,
+            };
+        });
+    }
+
     /// A connection of its own, for blocking reads (`XREAD BLOCK`), which would hold up every
     /// other command on the shared one.
-    pub async fn dedicated(&self) -> Result<redis::aio::MultiplexedConnection, RedisError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(CONNECT_TIMEOUT)))
-            // Longer than an `XREAD BLOCK`: a Redis gone silent is noticed, a quiet one is not.
-            .set_response_timeout(Some(Duration::from_secs(5)));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
+    pub async fn dedicated(&self) -> Result<Connection, RedisError> {
+        let connect_timeout = self.timeout.max(CONNECT_TIMEOUT);
+        // Longer than an `XREAD BLOCK`: a Redis gone silent is noticed, a quiet one is not.
+        let response_timeout = Duration::from_secs(5);
+        match &self.endpoint {
+            Endpoint::Single(client) => {
+                let config = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(Some(response_timeout));
+                let connection = client.get_multiplexed_async_connection_with_config(&config);
+                Ok(Connection::Dedicated(connection.await?))
+            }
+            Endpoint::Cluster(client) => {
+                let config = ClusterConfig::new()
+                    .set_connection_timeout(connect_timeout)
+                    .set_response_timeout(response_timeout);
+                let connection = client.get_async_connection_with_config(config);
+                Ok(Connection::Cluster(connection.await?))
+            }
+        }
     }
 
     fn failed(&self, error: &str) {

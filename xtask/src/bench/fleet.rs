@@ -148,7 +148,12 @@ pub fn run(bench: &Bench) -> Result<Section> {
         ]);
     }
     let spread = |index: usize, value: fn(&Measured) -> f64| {
-        Spread::of(&runs.iter().map(|run| value(&run[index])).collect::<Vec<_>>())
+        Spread::of(
+            &runs
+                .iter()
+                .map(|run| value(&run[index]))
+                .collect::<Vec<_>>(),
+        )
     };
     // Requests per second of gateway CPU: what a node's CPU buys, alone or in the fleet.
     let per_cpu = |m: &Measured| 1e6 / m.gateway_cpu_us.max(f64::MIN_POSITIVE);
@@ -184,7 +189,8 @@ pub fn run(bench: &Bench) -> Result<Section> {
     let propagation = block_propagation(bench, &upstream, redis_addr, &fleet_section)?;
     let mut sorted = propagation.clone();
     sorted.sort_by(f64::total_cmp);
-    let quantile = |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
+    let quantile =
+        |q: f64| sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1];
     let (p50, p99, max) = (quantile(0.5), quantile(0.99), quantile(1.0));
 
     let row = |name: &str, index: usize| -> Vec<String> {
@@ -231,8 +237,14 @@ pub fn run(bench: &Bench) -> Result<Section> {
             row("two nodes + Redis, one hot caller", 1),
             row("one node, 10,000 callers", 2),
             row("two nodes + Redis, 10,000 callers", 3),
-            row(&format!("one node, hot caller, {LATENCY_CONNECTIONS} conns"), 4),
-            row(&format!("two nodes + Redis, hot caller, {LATENCY_CONNECTIONS} conns"), 5),
+            row(
+                &format!("one node, hot caller, {LATENCY_CONNECTIONS} conns"),
+                4,
+            ),
+            row(
+                &format!("two nodes + Redis, hot caller, {LATENCY_CONNECTIONS} conns"),
+                5,
+            ),
             vec![
                 "fleet / alone, req per gateway CPU-s (hot; 10,000)".into(),
                 format!("{} ; {}", hot_ratio.show(2), many_ratio.show(2)),
@@ -241,17 +253,36 @@ pub fn run(bench: &Bench) -> Result<Section> {
                 "same, counting Redis's CPU too (hot; 10,000)".into(),
                 format!("{} ; {}", hot_ratio_redis.show(2), many_ratio_redis.show(2)),
             ],
-            vec!["p50 / p99 added by the fleet, ms".into(), format!("{} / {}", added_p50.show(3), added_p99.show(3))],
+            vec![
+                "p50 / p99 added by the fleet, ms".into(),
+                format!("{} / {}", added_p50.show(3), added_p99.show(3)),
+            ],
             vec![
                 format!("block propagation A -> B over {BLOCKS} blocks, ms"),
                 format!("p50 {p50:.1}, p99 {p99:.1}, max {max:.1}"),
             ],
         ],
         headline: vec![
-            ("fleet/alone req per gateway CPU, hot".into(), hot_ratio.median, 0.8),
-            ("fleet/alone req per gateway CPU, 10k".into(), many_ratio.median, 0.8),
-            ("0.3 ms / p50 added by the fleet".into(), 0.3 / added_p50.median.max(0.001), 1.0),
-            ("50 ms / block propagation p99".into(), 50.0 / p99.max(0.1), 1.0),
+            (
+                "fleet/alone req per gateway CPU, hot".into(),
+                hot_ratio.median,
+                0.8,
+            ),
+            (
+                "fleet/alone req per gateway CPU, 10k".into(),
+                many_ratio.median,
+                0.8,
+            ),
+            (
+                "0.3 ms / p50 added by the fleet".into(),
+                0.3 / added_p50.median.max(0.001),
+                1.0,
+            ),
+            (
+                "50 ms / block propagation p99".into(),
+                50.0 / p99.max(0.1),
+                1.0,
+            ),
         ],
         notes: vec![
             "Every limited request costs one `EVALSHA` (the sliding-log script); Redis commands \
@@ -288,7 +319,14 @@ fn redis_commands(addr: SocketAddr) -> Result<u64> {
     Ok(text
         .lines()
         .filter(|line| line.starts_with("cmdstat_") && !line.starts_with("cmdstat_info"))
-        .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+        .filter_map(|line| {
+            line.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum())
 }
 
@@ -366,7 +404,10 @@ fn epoch_ms(ts: &str) -> Option<f64> {
     let mut date = date.split('-').map(|part| part.parse::<i64>().ok());
     let (year, month, day) = (date.next()??, date.next()??, date.next()??);
     let mut time = time.split(':');
-    let (hour, minute) = (time.next()?.parse::<i64>().ok()?, time.next()?.parse::<i64>().ok()?);
+    let (hour, minute) = (
+        time.next()?.parse::<i64>().ok()?,
+        time.next()?.parse::<i64>().ok()?,
+    );
     let seconds: f64 = time.next()?.parse().ok()?;
     // Days since the epoch (civil calendar, Howard Hinnant's algorithm).
     let y = if month <= 2 { year - 1 } else { year };
