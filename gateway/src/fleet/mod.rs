@@ -23,7 +23,13 @@ pub mod demo;
 mod limiter;
 mod link;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use gateway_ebpf::BlockReason;
 use ipnet::IpNet;
@@ -65,6 +71,8 @@ enum Event {
 pub struct FleetChannel {
     events: mpsc::Sender<Event>,
     link: Link,
+    /// Events are being dropped (the queue was full).
+    dropping: Arc<AtomicBool>,
 }
 
 impl FleetChannel {
@@ -100,9 +108,16 @@ impl FleetChannel {
         self.send(Event::Unblock { target });
     }
 
+    /// Never waits. Under a flood the queue may fill: events are dropped, said once per spell
+    /// (offenses come again; blocks are published again after the next reconnection).
     fn send(&self, event: Event) {
-        if let Err(err) = self.events.try_send(event) {
-            tracing::warn!(error = %err, "fleet: event queue full; the event is dropped (blocks are published again after the next reconnection)");
+        match self.events.try_send(event) {
+            Ok(()) => self.dropping.store(false, Ordering::Relaxed),
+            Err(err) => {
+                if !self.dropping.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %err, "fleet: event queue full; dropping events");
+                }
+            }
         }
     }
 }
@@ -122,6 +137,7 @@ impl Fleet {
         let channel = FleetChannel {
             events: sender,
             link: link.clone(),
+            dropping: Arc::default(),
         };
         Ok((
             Self {
