@@ -631,6 +631,29 @@ pub async fn connect_from(
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
+/// Writes `request` on a connection that stays open and reads what comes within 3 s.
+pub async fn exchange_keepalive(stream: &mut tokio::net::TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut buffer = vec![0u8; 8192];
+    let read = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buffer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    String::from_utf8_lossy(&buffer[..read]).into_owned()
+}
+
+/// Whether the server closed `stream` (or reset it) within 3 s.
+pub async fn closed_by_server(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(stream, &mut byte),
+    )
+    .await;
+    matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+}
+
 /// Writes `request` and reads until the server closes or a whole response arrived.
 pub async fn exchange(mut stream: tokio::net::TcpStream, request: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

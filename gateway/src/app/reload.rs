@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::{
     audit,
-    config::{NodeSettings, Settings},
+    config::{FleetSettings, NodeSettings, Settings},
     policy::Sha256Digest,
     protection::{Command, ProtectionSettings},
     proxy::Gateway,
@@ -177,5 +177,29 @@ fn needs_restart(running: &NodeSettings, file: &NodeSettings) -> Vec<&'static st
         "max_body_bytes",
         running.max_body_bytes != file.max_body_bytes,
     );
+    check(
+        "fleet",
+        !same_fleet(running.fleet.as_ref(), file.fleet.as_ref()),
+    );
     fields
+}
+
+/// Whether two `[fleet]` sections say the same.
+fn same_fleet(running: Option<&FleetSettings>, file: Option<&FleetSettings>) -> bool {
+    match (running, file) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            let (login_a, login_b) = (a.redis.redis_settings(), b.redis.redis_settings());
+            a.redis_shown == b.redis_shown
+                && login_a.username() == login_b.username()
+                && login_a.password() == login_b.password()
+                && a.redis_ca == b.redis_ca
+                && a.key_prefix == b.key_prefix
+                && a.node_name == b.node_name
+                && a.timeout == b.timeout
+                && a.on_unavailable == b.on_unavailable
+                && a.session_keys == b.session_keys
+        }
+        _ => false,
+    }
 }
