@@ -130,6 +130,30 @@ async fn a_callers_limit_holds_across_three_nodes_whichever_node_each_request_re
     assert!(!dump.contains("alice-test-key") && !keys.contains("test-key"));
 }
 
+/// A node restarted inside the window (same name, counters from zero) still counts with what it
+/// admitted before: its new admissions never replace its old ones in the shared log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_inside_the_window_does_not_admit_past_the_limit() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let redis = Redis::start();
+    let limit = "[rate_limit]\nrequests = 4\nwindow_secs = 60\n[blocking]\nrate_limited = 1000\n";
+    let node = start_node(&upstream.url(), &redis, 0, limit, "");
+    for _ in 0..2 {
+        assert_eq!(
+            post(&node, &[("authorization", ALICE)], CALL).await.status,
+            StatusCode::OK
+        );
+    }
+    drop(node);
+    let node = start_node(&upstream.url(), &redis, 0, limit, "");
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        answers.push(post(&node, &[("authorization", ALICE)], CALL).await);
+    }
+    assert_eq!(statuses(&answers), (2, 2));
+    assert_eq!(upstream.count(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_through_three_nodes_never_pass_the_limit() {
     let upstream = RecordingUpstream::start(ok_upstream()).await;

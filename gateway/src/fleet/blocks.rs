@@ -92,6 +92,8 @@ pub struct Keys {
     active: String,
     events: String,
     node: Arc<str>,
+    /// Makes each offense's member unique (see `member_prefix`).
+    members: String,
 }
 
 impl Keys {
@@ -102,6 +104,7 @@ impl Keys {
             active: format!("{prefix}:{{blocks}}:active"),
             events: format!("{prefix}:{{blocks}}:events"),
             node: Arc::clone(&settings.node_name),
+            members: super::member_prefix(&settings.node_name),
         }
     }
 
@@ -130,7 +133,7 @@ pub async fn publish(
             } => {
                 counted += 1;
                 let key = keys.offense(offender, offense);
-                let member = format!("{}:{counted}", keys.node);
+                let member = format!("{}:{counted}", keys.members);
                 let window_us = window.as_micros() as u64;
                 let reached: Result<u32, _> = link
                     .run(async |mut connection| {

@@ -61,20 +61,20 @@ pub struct FleetLimiter {
     link: Link,
     script: Script,
     prefix: String,
-    /// Makes each admission's member unique: `<node>:<n>`.
-    node: Arc<str>,
+    /// Makes each admission's member unique: `<node>.<random>:<n>`.
+    members: String,
     admissions: AtomicU64,
     local: SlidingWindow,
     on_unavailable: OnUnavailable,
 }
 
 impl FleetLimiter {
-    pub fn new(link: Link, prefix: &str, node: Arc<str>, on_unavailable: OnUnavailable) -> Self {
+    pub fn new(link: Link, prefix: &str, members: String, on_unavailable: OnUnavailable) -> Self {
         Self {
             link,
             script: Script::new(SLIDING_LOG),
             prefix: prefix.to_owned(),
-            node,
+            members,
             admissions: AtomicU64::new(0),
             local: SlidingWindow::default(),
             on_unavailable,
@@ -98,7 +98,7 @@ impl FleetLimiter {
         let redis_key = self.redis_key(key);
         let member = format!(
             "{}:{}",
-            self.node,
+            self.members,
             self.admissions.fetch_add(1, Ordering::Relaxed)
         );
         let window_us = limit.window.as_micros() as u64;

@@ -157,7 +157,7 @@ impl Fleet {
         FleetLimiter::new(
             self.link.clone(),
             &self.settings.key_prefix,
-            Arc::clone(&self.settings.node_name),
+            member_prefix(&self.settings.node_name),
             self.settings.on_unavailable,
         )
     }
@@ -181,6 +181,22 @@ impl Fleet {
         ));
         tokio::spawn(blocks::publish(self.link, keys, self.events, protection));
     }
+}
+
+/// What makes this process's sorted-set members unique in the fleet: the node's name and a random
+/// number drawn at start. A counter alone would repeat after a restart, and a member added again
+/// only moves (`ZADD` of an existing member): a restarted node would be counted short inside the
+/// window, and could admit past the limit.
+fn member_prefix(node: &str) -> String {
+    let mut random = [0u8; 4];
+    // Without randomness (never on Linux), the time still tells two runs of a node apart.
+    if getrandom::fill(&mut random).is_err() {
+        random = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos()))
+        .to_be_bytes();
+    }
+    format!("{node}.{}", hex::encode(random))
 }
 
 /// The limiter of this node: its own memory, or the fleet's Redis.
