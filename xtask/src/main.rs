@@ -100,6 +100,10 @@ fn run(command: Command) -> Result<()> {
         }
         Command::Run { args } => {
             setup::toolchain(&root)?;
+            if args.first().is_some_and(|command| command == "fleet-demo") {
+                // The fleet demo starts a Redis of its own.
+                setup::debian_packages(&[("redis-server", "redis-server")])?;
+            }
             let binary = pgo::build(&root)?;
             if !is_root() {
                 eprintln!(

@@ -115,13 +115,11 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
 
     let gateway = match fleet {
         Some(fleet) => {
-            let limiters = (
-                NodeLimiter::Fleet(Box::new(fleet.limiter())),
-                NodeLimiter::Fleet(Box::new(fleet.limiter())),
-            );
+            let caller_limiter = NodeLimiter::Fleet(Box::new(fleet.limiter()));
+            let tool_limiter = NodeLimiter::Fleet(Box::new(fleet.limiter()));
             let health = Arc::clone(fleet.health());
             tokio::spawn(fleet.start(protection.clone()));
-            Gateway::with_limiters(settings, limiters.0, limiters.1, audit, protection)
+            Gateway::with_limiters(settings, caller_limiter, tool_limiter, audit, protection)
                 .in_fleet(health)
         }
         None => Gateway::new(settings, audit, protection),

@@ -97,14 +97,14 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(settings: &FleetSettings) -> Self {
+    pub fn new(settings: &FleetSettings, members: String) -> Self {
         let prefix = &settings.key_prefix;
         Self {
             prefix: prefix.clone(),
             active: format!("{prefix}:{{blocks}}:active"),
             events: format!("{prefix}:{{blocks}}:events"),
             node: Arc::clone(&settings.node_name),
-            members: super::member_prefix(&settings.node_name),
+            members,
         }
     }
 

@@ -126,6 +126,8 @@ impl FleetChannel {
 pub struct Fleet {
     settings: FleetSettings,
     link: Link,
+    /// This process's sorted-set member prefix ([`member_prefix`]).
+    members: String,
     events: mpsc::Receiver<Event>,
 }
 
@@ -143,6 +145,7 @@ impl Fleet {
             Self {
                 settings: settings.clone(),
                 link,
+                members: member_prefix(&settings.node_name),
                 events,
             },
             channel,
@@ -157,7 +160,7 @@ impl Fleet {
         FleetLimiter::new(
             self.link.clone(),
             &self.settings.key_prefix,
-            member_prefix(&self.settings.node_name),
+            self.members.clone(),
             self.settings.on_unavailable,
         )
     }
@@ -172,7 +175,7 @@ impl Fleet {
                 "fleet: connected to Redis"
             );
         }
-        let keys = Arc::new(blocks::Keys::new(&self.settings));
+        let keys = Arc::new(blocks::Keys::new(&self.settings, self.members));
         tokio::spawn(self.link.clone().probe());
         tokio::spawn(blocks::follow(
             self.link.clone(),

@@ -248,7 +248,7 @@ impl Enforcer {
         for target in overlapping {
             if self.remove_block(target) {
                 tracing::info!(%target, origin = origin.as_str(), "block ended: the target is allowlisted now");
-                self.audit_unblock(audit::BlockTarget::from(target), "allowlisted")
+                self.audit_unblock(audit::BlockTarget::from(target), "allowlisted", None)
                     .await;
             }
         }
@@ -380,7 +380,7 @@ impl Enforcer {
         }
         for target in folded {
             self.remove_block(target);
-            self.audit_unblock(audit::BlockTarget::from(target), "folded")
+            self.audit_unblock(audit::BlockTarget::from(target), "folded", None)
                 .await;
         }
     }
@@ -507,10 +507,8 @@ impl Enforcer {
         }
         self.history.remove(&target);
         tracing::info!(%target, origin = origin.as_str(), node = node.as_deref(), "source unblocked");
-        let line = audit::unblock_line(audit::BlockTarget::from(target), "manual", node.as_deref());
-        if let Err(err) = self.audit.write(line).await {
-            tracing::error!(error = %err, "could not audit an unblock");
-        }
+        self.audit_unblock(audit::BlockTarget::from(target), "manual", node.as_deref())
+            .await;
     }
 
     /// Removes a block from the kernel and the accept check; `false` if neither had it.
@@ -544,7 +542,7 @@ impl Enforcer {
         }
         for target in expired {
             tracing::info!(%target, "block expired");
-            self.audit_unblock(audit::BlockTarget::from(target), "expired")
+            self.audit_unblock(audit::BlockTarget::from(target), "expired", None)
                 .await;
         }
         let now = Instant::now();
@@ -560,10 +558,11 @@ impl Enforcer {
             .retain(|_, (_, ended)| now < *ended + max_block);
     }
 
-    async fn audit_unblock(&self, target: audit::BlockTarget, reason: &str) {
+    /// Audits the end of a block; `node` is the fleet node that ended it, if another one did.
+    async fn audit_unblock(&self, target: audit::BlockTarget, reason: &str, node: Option<&str>) {
         if let Err(err) = self
             .audit
-            .write(audit::unblock_line(target, reason, None))
+            .write(audit::unblock_line(target, reason, node))
             .await
         {
             tracing::error!(error = %err, "could not audit an unblock");

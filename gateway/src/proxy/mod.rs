@@ -565,16 +565,11 @@ impl<L: Limiter> Gateway<L> {
     ) -> Response<ProxyBody> {
         // (The request's own session was claimed before forwarding.)
         if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID) {
-            let own = call
-                .upstream_session
-                .as_deref()
-                .or(call.context.session.as_deref());
-            let shown = if own == Some(session) {
-                // The client keeps the id it sent.
-                call.upstream_session
-                    .is_some()
-                    .then(|| call.context.session.clone())
-                    .flatten()
+            let shown = if call.upstream_session.as_deref() == Some(session) {
+                // The upstream echoes the session the client named by a sealed id: it keeps it.
+                call.context.session.clone()
+            } else if call.context.session.as_deref() == Some(session) {
+                None
             } else {
                 self.sessions.issued(session, caller)
             };
