@@ -840,3 +840,362 @@ async fn the_binary_is_replaced_under_load_without_a_refused_connection_or_a_fai
     assert!(after.unwrap().starts_with("HTTP/1.1 200"));
     drop(old);
 }
+
+/// `gateway reload --json` after writing `config`: the reload's answer.
+fn reload_with(gateway: &Gateway, admin: SocketAddr, config: &str) -> Value {
+    std::fs::write(gateway.config_path(), config).unwrap();
+    serde_json::from_str(&stdout(&cli(admin, &["reload", "--json"]))).expect("JSON answer")
+}
+
+fn keys(answer: &Value, list: &str) -> Vec<String> {
+    answer[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in {answer}"))
+        .iter()
+        .map(|key| key.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// `curl` POSTing a tool call to the gateway with `Origin: origin`: the status code.
+fn curl_call_from(gateway: &Gateway, origin: &str) -> u16 {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {ALICE_KEY}")])
+        .args(["-H", "Content-Type: application/json"])
+        .args(["-H", "Accept: application/json, text/event-stream"])
+        .args(["-H", &format!("Origin: {origin}")])
+        .args(["--data", CALL])
+        .arg(gateway.url())
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_origin_rules_and_idle_timeout_and_says_so() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let (gateway, admin) = start(
+        &upstream.url(),
+        "allowed_origins = [\"https://a.example\"]\nidle_timeout_secs = 30",
+        "",
+    );
+    assert_eq!(curl_call_from(&gateway, "https://a.example"), 200);
+    assert_eq!(curl_call_from(&gateway, "https://b.example"), 403);
+
+    let config = std::fs::read_to_string(gateway.config_path())
+        .unwrap()
+        .replace("https://a.example", "https://b.example")
+        .replace("idle_timeout_secs = 30", "idle_timeout_secs = 1");
+    std::fs::write(gateway.config_path(), config).unwrap();
+    let text = stdout(&cli(admin, &["reload"]));
+    assert!(
+        text.contains("applied: idle_timeout_secs, allowed_origins"),
+        "{text}"
+    );
+    assert!(
+        text.contains("changed but needs a restart: nothing"),
+        "{text}"
+    );
+    assert_eq!(curl_call_from(&gateway, "https://b.example"), 200);
+    assert_eq!(curl_call_from(&gateway, "https://a.example"), 403);
+    // A connection accepted after the reload that stays quiet is closed after the new 1 s.
+    let mut idle = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    assert!(
+        e2e_tests::closed_by_server(&mut idle).await,
+        "closed when idle"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let line = gateway
+        .audit_lines()
+        .into_iter()
+        .rfind(|line| line["event"] == "reload")
+        .expect("a reload line");
+    assert_eq!(
+        line["detail"],
+        "applied: idle_timeout_secs, allowed_origins; needs a restart: nothing"
+    );
+    assert!(
+        gateway
+            .logs()
+            .contains(r#"applied=["idle_timeout_secs", "allowed_origins"]"#),
+        "the log line names them"
+    );
+}
+
+/// One row of the reload table: a change to the running file, where the reload's answer must
+/// name the key, and what the next request must show.
+struct Row {
+    key: &'static str,
+    edit: fn(&str) -> String,
+    /// Applied (`true`) or needing a restart.
+    applied: bool,
+}
+
+/// Inserts `line` as a top-level key (before the first table).
+fn top_level(config: &str, line: &str) -> String {
+    config.replacen("[upstream]\n", &format!("{line}\n[upstream]\n"), 1)
+}
+
+/// Adds `line` to `[upstream]`.
+fn in_upstream(config: &str, line: &str) -> String {
+    config.replacen("[audit]\n", &format!("{line}\n[audit]\n"), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_setting_a_reload_changes_is_applied_on_the_next_request_or_named_as_needing_a_restart()
+ {
+    let first = RecordingUpstream::start(ok_upstream()).await;
+    let second = RecordingUpstream::start(ok_upstream()).await;
+    let second_url = second.url();
+    let (gateway, admin) = start(&first.url(), "", "");
+    let base = std::fs::read_to_string(gateway.config_path()).unwrap();
+    let first_url = first.url();
+    // (`fn` rows cannot capture: the second upstream's URL goes in through a placeholder.)
+    let rows = [
+        Row {
+            key: "mcp_path",
+            edit: |c| top_level(c, "mcp_path = \"/v2/mcp\""),
+            applied: true,
+        },
+        Row {
+            key: "upstream.url",
+            edit: |c| c.replace("FIRST_URL", "SECOND_URL"),
+            applied: true,
+        },
+        Row {
+            key: "upstream.caller_header",
+            edit: |c| in_upstream(c, "caller_header = \"X-Who\""),
+            applied: true,
+        },
+        Row {
+            key: "upstream.authorization",
+            edit: |c| in_upstream(c, "authorization = \"Bearer for-the-server\""),
+            applied: true,
+        },
+        Row {
+            key: "rate_limit.requests",
+            edit: |c| format!("{c}[rate_limit]\nrequests = 1\nwindow_secs = 600\n"),
+            applied: true,
+        },
+        Row {
+            key: "users",
+            edit: |c| {
+                c.replacen(
+                    "[[users]]\nname = \"bob\"",
+                    "[[users]]\nname = \"bob\"\ndisabled = true",
+                    1,
+                )
+            },
+            applied: true,
+        },
+        Row {
+            key: "authorization",
+            edit: |c| format!("{c}[authorization]\ndefault = \"deny\"\n"),
+            applied: true,
+        },
+        Row {
+            key: "limits.max_batch_messages",
+            edit: |c| format!("{c}[limits]\nmax_batch_messages = 1\n"),
+            applied: true,
+        },
+        Row {
+            key: "limits.max_uri_bytes",
+            edit: |c| format!("{c}[limits]\nmax_uri_bytes = 100\n"),
+            applied: true,
+        },
+        Row {
+            key: "listen",
+            edit: |c| c.replacen("listen = \"127.0.0.1:", "listen = \"127.0.0.2:", 1),
+            applied: false,
+        },
+        Row {
+            key: "max_body_bytes",
+            edit: |c| top_level(c, "max_body_bytes = 10"),
+            applied: false,
+        },
+        Row {
+            key: "audit.fsync",
+            edit: |c| c.replacen("[audit]\n", "[audit]\nfsync = true\n", 1),
+            applied: false,
+        },
+        Row {
+            key: "limits.max_headers",
+            edit: |c| format!("{c}[limits]\nmax_headers = 5\n"),
+            applied: false,
+        },
+        Row {
+            key: "xdp.mode",
+            edit: |c| format!("{c}[xdp]\nmode = \"skb\"\n"),
+            applied: false,
+        },
+        Row {
+            key: "admin.caller_labels",
+            edit: |c| c.replacen("[admin]\n", "[admin]\ncaller_labels = false\n", 1),
+            applied: false,
+        },
+    ];
+    let base = base.replace(&first_url, "FIRST_URL");
+    let config_of = |text: String| {
+        text.replace("FIRST_URL", &first_url)
+            .replace("SECOND_URL", &second_url)
+    };
+    let alice = [("authorization", format!("Bearer {ALICE_KEY}"))];
+    let alice: Vec<(&str, &str)> = alice.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for row in &rows {
+        let answer = reload_with(&gateway, admin, &config_of((row.edit)(&base)));
+        let (named, other) = if row.applied {
+            ("applied", "restart_needed")
+        } else {
+            ("restart_needed", "applied")
+        };
+        assert!(
+            keys(&answer, named).contains(&row.key.to_owned()),
+            "{}: {answer}",
+            row.key
+        );
+        assert!(
+            !keys(&answer, other).contains(&row.key.to_owned()),
+            "{}: {answer}",
+            row.key
+        );
+        let url = gateway.url();
+        let status = |answer: e2e_tests::Answer| answer.status;
+        match row.key {
+            "mcp_path" => {
+                let v2 = url.replace("/mcp", "/v2/mcp");
+                let headers = [
+                    alice.clone(),
+                    vec![
+                        ("content-type", "application/json"),
+                        ("accept", "application/json, text/event-stream"),
+                    ],
+                ]
+                .concat();
+                assert_eq!(
+                    status(e2e_tests::send(Method::POST, &v2, &headers, CALL.to_owned()).await),
+                    StatusCode::OK
+                );
+                assert_eq!(
+                    status(post(&gateway, &alice, CALL).await),
+                    StatusCode::NOT_FOUND
+                );
+            }
+            "upstream.url" => {
+                let before = second.count();
+                assert_eq!(status(post(&gateway, &alice, CALL).await), StatusCode::OK);
+                assert_eq!(
+                    second.count(),
+                    before + 1,
+                    "the call reached the new upstream"
+                );
+            }
+            "upstream.caller_header" => {
+                assert_eq!(status(post(&gateway, &alice, CALL).await), StatusCode::OK);
+                assert_eq!(first.last().headers["x-who"], "alice");
+            }
+            "upstream.authorization" => {
+                assert_eq!(status(post(&gateway, &alice, CALL).await), StatusCode::OK);
+                assert_eq!(
+                    first.last().headers["authorization"],
+                    "Bearer for-the-server"
+                );
+            }
+            "rate_limit.requests" => {
+                let codes = [
+                    post(&gateway, &alice, CALL).await.status,
+                    post(&gateway, &alice, CALL).await.status,
+                ];
+                assert_eq!(codes[1], StatusCode::TOO_MANY_REQUESTS, "{codes:?}");
+            }
+            "users" => assert_eq!(call(&gateway, BOB_KEY).await, StatusCode::UNAUTHORIZED),
+            "authorization" => assert_eq!(
+                status(post(&gateway, &alice, CALL).await),
+                StatusCode::FORBIDDEN
+            ),
+            "limits.max_batch_messages" => {
+                let batch = format!("[{CALL},{CALL}]");
+                assert_eq!(
+                    status(post(&gateway, &alice, &batch).await),
+                    StatusCode::BAD_REQUEST
+                );
+            }
+            "limits.max_uri_bytes" => {
+                let long = format!("{url}?{}", "q".repeat(200));
+                assert_eq!(
+                    status(e2e_tests::send(Method::POST, &long, &alice, CALL.to_owned()).await),
+                    StatusCode::URI_TOO_LONG
+                );
+            }
+            // Restart rows: what is in force stays as it was.
+            "listen" => assert_eq!(call(&gateway, ALICE_KEY).await, StatusCode::OK),
+            "max_body_bytes" => assert_eq!(
+                call(&gateway, ALICE_KEY).await,
+                StatusCode::OK,
+                "a body over 10 bytes still passes"
+            ),
+            _ => assert_eq!(call(&gateway, ALICE_KEY).await, StatusCode::OK),
+        }
+    }
+    // Back to the file it started with: nothing left to restart for.
+    let answer = reload_with(&gateway, admin, &config_of(base.clone()));
+    assert!(keys(&answer, "restart_needed").is_empty(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_and_check_config_against_running_tell_what_a_reload_would_do_and_change_nothing()
+{
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    let (gateway, admin) = start(
+        &upstream.url(),
+        "allowed_origins = [\"https://a.example\"]",
+        "",
+    );
+    let config = std::fs::read_to_string(gateway.config_path())
+        .unwrap()
+        .replace("https://a.example", "https://b.example")
+        + "[xdp]\nmode = \"skb\"\n";
+    std::fs::write(gateway.config_path(), config).unwrap();
+
+    let text = stdout(&cli(admin, &["reload", "--dry-run"]));
+    assert!(text.contains("would apply: allowed_origins"), "{text}");
+    assert!(text.contains("would need a restart: xdp.mode"), "{text}");
+    let path = gateway.config_path();
+    let text = stdout(&cli(
+        admin,
+        &["check-config", path.to_str().unwrap(), "--against-running"],
+    ));
+    assert!(text.contains(": ok ("), "{text}");
+    assert!(text.contains("would apply: allowed_origins"), "{text}");
+    // Nothing was swapped, and no reload was audited.
+    assert_eq!(curl_call_from(&gateway, "https://a.example"), 200);
+    assert_eq!(curl_call_from(&gateway, "https://b.example"), 403);
+    assert!(
+        !gateway
+            .audit_lines()
+            .iter()
+            .any(|line| line["event"] == "reload")
+    );
+
+    // Another file is not what a reload would read.
+    let other = gateway.dir.path().join("other.toml");
+    std::fs::copy(gateway.config_path(), &other).unwrap();
+    let refused = cli(
+        admin,
+        &["check-config", other.to_str().unwrap(), "--against-running"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("a reload would not read this file"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

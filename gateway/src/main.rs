@@ -49,8 +49,17 @@ enum Command {
     GenKey,
     /// Read a key on stdin and print its SHA-256 for `key_sha256`.
     HashKey,
-    /// Validate a configuration file and exit.
-    CheckConfig { file: PathBuf },
+    /// Validate a configuration file and exit; with `--against-running`, also say what a reload
+    /// of it would apply to the running gateway and what would need a restart.
+    CheckConfig {
+        file: PathBuf,
+        /// Ask the running gateway (its admin listener, as `[admin]` of FILE says, or `--admin`)
+        /// what a reload of FILE would change; nothing is swapped. FILE must be the file it reads.
+        #[arg(long)]
+        against_running: bool,
+        #[command(flatten)]
+        target: cli::Target,
+    },
     /// Say whether a user may call a tool (get a prompt, read a resource) under a configuration,
     /// and which rule decides. Exit status: 0 allowed, 3 denied.
     #[command(group(clap::ArgGroup::new("subject").required(true).args(["tool", "prompt", "resource"])))]
@@ -155,10 +164,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             release_unused_memory();
             let reload = cli.run.config.clone().map(|path| {
                 let args = cli.run.clone();
-                std::sync::Arc::new(move || {
-                    let (config, digest) = Config::read(&path)?;
-                    Ok((validate(config, &args)?, digest))
-                }) as app::Reload
+                std::sync::Arc::new(app::ConfigSource {
+                    // As the admin API reports it: whole, whatever directory asks.
+                    path: std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone()),
+                    read: Box::new(move || {
+                        let (config, digest) = Config::read(&path)?;
+                        Ok((validate(config, &args)?, digest))
+                    }),
+                })
             });
             runtime()?.block_on(app::run(settings, reload))
         }
@@ -217,14 +230,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot read stdin")?;
             print_output(&format!("{}\n", keys::hash(&input)?))
         }
-        Some(Command::CheckConfig { file }) => {
+        Some(Command::CheckConfig {
+            file,
+            against_running,
+            target,
+        }) => {
             let settings = load(&file, &RunArgs::default())?;
             print_output(&format!(
                 "{}: ok ({} users, upstream {})\n",
                 file.display(),
                 settings.policy.users.len(),
-                settings.node.upstream.url
-            ))
+                settings.serving.upstream.url
+            ))?;
+            if against_running {
+                let target = target.or_config(&file);
+                let report = runtime()?.block_on(cli::reload(&target, true))?;
+                let running_reads = report["config"].as_str().map(PathBuf::from);
+                let same = |a: &std::path::Path, b: &std::path::Path| {
+                    std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+                };
+                match running_reads {
+                    Some(path) if same(&path, &file) => {
+                        print_output(&cli::render_reload(&target, &report))?;
+                    }
+                    other => anyhow::bail!(
+                        "the running gateway reads {}, not {}: a reload would not read this file",
+                        other.map_or("-".into(), |path| path.display().to_string()),
+                        file.display()
+                    ),
+                }
+            }
+            Ok(())
         }
         Some(Command::DemoUpstream { listen }) => runtime()?.block_on(async move {
             let listener = tokio::net::TcpListener::bind(listen)

@@ -11,7 +11,8 @@
 //! | `DELETE /api/v1/allow/TARGET`   | take off the allowlist                           |
 //! | `GET /api/v1/users`             | users: name, limit, expiry, state (never keys)   |
 //! | `GET /api/v1/callers`           | callers' use of their limit in the current window|
-//! | `POST /api/v1/reload`           | reload the configuration file                    |
+//! | `POST /api/v1/reload`           | reload the configuration file: what it applied,  |
+//! |                                 | what needs a restart (`?dry_run=true`: would)    |
 //! | `POST /api/v1/upgrade`          | hand over to the binary at the started path      |
 
 use std::time::Duration;
@@ -137,8 +138,12 @@ pub async fn handle(
         }
         (&Method::DELETE, ["allow", target]) => answer(disallow(admin, &by, target)).await,
         (&Method::GET, ["users"]) => {
-            let policy = admin.gateway.policy();
-            let users: Vec<Value> = policy.callers().map(|caller| caller.view()).collect();
+            let in_force = admin.gateway.in_force();
+            let users: Vec<Value> = in_force
+                .policy
+                .callers()
+                .map(|caller| caller.view())
+                .collect();
             json(StatusCode::OK, &Value::Array(users))
         }
         (&Method::GET, ["callers"]) => {
@@ -157,11 +162,22 @@ pub async fn handle(
                 .collect();
             json(StatusCode::OK, &Value::Array(callers))
         }
-        (&Method::POST, ["reload"]) => match admin.reloader.reload(&by).await {
-            Ok(report) => json(StatusCode::OK, &json!(report)),
-            Err(err @ ReloadError::NoFile) => error(StatusCode::CONFLICT, err),
-            Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, err),
-        },
+        (&Method::POST, ["reload"]) => {
+            let dry_run = request
+                .uri()
+                .query()
+                .is_some_and(|query| query.split('&').any(|pair| pair == "dry_run=true"));
+            let result = if dry_run {
+                admin.reloader.dry_run().await
+            } else {
+                admin.reloader.reload(&by).await
+            };
+            match result {
+                Ok(report) => json(StatusCode::OK, &json!(report)),
+                Err(err @ ReloadError::NoFile) => error(StatusCode::CONFLICT, err),
+                Err(err) => error(StatusCode::UNPROCESSABLE_ENTITY, err),
+            }
+        }
         (&Method::POST, ["upgrade"]) => upgrade(admin, &by).await,
         (
             _,
@@ -208,7 +224,7 @@ fn blocks_json(snapshot: &Snapshot) -> Value {
 
 async fn status(admin: &Admin) -> Response<Full<Bytes>> {
     let gateway = &admin.gateway;
-    let settings = gateway.settings();
+    let (settings, in_force) = (gateway.settings(), gateway.in_force());
     let snapshot = gateway.protection().snapshot().await.unwrap_or_default();
     json(
         StatusCode::OK,
@@ -217,11 +233,11 @@ async fn status(admin: &Admin) -> Response<Full<Bytes>> {
             "pid": std::process::id(),
             "uptime_secs": admin.started.elapsed().as_secs(),
             "listen": settings.listen.to_string(),
-            "tls": settings.tls.is_some(),
-            "upstream": settings.upstream.url.to_string(),
+            "tls": settings.tls,
+            "upstream": in_force.serving.upstream.url.to_string(),
             "xdp": admin.xdp_mode,
             "draining": admin.draining.is_cancelled(),
-            "users": gateway.policy().callers().count(),
+            "users": in_force.policy.callers().count(),
             "blocks": snapshot.blocks.len(),
             "allowlist": snapshot.allow.len(),
             "fleet": settings.fleet.as_ref().map(|fleet| json!({

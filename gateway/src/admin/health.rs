@@ -21,7 +21,7 @@ pub fn alive() -> Response<Full<Bytes>> {
 /// (or configured off), and the gateway is not draining. 503 otherwise, with each check's answer.
 pub async fn ready(admin: &Admin) -> Response<Full<Bytes>> {
     let gateway = &admin.gateway;
-    let upstream = upstream_reachable(gateway.settings()).await;
+    let upstream = upstream_reachable(&gateway.in_force().serving.upstream).await;
     let audit = audit_writable(gateway);
     let xdp_ok = admin.xdp_mode != "failed";
     let draining = admin.draining.is_cancelled();
@@ -74,8 +74,8 @@ fn fleet_state(gateway: &crate::proxy::Gateway) -> Option<serde_json::Value> {
     }))
 }
 
-async fn upstream_reachable(settings: &crate::config::NodeSettings) -> Result<(), String> {
-    let address = settings.upstream.address();
+async fn upstream_reachable(settings: &crate::config::UpstreamSettings) -> Result<(), String> {
+    let address = settings.address();
     match tokio::time::timeout(
         UPSTREAM_CHECK_TIMEOUT,
         tokio::net::TcpStream::connect(&address),

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audit::AuditLog,
-    config::{NodeSettings, Settings, XdpModeConfig},
+    config::{NodeSettings, ServingSettings, Settings, XdpModeConfig},
     fleet::{Fleet, NodeLimiter},
     kernel::{XdpError, XdpProgram},
     protection,
@@ -22,14 +22,14 @@ use crate::{
     tls::Tls,
 };
 
-pub use reload::{Reload, ReloadError, ReloadReport, Reloader};
+pub use reload::{ConfigSource, Reload, ReloadError, ReloadReport, Reloader};
 use upgrade::{Inherited, Sockets, Successor};
 
 /// Runs the gateway until SIGINT or SIGTERM, or until a new process took over (SIGUSR2,
 /// `POST /api/v1/upgrade`: [`upgrade`]). SIGHUP reopens the audit log and, with `reload`,
 /// reloads the configuration (as `POST /api/v1/reload` does).
 pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<()> {
-    let node = &settings.node;
+    let (node, serving) = (&settings.node, &settings.serving);
     let inherited = Inherited::from_env()?;
     // The path, not /proc/self/exe: after a package upgrade it names the new binary.
     let binary = std::env::current_exe().context("cannot tell this program's path")?;
@@ -44,7 +44,7 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         None => bind(node)?,
     };
     let main_listener = server::Listener {
-        tls: node
+        tls: serving
             .tls
             .as_ref()
             .map(Tls::new)
@@ -68,14 +68,14 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
             .collect(),
         admin: admin_listener.as_ref().map(AsRawFd::as_raw_fd),
     };
-    let loaded = load_xdp(node);
+    let loaded = load_xdp(node, serving);
     if let Some(inherited) = inherited {
         // The old process stops accepting and detaches its XDP program only now that this one
         // is ready to take over.
         inherited.take_over().await?;
         tracing::info!("took over the listening sockets of the previous process");
     }
-    let (program, xdp_mode) = attach_xdp(node, loaded);
+    let (program, xdp_mode) = attach_xdp(node, serving, loaded);
     let (fleet, fleet_channel) = match &node.fleet {
         Some(settings) => {
             let (fleet, channel) = Fleet::new(settings)?;
@@ -84,9 +84,9 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         None => (None, None),
     };
     let (protection, enforcer) = protection::start(
-        node.blocking.clone(),
+        serving.blocking.clone(),
         program,
-        node.xdp.allow.clone(),
+        serving.xdp.allow.clone(),
         audit.clone(),
         fleet_channel,
     );
@@ -95,18 +95,18 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     let policy = &settings.policy;
     tracing::info!(
         listen = %node.listen,
-        tls = node.tls.is_some(),
+        tls = node.tls,
         proxy_protocol = node.proxy_protocol.is_some(),
         plain_listen = %node.plain_listen.map_or("none".to_owned(), |addr| addr.to_string()),
-        path = %node.mcp_path,
-        upstream = %node.upstream.url,
+        path = %serving.mcp_path,
+        upstream = %serving.upstream.url,
         users = policy.users.len(),
         limit = %format!("{}/{}s", policy.default_limit.requests, policy.default_limit.window.as_secs()),
         audit = %node.audit.path.display(),
         fsync = node.audit.fsync,
         xdp = xdp_mode,
         admin = %node.admin.as_ref().map_or("none".to_owned(), |admin| admin.listen.to_string()),
-        blocking = node.blocking.enabled,
+        blocking = serving.blocking.enabled,
         fleet = %node.fleet.as_ref().map_or("none".to_owned(), |fleet| format!("{} as {}", fleet.redis_shown, fleet.node_name)),
         workers,
         pid = std::process::id(),
@@ -127,7 +127,11 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
     let gateway = Arc::new(gateway);
     // The enforcer owns the XDP maps; ending it detaches the program (pins stay).
     let mut enforcer = Some(tokio::spawn(enforcer.run()));
-    let reloader = Arc::new(Reloader::new(Arc::clone(&gateway), reload));
+    let reloader = Arc::new(Reloader::new(
+        Arc::clone(&gateway),
+        reload,
+        main_listener.tls.clone(),
+    ));
     spawn_reload_on_sighup(Arc::clone(&gateway), Arc::clone(&reloader))?;
     spawn_limiter_sweep(Arc::clone(&gateway));
     let shutdown = CancellationToken::new();
@@ -239,15 +243,18 @@ fn inherited_listeners(sockets: &Sockets) -> anyhow::Result<Vec<server::WorkerLi
 
 /// Loads and configures the XDP program when configured (pinned maps: the blocks of the process
 /// before carry over); `None` when XDP is off.
-fn load_xdp(settings: &NodeSettings) -> Option<Result<XdpProgram, XdpError>> {
-    let xdp = &settings.xdp;
+fn load_xdp(
+    node: &NodeSettings,
+    serving: &ServingSettings,
+) -> Option<Result<XdpProgram, XdpError>> {
+    let xdp = &node.xdp;
     if xdp.interfaces.is_empty() {
         return None;
     }
     Some(
         XdpProgram::load(xdp.pin_dir.as_deref(), xdp.log).and_then(|mut program| {
-            program.set_config(&xdp.program)?;
-            program.set_allowlist(&xdp.allow)?;
+            program.set_config(&serving.xdp.program)?;
+            program.set_allowlist(&serving.xdp.allow)?;
             Ok(program)
         }),
     )
@@ -258,6 +265,7 @@ fn load_xdp(settings: &NodeSettings) -> Option<Result<XdpProgram, XdpError>> {
 /// without early drops in the kernel (and `/readyz` says so).
 fn attach_xdp(
     settings: &NodeSettings,
+    serving: &ServingSettings,
     loaded: Option<Result<XdpProgram, XdpError>>,
 ) -> (Option<XdpProgram>, &'static str) {
     let xdp = &settings.xdp;
@@ -288,7 +296,7 @@ fn attach_xdp(
                     interface = interface.as_str(),
                     mode,
                     pinned = %xdp.pin_dir.as_deref().map_or("no".into(), |dir| dir.display().to_string()),
-                    dry_run = xdp.program.flags & gateway_ebpf::XdpConfig::FLAG_DRY_RUN != 0,
+                    dry_run = serving.xdp.program.flags & gateway_ebpf::XdpConfig::FLAG_DRY_RUN != 0,
                     "XDP program attached"
                 );
             }
@@ -339,7 +347,7 @@ fn spawn_reload_on_sighup(gateway: Arc<Gateway>, reloader: Arc<Reloader>) -> any
 fn spawn_limiter_sweep(gateway: Arc<Gateway>) {
     tokio::spawn(async move {
         loop {
-            tokio::time::sleep(gateway.policy().longest_window()).await;
+            tokio::time::sleep(gateway.in_force().policy.longest_window()).await;
             gateway.sweep_limiters();
         }
     });

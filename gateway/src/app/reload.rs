@@ -1,45 +1,62 @@
 //! Reloading the configuration while the gateway runs, on SIGHUP or `POST /api/v1/reload`.
 //!
 //! A reload reads and validates the whole file first; if anything is wrong nothing changes and
-//! the error names the field. Otherwise, in this order: the policy (users, keys, limits, tool
-//! limits, grants) is swapped in one step, so a request sees the old policy or the new one, never
-//! a mix; the enforcer gets the blocking policy, allowlist and XDP settings; TLS certificates
-//! are read again. Connections, streams, limiter windows and sessions carry on (they are kept by
-//! name outside the policy). Settings only a restart can change (addresses, upstream, audit
-//! file, XDP attachment) are compared and reported, not applied. Every attempt is an audit line
-//! with who asked, the outcome and the SHA-256 of the file read.
+//! the error names the field. Otherwise the serving settings (path, Origin rules, upstream,
+//! bounds read per request) and the policy (users, keys, limits, grants) are swapped in one step,
+//! so a request sees the old configuration or the new one, never a mix; the enforcer gets the
+//! blocking policy, allowlist and XDP program settings; the TLS listener the certificates and
+//! client CAs (read again from their files). Connections, streams, limiter windows and sessions
+//! carry on (they are kept by name outside the snapshot). What only a restart can change
+//! (addresses, audit file, XDP attachment, fleet, ...) is compared whole and reported by its
+//! keys ([`Changes`]), in the answer, the log line and the audit line. A dry run says all this
+//! without swapping anything. Every reload is an audit line with who asked, the outcome and the
+//! SHA-256 of the file read.
 
-use std::sync::Arc;
+use std::{path::PathBuf, sync::Arc};
 
 use serde::Serialize;
 
 use crate::{
     audit,
-    config::{FleetSettings, NodeSettings, Settings},
+    config::{Changes, Settings},
     policy::Sha256Digest,
     protection::{Command, ProtectionSettings},
     proxy::Gateway,
+    tls::Tls,
 };
 
-/// Reads the configuration again (the file and the environment's keys): the settings and the
-/// digest of the file they came from.
-pub type Reload = Arc<dyn Fn() -> anyhow::Result<(Settings, Sha256Digest)> + Send + Sync>;
+/// Where the configuration comes from, to read it again.
+pub struct ConfigSource {
+    /// The file.
+    pub path: PathBuf,
+    /// Reads the file (and the environment's keys, and the flags that override it): the settings
+    /// and the digest of the file they came from.
+    pub read: Box<dyn Fn() -> anyhow::Result<(Settings, Sha256Digest)> + Send + Sync>,
+}
+
+pub type Reload = Arc<ConfigSource>;
 
 /// Applies reloads; one at a time.
 pub struct Reloader {
     gateway: Arc<Gateway>,
-    read: Option<Reload>,
+    source: Option<Reload>,
+    /// The TLS listener's handshakes, which a reload replaces.
+    tls: Option<Tls>,
     /// Held while a reload runs, so two never interleave.
     running: tokio::sync::Mutex<()>,
 }
 
-/// What a reload did.
+/// What a reload did, or with `dry_run`, would do.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReloadReport {
+    pub dry_run: bool,
+    /// The file read.
+    pub config: PathBuf,
     pub users: usize,
     pub policy_sha256: String,
-    /// Settings that differ in the file but need a restart, by field name.
-    pub restart_needed: Vec<&'static str>,
+    /// The settings the file changes, by key: those applied, and those that need a restart.
+    #[serde(flatten)]
+    pub changes: Changes,
 }
 
 /// Why a reload changed nothing.
@@ -52,28 +69,55 @@ pub enum ReloadError {
 }
 
 impl Reloader {
-    pub fn new(gateway: Arc<Gateway>, read: Option<Reload>) -> Self {
+    pub fn new(gateway: Arc<Gateway>, source: Option<Reload>, tls: Option<Tls>) -> Self {
         Self {
             gateway,
-            read,
+            source,
+            tls,
             running: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// What a reload would apply and what would need a restart, with nothing swapped.
+    pub async fn dry_run(&self) -> Result<ReloadReport, ReloadError> {
+        let _one_at_a_time = self.running.lock().await;
+        let (settings, report) = self.read(true).await?;
+        drop(settings);
+        Ok(report)
     }
 
     /// Reloads; `by` says who asked (`signal`, `admin 127.0.0.1`), for the audit line.
     pub async fn reload(&self, by: &str) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.running.lock().await;
-        let result = self.read_and_apply().await;
+        let result = match self.read(false).await {
+            Ok((settings, report)) => {
+                self.apply(settings).await;
+                Ok(report)
+            }
+            Err(err) => Err(err),
+        };
         self.gateway.metrics().reload(result.is_ok());
         let line = match &result {
             Ok(report) => {
+                let Changes {
+                    applied,
+                    restart_needed,
+                } = &report.changes;
                 tracing::info!(
                     by,
                     users = report.users,
                     policy_sha256 = %report.policy_sha256,
-                    restart_needed = ?report.restart_needed,
+                    ?applied,
+                    ?restart_needed,
                     "configuration reloaded"
                 );
+                if !restart_needed.is_empty() {
+                    tracing::warn!(
+                        ?restart_needed,
+                        "the file changes settings a reload cannot apply: they take effect at the \
+                         next restart or upgrade (gateway upgrade)"
+                    );
+                }
                 audit::operator_line(&audit::OperatorRecord {
                     event: "reload",
                     action: "reload",
@@ -81,8 +125,7 @@ impl Reloader {
                     outcome: "applied",
                     target: None,
                     policy_sha256: Some(report.policy_sha256.as_str()),
-                    detail: (!report.restart_needed.is_empty())
-                        .then(|| format!("needs a restart: {}", report.restart_needed.join(", "))),
+                    detail: Some(describe(&report.changes)),
                 })
             }
             Err(err) => {
@@ -104,23 +147,62 @@ impl Reloader {
         result
     }
 
-    async fn read_and_apply(&self) -> Result<ReloadReport, ReloadError> {
-        let read = Arc::clone(self.read.as_ref().ok_or(ReloadError::NoFile)?);
+    /// Reads and validates the file, and compares it with what is in force.
+    async fn read(&self, dry_run: bool) -> Result<(Settings, ReloadReport), ReloadError> {
+        let source = Arc::clone(self.source.as_ref().ok_or(ReloadError::NoFile)?);
+        let config = source.path.clone();
         // Parsing 100,000 users takes a while: not on the runtime's threads.
-        let (settings, digest) = tokio::task::spawn_blocking(move || read())
+        let (settings, digest) = tokio::task::spawn_blocking(move || (source.read)())
             .await
             .map_err(|err| ReloadError::Invalid(format!("reload failed: {err}")))?
             .map_err(|err| ReloadError::Invalid(format!("{err:#}")))?;
-        let gateway = &self.gateway;
-        let restart_needed = needs_restart(gateway.settings(), &settings.node);
-        let users = settings.policy.users.len();
-        gateway.replace_policy(settings.policy);
-        let node = settings.node;
-        let protection = ProtectionSettings {
-            blocking: node.blocking,
-            allow: node.xdp.allow,
-            xdp: node.xdp.program,
+        let in_force = self.gateway.in_force();
+        let changes = Changes::between(
+            (
+                self.gateway.settings(),
+                &in_force.serving,
+                in_force.policy.summary(),
+            ),
+            &settings,
+        );
+        let report = ReloadReport {
+            dry_run,
+            config,
+            users: settings.policy.users.len(),
+            policy_sha256: digest.to_hex(),
+            changes,
         };
+        Ok((settings, report))
+    }
+
+    /// Swaps in the file's serving settings and policy, and hands the rest of what a reload
+    /// applies to the parts that hold it (the enforcer, the TLS listener).
+    async fn apply(&self, settings: Settings) {
+        let gateway = &self.gateway;
+        let Settings {
+            node: _,
+            serving,
+            policy,
+        } = settings;
+        let protection = ProtectionSettings {
+            blocking: serving.blocking.clone(),
+            allow: serving.xdp.allow.clone(),
+            xdp: serving.xdp.program,
+        };
+        if let (Some(tls), Some(settings)) = (&self.tls, &serving.tls) {
+            match tls.replace(settings) {
+                Ok(()) => tracing::info!(
+                    certificates = settings.certificates.sources().len(),
+                    client_ca = settings.client_auth.is_some(),
+                    "TLS certificates reloaded"
+                ),
+                Err(err) => tracing::error!(
+                    error = %err,
+                    "TLS settings NOT reloaded: the ones in force stay"
+                ),
+            }
+        }
+        gateway.replace(serving, policy);
         if gateway
             .protection()
             .command(Command::Reconfigure(Box::new(protection)))
@@ -129,77 +211,21 @@ impl Reloader {
         {
             tracing::warn!("the enforcer has stopped: blocking settings not reloaded");
         }
-        if let Some(tls) = &gateway.settings().tls {
-            match tls.certificates.reload() {
-                Ok(count) => tracing::info!(certificates = count, "TLS certificates reloaded"),
-                Err(err) => tracing::error!(
-                    error = %err,
-                    "TLS certificates NOT reloaded: the ones in force stay"
-                ),
-            }
-        }
-        Ok(ReloadReport {
-            users,
-            policy_sha256: digest.to_hex(),
-            restart_needed,
-        })
     }
 }
 
-/// The fields that differ between the settings in force and the file, among those only a
-/// restart applies.
-fn needs_restart(running: &NodeSettings, file: &NodeSettings) -> Vec<&'static str> {
-    let mut fields = Vec::new();
-    let mut check = |field, differs: bool| {
-        if differs {
-            fields.push(field);
+/// The changes of a reload in words, for its audit line.
+fn describe(changes: &Changes) -> String {
+    let list = |keys: &[String]| {
+        if keys.is_empty() {
+            "nothing".to_owned()
+        } else {
+            keys.join(", ")
         }
     };
-    check("listen", running.listen != file.listen);
-    check("plain_listen", running.plain_listen != file.plain_listen);
-    check("mcp_path", running.mcp_path != file.mcp_path);
-    check("tls", running.tls.is_some() != file.tls.is_some());
-    check(
-        "proxy_protocol",
-        running.proxy_protocol.is_some() != file.proxy_protocol.is_some(),
-    );
-    check("upstream.url", running.upstream.url != file.upstream.url);
-    check("audit.path", running.audit.path != file.audit.path);
-    check("audit.fsync", running.audit.fsync != file.audit.fsync);
-    check(
-        "xdp.interface",
-        running.xdp.interfaces != file.xdp.interfaces,
-    );
-    check("xdp.pin_path", running.xdp.pin_dir != file.xdp.pin_dir);
-    check("admin", running.admin != file.admin);
-    check("limits", running.limits != file.limits);
-    check(
-        "max_body_bytes",
-        running.max_body_bytes != file.max_body_bytes,
-    );
-    check(
-        "fleet",
-        !same_fleet(running.fleet.as_ref(), file.fleet.as_ref()),
-    );
-    fields
-}
-
-/// Whether two `[fleet]` sections say the same.
-fn same_fleet(running: Option<&FleetSettings>, file: Option<&FleetSettings>) -> bool {
-    match (running, file) {
-        (None, None) => true,
-        (Some(a), Some(b)) => {
-            let (login_a, login_b) = (a.redis.redis_settings(), b.redis.redis_settings());
-            a.redis_shown == b.redis_shown
-                && login_a.username() == login_b.username()
-                && login_a.password() == login_b.password()
-                && a.redis_ca == b.redis_ca
-                && a.key_prefix == b.key_prefix
-                && a.node_name == b.node_name
-                && a.timeout == b.timeout
-                && a.on_unavailable == b.on_unavailable
-                && a.session_keys == b.session_keys
-        }
-        _ => false,
-    }
+    format!(
+        "applied: {}; needs a restart: {}",
+        list(&changes.applied),
+        list(&changes.restart_needed)
+    )
 }

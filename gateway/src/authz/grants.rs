@@ -49,7 +49,7 @@ impl Category {
 }
 
 /// One rule of the configuration: a user's own, or a group's.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Hash)]
 pub struct Rule {
     /// Where the rule is written: `users.alice` or `groups.support`.
     pub origin: String,
@@ -92,7 +92,7 @@ impl Rule {
 
 /// Everything that decides for one caller. A caller without any rule, under `default = "allow"`,
 /// has no `Grants` at all, and pays nothing per request.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Hash)]
 pub struct Grants {
     rules: Vec<Arc<Rule>>,
     default_deny: bool,

@@ -15,7 +15,7 @@ use std::{
 use serde_json::Value;
 
 /// One annotation a rule can name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hint {
     ReadOnly,
     Destructive,

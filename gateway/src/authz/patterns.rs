@@ -39,6 +39,13 @@ struct Pattern {
     matcher: Matcher,
 }
 
+/// A pattern is what is written (its matcher follows from that).
+impl std::hash::Hash for Pattern {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.written.hash(state);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Matcher {
     Exact(Box<str>),
@@ -61,7 +68,7 @@ impl Matcher {
 }
 
 /// One list of patterns, split into what it allows and what it denies, each in written order.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Hash)]
 pub struct Patterns {
     allow: Vec<Pattern>,
     deny: Vec<Pattern>,

@@ -34,6 +34,16 @@ pub struct Target {
     json: bool,
 }
 
+impl Target {
+    /// This target, or where `config`'s `[admin]` says when none is named.
+    pub fn or_config(mut self, config: &std::path::Path) -> Self {
+        if self.admin.is_none() && self.config.is_none() {
+            self.config = Some(config.to_owned());
+        }
+        self
+    }
+}
+
 /// The commands that operate a running gateway.
 #[derive(Subcommand)]
 pub enum Operate {
@@ -66,8 +76,12 @@ pub enum Operate {
         #[command(flatten)]
         target: Target,
     },
-    /// Reload the gateway's configuration file (as SIGHUP does), and say what changed.
+    /// Reload the gateway's configuration file (as SIGHUP does), and say what it applied and
+    /// what needs a restart.
     Reload {
+        /// Only say what a reload would apply and what would need a restart; change nothing.
+        #[arg(long)]
+        dry_run: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -123,10 +137,8 @@ pub async fn run(command: Operate) -> anyhow::Result<String> {
                 .await?;
             Ok(render(&target, &callers, table::callers))
         }
-        Operate::Reload { target } => {
-            let report = client(&target)?
-                .expect(Method::POST, "/api/v1/reload", None)
-                .await?;
+        Operate::Reload { dry_run, target } => {
+            let report = reload(&target, dry_run).await?;
             Ok(render(&target, &report, table::reload))
         }
         Operate::Upgrade { target } => {
@@ -145,6 +157,21 @@ pub async fn run(command: Operate) -> anyhow::Result<String> {
             Ok(String::new())
         }
     }
+}
+
+/// Reloads the running gateway's configuration, or with `dry_run` asks what a reload would do.
+pub async fn reload(target: &Target, dry_run: bool) -> anyhow::Result<Value> {
+    let path = if dry_run {
+        "/api/v1/reload?dry_run=true"
+    } else {
+        "/api/v1/reload"
+    };
+    client(target)?.expect(Method::POST, path, None).await
+}
+
+/// Renders a reload's answer as a table, or JSON.
+pub fn render_reload(target: &Target, report: &Value) -> String {
+    render(target, report, table::reload)
 }
 
 fn client(target: &Target) -> anyhow::Result<AdminClient> {

@@ -102,15 +102,31 @@ pub fn callers(value: &Value) -> String {
 }
 
 pub fn reload(value: &Value) -> String {
+    let dry_run = value["dry_run"].as_bool() == Some(true);
     let mut out = format!(
-        "reloaded: {} users, policy sha256 {}\n",
+        "{}: {} users, policy sha256 {} (from {})\n",
+        if dry_run {
+            "a reload would read"
+        } else {
+            "reloaded"
+        },
         text(&value["users"]),
-        text(&value["policy_sha256"])
+        text(&value["policy_sha256"]),
+        text(&value["config"]),
     );
-    if let Some(fields) = value["restart_needed"].as_array().filter(|f| !f.is_empty()) {
-        let fields: Vec<String> = fields.iter().map(text).collect();
-        let _ = writeln!(out, "changed but needs a restart: {}", fields.join(", "));
-    }
+    let keys = |field: &str| -> String {
+        match value[field].as_array().filter(|keys| !keys.is_empty()) {
+            Some(keys) => keys.iter().map(text).collect::<Vec<_>>().join(", "),
+            None => "nothing".to_owned(),
+        }
+    };
+    let (applied, restart) = if dry_run {
+        ("would apply", "would need a restart")
+    } else {
+        ("applied", "changed but needs a restart")
+    };
+    let _ = writeln!(out, "{applied}: {}", keys("applied"));
+    let _ = writeln!(out, "{restart}: {}", keys("restart_needed"));
     out
 }
 

@@ -261,17 +261,6 @@ pub struct Limits {
     pub max_sessions_per_caller: usize,
 }
 
-impl Limits {
-    /// The bounds on parsing a request body.
-    pub fn parse(&self) -> crate::mcp::jsonrpc::ParseLimits {
-        crate::mcp::jsonrpc::ParseLimits {
-            max_batch_messages: self.max_batch_messages,
-            max_json_depth: self.max_json_depth,
-            max_argument_keys: self.max_argument_keys,
-        }
-    }
-}
-
 impl Default for Limits {
     fn default() -> Self {
         Self {

@@ -2,10 +2,13 @@
 //! `MCP_USER_KEYS` environment variables, validated at start into [`Settings`] with errors that
 //! name the field.
 //!
-//! The validated settings come in two parts: [`NodeSettings`], fixed for the life of the process,
-//! and [`PolicySettings`], which a reload may swap while requests run (see `policy/`).
+//! The validated settings come in three parts: [`NodeSettings`], fixed for the life of the
+//! process, and [`ServingSettings`] and [`PolicySettings`], which a reload swaps while requests run
+//! (see `policy/`). [`Changes`] says what a reload of a file would apply and what would need a
+//! restart.
 
 mod authorization;
+mod changes;
 mod file;
 mod protection;
 mod settings;
@@ -14,6 +17,7 @@ mod validate;
 
 use std::path::{Path, PathBuf};
 
+pub use changes::{Changes, PolicySummary, reload_applies, restart_needed};
 pub use file::{
     AdminSection, AuditConfig, AuthorizationSection, BlockingSection, Config, DefaultDecision,
     EscalationSection, FleetSection, GroupConfig, Interfaces, Limit, Limits, OnUnavailable,
@@ -22,8 +26,9 @@ pub use file::{
 };
 pub use protection::parse_prefix;
 pub use settings::{
-    AdminAddress, AdminSettings, AuditSettings, BlockingPolicy, Escalation, FleetSettings,
-    NodeSettings, PolicySettings, RateLimit, Settings, UpstreamSettings, User, XdpSettings,
+    AdminAddress, AdminSettings, AuditSettings, BlockingPolicy, ConnectionLimits, Escalation,
+    FleetSettings, NodeSettings, PolicySettings, RateLimit, RequestLimits, ServingSettings,
+    Settings, UpstreamSettings, User, XdpAttachment, XdpPolicy,
 };
 
 /// A configuration problem, naming the field at fault.

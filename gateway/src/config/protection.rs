@@ -10,13 +10,14 @@ use super::{
     ConfigError,
     file::{BlockingSection, Interfaces, XdpRateSection, XdpSection},
     invalid,
-    settings::{BlockingPolicy, Escalation, XdpSettings},
+    settings::{BlockingPolicy, Escalation, XdpAttachment, XdpPolicy},
 };
 
+/// `[xdp]`: where the program attaches (a restart's business) and what it enforces (a reload's).
 pub(super) fn xdp_settings(
     section: &XdpSection,
     listen_port: u16,
-) -> Result<XdpSettings, ConfigError> {
+) -> Result<(XdpAttachment, XdpPolicy), ConfigError> {
     let interfaces = interfaces(section)?;
     let ports = if section.ports.is_empty() {
         vec![listen_port]
@@ -44,14 +45,18 @@ pub(super) fn xdp_settings(
         .collect::<Result<Vec<_>, _>>()?;
     check_rates(&section.rate)?;
     let pin_dir = (!section.pin_path.as_os_str().is_empty()).then(|| section.pin_path.clone());
-    Ok(XdpSettings {
-        interfaces,
-        mode: section.mode,
-        pin_dir,
-        log: section.log,
-        allow,
-        program: program_config(section, &ports),
-    })
+    Ok((
+        XdpAttachment {
+            interfaces,
+            mode: section.mode,
+            pin_dir,
+            log: section.log,
+        },
+        XdpPolicy {
+            allow,
+            program: program_config(section, &ports),
+        },
+    ))
 }
 
 /// The interfaces to attach to: none when XDP is off, at least one when it is on.

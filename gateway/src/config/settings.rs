@@ -1,6 +1,9 @@
-//! The validated configuration, in two parts: what is fixed for the life of the process
-//! ([`NodeSettings`]: addresses, upstream, audit file, XDP) and what a reload may replace while
-//! requests run ([`PolicySettings`]: users and their keys, limits).
+//! The validated configuration, in three parts: what is fixed for the life of the process
+//! ([`NodeSettings`]: sockets, audit file, XDP attachment, fleet), how requests are served
+//! ([`ServingSettings`]: path, Origin rules, upstream, certificates, blocking) and who may call
+//! ([`PolicySettings`]: users and their keys, limits). A reload swaps the last two whole and
+//! reports every difference in the first (`changes.rs`): a setting lives in exactly one of them,
+//! so none can change in the file without being either applied or reported.
 
 use std::{
     collections::HashMap,
@@ -31,35 +34,120 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub node: NodeSettings,
+    pub serving: ServingSettings,
     pub policy: PolicySettings,
 }
 
-/// What cannot change without a restart: where the gateway listens, what it forwards to, where it
-/// audits, and how it attaches to the kernel.
-#[derive(Debug, Clone)]
+/// What only a restart (or an upgrade, `gateway upgrade`) changes: the sockets, the audit file,
+/// the XDP attachment, the fleet, and the bounds fixed when a worker or a table is made. A reload
+/// compares it whole ([`NodeSettings::changes`], `changes.rs`) and names every field that
+/// differs; everything else is in [`ServingSettings`] or [`PolicySettings`], which a reload swaps.
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeSettings {
     pub listen: SocketAddr,
     /// Plain HTTP beside the TLS listener.
     pub plain_listen: Option<SocketAddr>,
-    /// `listen` serves TLS with these.
-    pub tls: Option<TlsSettings>,
+    /// `listen` serves TLS (a `[tls]` section); its certificates and client CA reload
+    /// ([`ServingSettings::tls`]).
+    pub tls: bool,
     /// Connections to `listen` come from these load balancers, with a PROXY protocol header.
     pub proxy_protocol: Option<ProxyProtocol>,
-    pub mcp_path: String,
+    /// Kept for a restart so far: the route table (issue 31) makes it a route's.
     pub max_body_bytes: usize,
-    pub idle_timeout: Duration,
-    pub allowed_origins: AllowedOrigins,
-    pub upstream: UpstreamSettings,
     pub audit: AuditSettings,
-    pub xdp: XdpSettings,
-    pub blocking: BlockingPolicy,
-    pub limits: Limits,
+    pub xdp: XdpAttachment,
+    pub limits: ConnectionLimits,
     /// The operator's listener; `None`: none.
     pub admin: Option<AdminSettings>,
-    /// How long open streams may run on after shutdown (or a takeover) begins.
-    pub shutdown_grace: Duration,
     /// The fleet this node shares state with; `None`: on its own.
     pub fleet: Option<FleetSettings>,
+}
+
+/// How requests are served, as far as a reload may change it while connections stay open: the
+/// path, Origin rules, bounds read per request, the upstream, the listener's certificates, and the
+/// blocking policy. Swapped with the [`PolicySettings`] in one snapshot (`policy/`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServingSettings {
+    pub mcp_path: String,
+    /// For connections accepted from then on, and every request body read.
+    pub idle_timeout: Duration,
+    pub allowed_origins: AllowedOrigins,
+    /// With [`NodeSettings::tls`]: the certificates, client CA and handshake timeout of new
+    /// handshakes.
+    pub tls: Option<TlsSettings>,
+    pub upstream: Arc<UpstreamSettings>,
+    pub limits: RequestLimits,
+    pub xdp: XdpPolicy,
+    pub blocking: BlockingPolicy,
+    /// How long open streams may run on after shutdown (or a takeover) begins.
+    pub shutdown_grace: Duration,
+}
+
+/// The bounds of `[limits]` fixed when a worker's HTTP server or the session table is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_streams_per_connection: u32,
+    pub max_sessions: usize,
+    pub max_sessions_per_caller: usize,
+}
+
+/// The bounds of `[limits]` read per request or per accepted connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_batch_messages: usize,
+    pub max_json_depth: usize,
+    pub max_argument_keys: usize,
+    pub max_uri_bytes: usize,
+    pub max_connections_per_source: usize,
+    pub max_in_flight_per_caller: usize,
+}
+
+impl RequestLimits {
+    /// The bounds on parsing a request body.
+    pub fn parse(&self) -> crate::mcp::jsonrpc::ParseLimits {
+        crate::mcp::jsonrpc::ParseLimits {
+            max_batch_messages: self.max_batch_messages,
+            max_json_depth: self.max_json_depth,
+            max_argument_keys: self.max_argument_keys,
+        }
+    }
+}
+
+impl From<Limits> for (ConnectionLimits, RequestLimits) {
+    fn from(limits: Limits) -> Self {
+        let Limits {
+            max_batch_messages,
+            max_json_depth,
+            max_argument_keys,
+            max_headers,
+            max_header_bytes,
+            max_uri_bytes,
+            max_connections_per_source,
+            max_streams_per_connection,
+            max_in_flight_per_caller,
+            max_sessions,
+            max_sessions_per_caller,
+        } = limits;
+        (
+            ConnectionLimits {
+                max_headers,
+                max_header_bytes,
+                max_streams_per_connection,
+                max_sessions,
+                max_sessions_per_caller,
+            },
+            RequestLimits {
+                max_batch_messages,
+                max_json_depth,
+                max_argument_keys,
+                max_uri_bytes,
+                max_connections_per_source,
+                max_in_flight_per_caller,
+            },
+        )
+    }
 }
 
 /// Validated `[fleet]` settings.
@@ -78,6 +166,24 @@ pub struct FleetSettings {
     pub timeout: Duration,
     pub on_unavailable: OnUnavailable,
     pub session_keys: Vec<SessionKey>,
+}
+
+impl PartialEq for FleetSettings {
+    /// Field by field: `redis::ConnectionInfo` has no `PartialEq`, so Redis's address and
+    /// database are compared as `redis_shown` says them, and the login apart.
+    fn eq(&self, other: &Self) -> bool {
+        let (login, other_login) = (self.redis.redis_settings(), other.redis.redis_settings());
+        login.username() == other_login.username()
+            && login.password() == other_login.password()
+            && self.cluster == other.cluster
+            && self.redis_ca == other.redis_ca
+            && self.redis_shown == other.redis_shown
+            && self.key_prefix == other.key_prefix
+            && self.node_name == other.node_name
+            && self.timeout == other.timeout
+            && self.on_unavailable == other.on_unavailable
+            && self.session_keys == other.session_keys
+    }
 }
 
 /// Validated `[admin]` settings.
@@ -119,7 +225,7 @@ impl std::str::FromStr for AdminAddress {
 }
 
 /// Validated `[upstream]` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSettings {
     pub url: Uri,
     /// Set for an `https://` URL.
@@ -145,7 +251,7 @@ impl UpstreamSettings {
 }
 
 /// Validated `[audit]` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditSettings {
     pub path: PathBuf,
     pub fsync: bool,
@@ -192,22 +298,27 @@ pub struct User {
 }
 
 /// A request budget: at most `requests` in any window of `window`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RateLimit {
     pub requests: NonZeroU32,
     pub window: Duration,
 }
 
-/// Validated `[xdp]` settings.
-#[derive(Debug, Clone)]
-pub struct XdpSettings {
+/// Validated `[xdp]` settings a restart applies: where and how the program is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpAttachment {
     /// The interfaces to attach to; empty when XDP is disabled.
     pub interfaces: Vec<String>,
     pub mode: XdpModeConfig,
     pub pin_dir: Option<PathBuf>,
     pub log: bool,
+}
+
+/// Validated `[xdp]` settings a reload applies: what the attached program enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct XdpPolicy {
     pub allow: Vec<IpNet>,
-    /// What the program's CONFIG map gets.
+    /// What the program's CONFIG map gets (ports, dry run, rates).
     pub program: gateway_ebpf::XdpConfig,
 }
 

@@ -33,14 +33,14 @@ fn the_legacy_sse_path_is_optional_and_checked() {
     assert_eq!(
         settings(&with_user(""))
             .unwrap()
-            .node
+            .serving
             .upstream
             .legacy_sse_path,
         None
     );
     let legacy = settings(&with_user("sse_path = \"/sse\"")).unwrap();
     assert_eq!(
-        legacy.node.upstream.legacy_sse_path.as_deref(),
+        legacy.serving.upstream.legacy_sse_path.as_deref(),
         Some("/sse")
     );
     for bad in ["sse", "/sse?x=1", "/mcp"] {
@@ -53,14 +53,14 @@ fn the_legacy_sse_path_is_optional_and_checked() {
 fn minimal_config_gets_documented_defaults() {
     let settings = settings(&with_user("")).expect("valid");
     assert_eq!(settings.node.listen, "127.0.0.1:8080".parse().unwrap());
-    assert_eq!(settings.node.mcp_path, "/mcp");
+    assert_eq!(settings.serving.mcp_path, "/mcp");
     assert_eq!(settings.node.max_body_bytes, 4 * 1024 * 1024);
-    assert_eq!(settings.node.idle_timeout, Duration::from_secs(30));
+    assert_eq!(settings.serving.idle_timeout, Duration::from_secs(30));
     assert_eq!(
-        settings.node.upstream.caller_header.as_str(),
+        settings.serving.upstream.caller_header.as_str(),
         "x-mcp-caller"
     );
-    assert_eq!(settings.node.upstream.timeout, Duration::from_secs(300));
+    assert_eq!(settings.serving.upstream.timeout, Duration::from_secs(300));
     assert_eq!(settings.policy.default_limit.requests.get(), 100);
     assert_eq!(
         settings.policy.default_limit.window,
@@ -78,38 +78,41 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(settings.policy.users.len(), 1);
     // XDP is opt-in; its limits protect the listen port; blocking is on.
     assert!(settings.node.xdp.interfaces.is_empty());
-    assert_eq!(settings.node.xdp.program.port_count, 1);
-    assert_eq!(settings.node.xdp.program.ports[0], 8080);
-    assert_eq!(settings.node.xdp.program.ipv6_prefix_len, 64);
+    assert_eq!(settings.serving.xdp.program.port_count, 1);
+    assert_eq!(settings.serving.xdp.program.ports[0], 8080);
+    assert_eq!(settings.serving.xdp.program.ipv6_prefix_len, 64);
     assert_eq!(
         settings.node.xdp.pin_dir,
         Some(PathBuf::from("/sys/fs/bpf/mcp-gateway"))
     );
-    assert!(settings.node.blocking.enabled);
-    assert_eq!(settings.node.blocking.auth_failures, 10);
-    assert_eq!(settings.node.blocking.block, Duration::from_secs(300));
+    assert!(settings.serving.blocking.enabled);
+    assert_eq!(settings.serving.blocking.auth_failures, 10);
+    assert_eq!(settings.serving.blocking.block, Duration::from_secs(300));
     // IPv6 offenders are /64s, escalating to their /48; IPv4 does not escalate unless asked.
-    assert_eq!(settings.node.blocking.ipv6_prefix_len, 64);
+    assert_eq!(settings.serving.blocking.ipv6_prefix_len, 64);
     assert_eq!(
-        settings.node.blocking.ipv6_escalation,
+        settings.serving.blocking.ipv6_escalation,
         Some(Escalation {
             prefix_len: 48,
             blocks: 8
         })
     );
-    assert_eq!(settings.node.blocking.ipv4_escalation, None);
+    assert_eq!(settings.serving.blocking.ipv4_escalation, None);
 }
 
 #[test]
 fn limits_have_defaults_and_each_names_its_field_when_wrong() {
-    let defaults = settings(&with_user("")).expect("valid").node.limits;
-    assert_eq!(defaults, Limits::default());
-    assert_eq!(defaults.max_batch_messages, 100);
+    let defaults = settings(&with_user("")).expect("valid");
+    assert_eq!(
+        (defaults.node.limits, defaults.serving.limits),
+        Limits::default().into()
+    );
+    assert_eq!(defaults.serving.limits.max_batch_messages, 100);
     let set = settings(&with_user(
         "[limits]\nmax_batch_messages = 5\nmax_in_flight_per_caller = 2",
     ))
     .expect("valid")
-    .node
+    .serving
     .limits;
     assert_eq!(
         (set.max_batch_messages, set.max_in_flight_per_caller),
@@ -142,14 +145,14 @@ fn escalation_settings_are_checked_against_the_blocks_they_gather() {
     ))
     .expect("valid");
     assert_eq!(
-        on.node.blocking.ipv4_escalation,
+        on.serving.blocking.ipv4_escalation,
         Some(Escalation {
             prefix_len: 20,
             blocks: 4
         })
     );
-    assert_eq!(on.node.blocking.ipv6_escalation, None, "0 blocks: off");
-    assert_eq!(on.node.blocking.ipv6_prefix_len, 56);
+    assert_eq!(on.serving.blocking.ipv6_escalation, None, "0 blocks: off");
+    assert_eq!(on.serving.blocking.ipv6_prefix_len, 56);
     for (toml, field) in [
         (
             "[blocking]\nipv6_prefix_len = 0",
@@ -185,13 +188,13 @@ fn xdp_section_fills_the_program_config() {
         with_user("")
     );
     let settings = settings(&toml).expect("valid");
-    let program = settings.node.xdp.program;
+    let program = settings.serving.xdp.program;
     assert_eq!(&program.ports[..2], &[443, 8443]);
     assert_eq!(program.port_count, 2);
     assert_eq!(program.flags, gateway_ebpf::XdpConfig::FLAG_DRY_RUN);
     assert_eq!((program.packets_per_sec, program.burst), (50, 100));
     let allow: Vec<String> = settings
-        .node
+        .serving
         .xdp
         .allow
         .iter()

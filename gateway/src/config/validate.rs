@@ -20,7 +20,7 @@ use super::{
     protection::{blocking_policy, parse_prefix, xdp_settings},
     settings::{
         AdminAddress, AdminSettings, AuditSettings, FleetSettings, NodeSettings, PolicySettings,
-        RateLimit, Settings, UpstreamSettings,
+        RateLimit, ServingSettings, Settings, UpstreamSettings,
     },
     users::users,
 };
@@ -79,7 +79,7 @@ impl Config {
             (plain, _) => plain,
         };
         let proxy_protocol = proxy_protocol(self.proxy_protocol, &self.proxy_protocol_from)?;
-        let xdp = xdp_settings(&self.xdp, self.listen.port())?;
+        let (xdp_attachment, xdp) = xdp_settings(&self.xdp, self.listen.port())?;
         let blocking = blocking_policy(&self.blocking)?;
         check_limits(&self.limits)?;
         let mut users = users(&self.users, mcp_api_key, mcp_user_keys)?;
@@ -100,27 +100,33 @@ impl Config {
         if self.shutdown_grace_secs == 0 {
             return Err(invalid("shutdown_grace_secs", "must be at least 1"));
         }
+        let (connection_limits, request_limits) = self.limits.into();
         Ok(Settings {
             node: NodeSettings {
                 listen: self.listen,
                 plain_listen,
-                tls,
+                tls: tls.is_some(),
                 proxy_protocol,
-                mcp_path: self.mcp_path,
                 max_body_bytes: self.max_body_bytes,
-                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
-                allowed_origins,
-                upstream,
                 audit: AuditSettings {
                     path: self.audit.path,
                     fsync: self.audit.fsync,
                 },
+                xdp: xdp_attachment,
+                limits: connection_limits,
+                admin,
+                fleet,
+            },
+            serving: ServingSettings {
+                mcp_path: self.mcp_path,
+                idle_timeout: Duration::from_secs(self.idle_timeout_secs),
+                allowed_origins,
+                tls,
+                upstream: Arc::new(upstream),
+                limits: request_limits,
                 xdp,
                 blocking,
-                limits: self.limits,
-                admin,
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-                fleet,
             },
             policy: PolicySettings {
                 users,

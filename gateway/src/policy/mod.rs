@@ -1,9 +1,10 @@
-//! Who may call, and how often: the part of the configuration that may change while the gateway
-//! runs.
+//! Who may call, and how often: with how requests are served, the part of the configuration that
+//! may change while the gateway runs.
 //!
-//! A [`Policy`] is one immutable value. Requests read a snapshot of it; a reload builds a new one
-//! and swaps it in ([`PolicyStore::replace`]), so a request sees either the old policy
-//! or the new one, never a mix. State that must outlive a policy (limiter windows, sessions) lives
+//! A [`Policy`] is one immutable value, and so is the [`Snapshot`] that holds it with the
+//! [`ServingSettings`]. Requests read a snapshot; a reload builds a new one and swaps it in
+//! ([`PolicyStore::replace`]), so a request sees either the old configuration or the new one,
+//! never a mix. State that must outlive a policy (limiter windows, sessions) lives
 //! outside it, keyed by caller name, so a reload resets nobody's window. Each caller's grants
 //! (see `authz/`) are part of it.
 
@@ -26,7 +27,7 @@ pub use authenticate::{AuthError, AuthMethod, Authenticator, Caller};
 pub use digest::{DigestMap, Sha256Digest};
 
 use crate::{
-    config::{PolicySettings, RateLimit},
+    config::{PolicySettings, PolicySummary, RateLimit, ServingSettings},
     lock,
     tls::ClientCertificate,
 };
@@ -40,6 +41,8 @@ pub struct Policy {
     longest_window: Duration,
     /// Some rule reads tool annotations: `tools/list` answers are read to learn them.
     reads_annotations: bool,
+    /// What a reload compares a file's policy with.
+    summary: PolicySummary,
 }
 
 impl Policy {
@@ -47,6 +50,7 @@ impl Policy {
     /// double their memory, about 10 MiB with 100,000 users).
     pub fn new(settings: PolicySettings) -> Self {
         let longest_window = settings.longest_window();
+        let summary = PolicySummary::of(&settings);
         let reads_annotations = settings.users.iter().any(|user| {
             user.grants
                 .as_ref()
@@ -59,7 +63,13 @@ impl Policy {
             rate_limit_status: settings.rate_limit_status,
             longest_window,
             reads_annotations,
+            summary,
         }
+    }
+
+    /// What a reload compares a file's policy with.
+    pub fn summary(&self) -> &PolicySummary {
+        &self.summary
     }
 
     /// Whether some rule reads the annotations of tools.
@@ -106,15 +116,21 @@ impl Policy {
     }
 }
 
-/// The current policy, shared by all workers.
-pub struct PolicyStore {
-    current: RwLock<Arc<Policy>>,
+/// What a reload swaps, in one step: how requests are served and who may call.
+pub struct Snapshot {
+    pub serving: ServingSettings,
+    pub policy: Policy,
+}
+
+/// The current policy (or [`Snapshot`]), shared by all workers.
+pub struct PolicyStore<T = Snapshot> {
+    current: RwLock<Arc<T>>,
     /// Bumped by every swap, after the new policy is in place: what workers check per request.
     generation: AtomicU64,
 }
 
-impl PolicyStore {
-    pub fn new(policy: Policy) -> Self {
+impl<T> PolicyStore<T> {
+    pub fn new(policy: T) -> Self {
         Self {
             current: RwLock::new(Arc::new(policy)),
             generation: AtomicU64::new(0),
@@ -122,18 +138,18 @@ impl PolicyStore {
     }
 
     /// Swaps in a new policy. Requests under way finish with the one they started with.
-    pub fn replace(&self, policy: Policy) {
+    pub fn replace(&self, policy: T) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(policy);
         self.generation.fetch_add(1, Ordering::Release);
     }
 
-    pub fn current(&self) -> Arc<Policy> {
+    pub fn current(&self) -> Arc<T> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
 /// A request's hold on a policy: the worker's own reference to it.
-pub type PolicySnapshot = Arc<Arc<Policy>>;
+pub type PolicySnapshot<T = Snapshot> = Arc<Arc<T>>;
 
 /// One worker's copy of the current policy.
 ///
@@ -143,14 +159,21 @@ pub type PolicySnapshot = Arc<Arc<Policy>>;
 /// arc-swap's `load` in place of the lock). A worker instead keeps its own reference, wrapped
 /// once in an `Arc` of its own, and counts requests on that; per request it only reads the
 /// store's generation, to notice a swap.
-#[derive(Default)]
-pub struct WorkerPolicy {
-    cached: Mutex<Option<(u64, PolicySnapshot)>>,
+pub struct WorkerPolicy<T = Snapshot> {
+    cached: Mutex<Option<(u64, PolicySnapshot<T>)>>,
 }
 
-impl WorkerPolicy {
+impl<T> Default for WorkerPolicy<T> {
+    fn default() -> Self {
+        Self {
+            cached: Mutex::new(None),
+        }
+    }
+}
+
+impl<T> WorkerPolicy<T> {
     /// The current policy of `store`, for one request.
-    pub fn snapshot(&self, store: &PolicyStore) -> PolicySnapshot {
+    pub fn snapshot(&self, store: &PolicyStore<T>) -> PolicySnapshot<T> {
         // Read before the policy: a swap in between only makes the next request refresh again.
         let generation = store.generation.load(Ordering::Acquire);
         let mut cached = lock(&self.cached);

@@ -103,7 +103,7 @@ mod tests {
             "ab".repeat(32)
         );
         let config = Config::from_toml(&toml).unwrap();
-        config.validate(None, None).unwrap().node.blocking
+        config.validate(None, None).unwrap().serving.blocking
     }
 
     #[test]

@@ -10,15 +10,19 @@
 //! reports the offense and writes the audit lines of a refused one, and makes the answer. Metrics
 //! attach there.
 //!
-//! A request reads one snapshot of the [`Policy`] from start to end, so a reload never mixes two
-//! policies in one request; limiter windows and sessions live outside the policy and survive it.
+//! A request reads one [`Snapshot`] of the policy and the serving settings from start to end, so a
+//! reload never mixes two configurations in one request; limiter windows and sessions live
+//! outside it and survive it.
 
 mod answer;
 mod call;
 mod refusal;
 mod worker;
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Limited};
@@ -37,7 +41,7 @@ pub use worker::Worker;
 use crate::{
     audit::{self, AuditLog, Decision, Peer},
     authz::{self, ToolCatalog},
-    config::{NodeSettings, PolicySettings, RateLimit, Settings},
+    config::{NodeSettings, PolicySettings, RateLimit, ServingSettings, Settings},
     fleet::{self, NodeLimiter},
     limit::{HoldingSlot, InFlight, InFlightSlot, Limiter, NotAdmitted},
     mcp::{
@@ -48,7 +52,7 @@ use crate::{
         sessions::{SessionError, SessionOwners, Sessions},
     },
     metrics::{self, GaugeGuard, Metrics, RequestRecord},
-    policy::{Caller, Policy, PolicyStore},
+    policy::{Caller, Policy, PolicyStore, Snapshot},
     protection::Protection,
     server::idle::{BodyStalled, StallTimeout},
     upstream::{PooledBody, REQUEST_ID},
@@ -58,7 +62,8 @@ use crate::{
 /// own or the fleet's ([`NodeLimiter`]).
 pub struct Gateway<L: Limiter = NodeLimiter> {
     settings: NodeSettings,
-    policy: PolicyStore,
+    /// The policy and the serving settings, swapped together by a reload.
+    in_force: PolicyStore,
     /// Per caller.
     caller_limiter: L,
     /// Per caller and tool, for the tools with a limit of their own.
@@ -118,7 +123,10 @@ impl<L: Limiter> Gateway<L> {
         let metrics = Metrics::new(caller_labels, audit.stats(), protection.offense_counts());
         Self {
             settings: settings.node,
-            policy: PolicyStore::new(Policy::new(settings.policy)),
+            in_force: PolicyStore::new(Snapshot {
+                serving: settings.serving,
+                policy: Policy::new(settings.policy),
+            }),
             caller_limiter,
             tool_limiter,
             in_flight: InFlight::default(),
@@ -143,24 +151,33 @@ impl<L: Limiter> Gateway<L> {
         self.fleet.as_ref()
     }
 
+    /// The settings only a restart changes.
     pub fn settings(&self) -> &NodeSettings {
         &self.settings
     }
 
-    /// The current policy.
-    pub fn policy(&self) -> Arc<Policy> {
-        self.policy.current()
+    /// The current policy and serving settings.
+    pub fn in_force(&self) -> Arc<Snapshot> {
+        self.in_force.current()
     }
 
-    /// Swaps in a new policy (users, keys, limits). Requests under way finish with the old one;
-    /// limiter windows carry over.
-    pub fn replace_policy(&self, settings: PolicySettings) {
-        self.policy.replace(Policy::new(settings));
+    /// Swaps in new serving settings and a new policy (users, keys, limits), in one step.
+    /// Requests under way finish with the old ones; limiter windows carry over.
+    pub fn replace(&self, serving: ServingSettings, policy: PolicySettings) {
+        self.in_force.replace(Snapshot {
+            serving,
+            policy: Policy::new(policy),
+        });
+    }
+
+    /// Swaps in a new policy, keeping the serving settings.
+    pub fn replace_policy(&self, policy: PolicySettings) {
+        self.replace(self.in_force().serving.clone(), policy);
     }
 
     /// Drops the limiter state of callers idle for the longest window of the current policy.
     pub fn sweep_limiters(&self) {
-        let idle_after = self.policy.current().longest_window();
+        let idle_after = self.in_force.current().policy.longest_window();
         self.caller_limiter.sweep(idle_after);
         self.tool_limiter.sweep(idle_after);
     }
@@ -180,7 +197,8 @@ impl<L: Limiter> Gateway<L> {
     /// How much of its limit each caller used within its current window: `(caller, used,
     /// limit)`, busiest first.
     pub fn caller_usage(&self) -> Vec<(Arc<str>, u64, RateLimit)> {
-        let policy = self.policy.current();
+        let in_force = self.in_force.current();
+        let policy = &in_force.policy;
         let mut usage: Vec<_> = policy
             .callers()
             .map(|caller| {
@@ -207,16 +225,16 @@ impl<L: Limiter> Gateway<L> {
             .encode_lower(&mut id_buffer);
         let request_id_header = HeaderValue::from_str(request_id)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
-        let mut response = match self.route(&request) {
+        let in_force = worker.policy.snapshot(&self.in_force);
+        let mut response = match route(&in_force.serving, &request) {
             Some(route) => {
-                let policy = worker.policy.snapshot(&self.policy);
                 let mut call = Call::new(request_id, peer, route, &request);
                 let outcome = self
-                    .chain(worker, &policy, request, &mut call, &request_id_header)
+                    .chain(worker, &in_force, request, &mut call, &request_id_header)
                     .await;
                 self.finish(worker, &call, outcome).await
             }
-            None => self.not_served(request.uri().path()),
+            None => not_served(&in_force.serving, request.uri().path()),
         };
         response.headers_mut().insert(REQUEST_ID, request_id_header);
         response
@@ -226,22 +244,30 @@ impl<L: Limiter> Gateway<L> {
     async fn chain<'a>(
         &self,
         worker: &Worker,
-        policy: &'a Policy,
+        in_force: &'a Snapshot,
         request: Request<Incoming>,
         call: &mut Call<'a>,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, Refusal> {
-        let limits = &self.settings.limits;
+        let Snapshot { serving, policy } = in_force;
+        let limits = &serving.limits;
         check_uri(&request, limits.max_uri_bytes)?;
-        self.settings.allowed_origins.check(request.headers())?;
+        serving.allowed_origins.check(request.headers())?;
         let (caller, method) =
             policy.authenticate(request.headers(), call.context.peer.certificate.as_ref())?;
         call.context.caller = Some(&caller.name);
         call.context.auth = Some(method);
         let (parts, body) = request.into_parts();
-        let body = self.read_body(call.route, &parts.method, body).await?;
+        let body = read_body(
+            call.route,
+            &parts.method,
+            body,
+            self.settings.max_body_bytes,
+            serving.idle_timeout,
+        )
+        .await?;
         parse_messages(call, &parts, &body, &limits.parse())?;
-        self.check_ownership(call, &parts.uri, &caller.name)?;
+        self.check_ownership(serving, call, &parts.uri, &caller.name)?;
         self.authorize(caller, call)?;
         call.list_filter = answer::list_filter(policy, caller, call, &self.catalog);
         self.limit(policy, caller, call).await?;
@@ -250,8 +276,13 @@ impl<L: Limiter> Gateway<L> {
             .acquire(&caller.name, limits.max_in_flight_per_caller)
             .ok_or_else(|| Refusal::too_many_in_flight(limits.max_in_flight_per_caller))?;
         self.audit_before_forwarding(worker, call).await?;
-        self.forward(worker, parts, body, &caller.name, call, request_id, slot)
-            .await
+        let upstream = Upstreamed {
+            serving,
+            caller: &caller.name,
+            request_id,
+            slot,
+        };
+        self.forward(worker, parts, body, call, upstream).await
     }
 
     /// The closing step, for every outcome: the response line of a forwarded request, or the
@@ -308,85 +339,12 @@ impl<L: Limiter> Gateway<L> {
         refusal.into_response(call.body.as_ref())
     }
 
-    fn route(&self, request: &Request<Incoming>) -> Option<Route> {
-        let path = request.uri().path();
-        if path == self.settings.mcp_path {
-            return Some(Route::Mcp);
-        }
-        let legacy_sse_path = self.settings.upstream.legacy_sse_path.as_deref()?;
-        if path == legacy_sse_path {
-            Some(Route::LegacyStream)
-        } else if request.method() == Method::POST {
-            // Which endpoints exist is told only to their callers, after authentication.
-            Some(Route::LegacyMessage)
-        } else {
-            None
-        }
-    }
-
-    fn not_served(&self, path: &str) -> Response<ProxyBody> {
-        let description = if path.starts_with("/.well-known/oauth-") {
-            // Static keys only: advertising OAuth makes some clients ignore configured headers.
-            "this gateway uses static bearer keys, not OAuth".to_owned()
-        } else {
-            self.served_paths()
-        };
-        refusal::json_response(
-            StatusCode::NOT_FOUND,
-            json!({"error": "not_found", "error_description": description}),
-        )
-    }
-
-    fn served_paths(&self) -> String {
-        let mcp_path = &self.settings.mcp_path;
-        match &self.settings.upstream.legacy_sse_path {
-            Some(sse_path) => {
-                format!("only {mcp_path} and {sse_path} (legacy SSE) are served here")
-            }
-            None => format!("only {mcp_path} is served here"),
-        }
-    }
-
-    /// The request body of a POST, within `max_body_bytes` and `idle_timeout_secs`.
-    async fn read_body(
-        &self,
-        route: Route,
-        method: &Method,
-        body: Incoming,
-    ) -> Result<Bytes, Refusal> {
-        match route.has_body(method) {
-            Some(true) => {}
-            Some(false) => return Ok(Bytes::new()),
-            None => return Err(Refusal::method_not_allowed(route.allowed_methods())),
-        }
-        let limit = self.settings.max_body_bytes;
-        let body = StallTimeout::new(body, self.settings.idle_timeout);
-        match Limited::new(body, limit).collect().await {
-            Ok(collected) => Ok(collected.to_bytes()),
-            Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Decision::TooLarge,
-                code::BODY_TOO_LARGE,
-                format!("request body larger than max_body_bytes ({limit} bytes)"),
-            )),
-            Err(err) if err.is::<BodyStalled>() => Err(Refusal::new(
-                StatusCode::REQUEST_TIMEOUT,
-                Decision::BadRequest,
-                code::REQUEST_TIMEOUT,
-                format!("{err} (idle_timeout_secs)"),
-            )),
-            Err(err) => Err(Refusal::bad_request(
-                code::INVALID_REQUEST,
-                format!("could not read the request body: {err}"),
-            )),
-        }
-    }
-
     /// A legacy message may go only to an endpoint announced to its caller (on a stream still
     /// open, or sealed for them in a fleet), and a session only to the caller it belongs to.
     /// Notes in `call` what the upstream knows them by when the client sees sealed ids.
     fn check_ownership(
         &self,
+        serving: &ServingSettings,
         call: &mut Call<'_>,
         uri: &Uri,
         caller: &Arc<str>,
@@ -418,7 +376,7 @@ impl<L: Limiter> Gateway<L> {
                     code::INVALID_REQUEST,
                     format!(
                         "not found: neither {} nor the endpoint of an open legacy SSE stream",
-                        self.settings.mcp_path
+                        serving.mcp_path
                     ),
                 ),
             })?;
@@ -502,18 +460,21 @@ impl<L: Limiter> Gateway<L> {
     }
 
     /// Sends the request upstream and streams the answer back as it arrives, holding the
-    /// caller's in-flight `slot` until the answer is done.
-    #[allow(clippy::too_many_arguments)] // the chain's state, handed over once
+    /// caller's in-flight slot until the answer is done.
     async fn forward(
         &self,
         worker: &Worker,
         mut parts: request::Parts,
         body: Bytes,
-        caller: &Arc<str>,
         call: &mut Call<'_>,
-        request_id: &HeaderValue,
-        slot: InFlightSlot,
+        upstreamed: Upstreamed<'_>,
     ) -> Result<Response<ProxyBody>, Refusal> {
+        let Upstreamed {
+            serving,
+            caller,
+            request_id,
+            slot,
+        } = upstreamed;
         if call.list_filter.is_some() {
             // An answer to filter must come uncompressed.
             parts.headers.remove(hyper::header::ACCEPT_ENCODING);
@@ -533,12 +494,14 @@ impl<L: Limiter> Gateway<L> {
         });
         let upstream_path = match call.route {
             Route::Mcp => None,
-            Route::LegacyStream => self.settings.upstream.legacy_sse_path.as_deref(),
+            Route::LegacyStream => serving.upstream.legacy_sse_path.as_deref(),
             Route::LegacyMessage => client_path.as_deref(),
         };
         call.forwarded_at = Some(Instant::now());
         let response = worker
-            .upstream
+            .upstream(&serving.upstream, || {
+                Arc::clone(&self.in_force.current().serving.upstream)
+            })
             .send(parts, body, upstream_path, caller, &call.context.peer.ip_text, request_id)
             .await
             .map_err(|err| {
@@ -547,7 +510,7 @@ impl<L: Limiter> Gateway<L> {
             })?;
         let stream = is_event_stream(&response).then(|| self.metrics.stream());
         let response = response.map(|body| HoldingSlot::new(body, (slot, stream)));
-        let response = self.track_sessions(call, caller, is_delete, response);
+        let response = self.track_sessions(serving, call, caller, is_delete, response);
         match call.list_filter.take() {
             Some(filter) => answer::filter_lists(response, filter).await,
             None => Ok(response),
@@ -558,6 +521,7 @@ impl<L: Limiter> Gateway<L> {
     /// deleted one is forgotten, a legacy stream's endpoint is bound to its caller.
     fn track_sessions(
         &self,
+        serving: &ServingSettings,
         call: &Call<'_>,
         caller: &Arc<str>,
         is_delete: bool,
@@ -586,7 +550,7 @@ impl<L: Limiter> Gateway<L> {
             self.sessions.forget(session);
         }
         if let (Route::LegacyStream, Some(sse_path)) =
-            (call.route, &self.settings.upstream.legacy_sse_path)
+            (call.route, &serving.upstream.legacy_sse_path)
             && response.status().is_success()
         {
             let endpoints = match self.sessions.seal() {
@@ -599,6 +563,90 @@ impl<L: Limiter> Gateway<L> {
         }
         response.map(BodyExt::boxed)
     }
+}
+
+/// Which of the gateway's endpoints a request is for, if any.
+fn route(serving: &ServingSettings, request: &Request<Incoming>) -> Option<Route> {
+    let path = request.uri().path();
+    if path == serving.mcp_path {
+        return Some(Route::Mcp);
+    }
+    let legacy_sse_path = serving.upstream.legacy_sse_path.as_deref()?;
+    if path == legacy_sse_path {
+        Some(Route::LegacyStream)
+    } else if request.method() == Method::POST {
+        // Which endpoints exist is told only to their callers, after authentication.
+        Some(Route::LegacyMessage)
+    } else {
+        None
+    }
+}
+
+fn not_served(serving: &ServingSettings, path: &str) -> Response<ProxyBody> {
+    let description = if path.starts_with("/.well-known/oauth-") {
+        // Static keys only: advertising OAuth makes some clients ignore configured headers.
+        "this gateway uses static bearer keys, not OAuth".to_owned()
+    } else {
+        served_paths(serving)
+    };
+    refusal::json_response(
+        StatusCode::NOT_FOUND,
+        json!({"error": "not_found", "error_description": description}),
+    )
+}
+
+fn served_paths(serving: &ServingSettings) -> String {
+    let mcp_path = &serving.mcp_path;
+    match &serving.upstream.legacy_sse_path {
+        Some(sse_path) => {
+            format!("only {mcp_path} and {sse_path} (legacy SSE) are served here")
+        }
+        None => format!("only {mcp_path} is served here"),
+    }
+}
+
+/// The request body of a POST, within `max_body_bytes` and `idle_timeout_secs`.
+async fn read_body(
+    route: Route,
+    method: &Method,
+    body: Incoming,
+    limit: usize,
+    idle_timeout: Duration,
+) -> Result<Bytes, Refusal> {
+    match route.has_body(method) {
+        Some(true) => {}
+        Some(false) => return Ok(Bytes::new()),
+        None => return Err(Refusal::method_not_allowed(route.allowed_methods())),
+    }
+    let body = StallTimeout::new(body, idle_timeout);
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Decision::TooLarge,
+            code::BODY_TOO_LARGE,
+            format!("request body larger than max_body_bytes ({limit} bytes)"),
+        )),
+        Err(err) if err.is::<BodyStalled>() => Err(Refusal::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Decision::BadRequest,
+            code::REQUEST_TIMEOUT,
+            format!("{err} (idle_timeout_secs)"),
+        )),
+        Err(err) => Err(Refusal::bad_request(
+            code::INVALID_REQUEST,
+            format!("could not read the request body: {err}"),
+        )),
+    }
+}
+
+/// What the chain hands its last step, besides the request: the settings it runs under, the
+/// authenticated caller, and the caller's in-flight slot.
+struct Upstreamed<'a> {
+    serving: &'a ServingSettings,
+    caller: &'a Arc<str>,
+    request_id: &'a HeaderValue,
+    slot: InFlightSlot,
 }
 
 /// An upstream answer on its way to the client: it holds the caller's in-flight slot, and

@@ -13,20 +13,29 @@ fn gateway(policy: PolicySettings, dir: &tempfile::TempDir) -> Gateway {
         "[upstream]\nurl = \"http://127.0.0.1:9/mcp\"\n[[users]]\nname = \"x\"\nkey_sha256 = \"5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8\"\n",
     )
     .unwrap();
-    let node = config.validate(None, None).unwrap().node;
+    let Settings { node, serving, .. } = config.validate(None, None).unwrap();
     let audit = AuditLog::open(&dir.path().join("audit.jsonl"), false).unwrap();
     let blocking = BlockingPolicy {
         enabled: false,
-        ..node.blocking.clone()
+        ..serving.blocking.clone()
     };
     let (protection, _enforcer) =
         protection::start(blocking, None, Vec::new(), audit.clone(), None);
-    Gateway::new(Settings { node, policy }, audit, protection)
+    Gateway::new(
+        Settings {
+            node,
+            serving,
+            policy,
+        },
+        audit,
+        protection,
+    )
 }
 
 /// Runs the chain's limit step for one single-message call of `name`.
 async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
-    let policy = gateway.policy();
+    let in_force = gateway.in_force();
+    let policy = &in_force.policy;
     let (caller, _) = policy
         .authenticate(&bearer(name), None)
         .expect("a known key");
@@ -51,7 +60,7 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
         upstream_endpoint: None,
     };
     call.body = Some(inspect(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#).unwrap());
-    gateway.limit(&policy, caller, &call).await
+    gateway.limit(policy, caller, &call).await
 }
 
 #[tokio::test]
@@ -107,7 +116,8 @@ async fn a_policy_can_be_swapped_while_requests_run() {
     }
     assert!(
         gateway
-            .policy()
+            .in_force()
+            .policy
             .authenticate(&bearer("user199"), None)
             .is_ok()
     );

@@ -94,7 +94,7 @@ pub async fn serve(
     }
 
     connections.close();
-    let grace = shared.gateway.settings().shutdown_grace;
+    let grace = shared.gateway.in_force().serving.shutdown_grace;
     if tokio::time::timeout(grace, connections.wait())
         .await
         .is_err()
@@ -116,7 +116,11 @@ impl Shared {
         let registration = protection.connections().register(
             source.ip(),
             &self.shutdown,
-            self.gateway.settings().limits.max_connections_per_source,
+            self.gateway
+                .in_force()
+                .serving
+                .limits
+                .max_connections_per_source,
         );
         if registration.is_none() {
             protection.offense(source.ip(), Offense::TooManyConnections);
@@ -164,7 +168,8 @@ impl Shared {
             };
             return connection::serve(&self.builder, connection, gateway, worker, shutdown).await;
         };
-        let handshake = tokio::time::timeout(tls.handshake_timeout, tls.acceptor.accept(stream));
+        let tls = tls.handshakes();
+        let handshake = tokio::time::timeout(tls.timeout, tls.acceptor.accept(stream));
         let stream = tokio::select! {
             done = handshake => match done {
                 Ok(Ok(stream)) => stream,
@@ -174,7 +179,7 @@ impl Shared {
                     return;
                 }
                 Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake not done within {:?}", tls.handshake_timeout);
+                    tracing::debug!(%peer, "TLS handshake not done within {:?}", tls.timeout);
                     gateway.protection().offense(peer.ip(), Offense::Malformed);
                     return;
                 }

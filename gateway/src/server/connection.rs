@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::idle::{Activity, InProgressBody, Stale, WatchedWrites};
 use crate::{
     audit::Peer,
-    config::Limits,
+    config::ConnectionLimits,
     protection::{ConnectionGuard, Offense},
     proxy::{Gateway, ProxyBody, Worker},
     tls::ClientCertificate,
@@ -27,7 +27,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The HTTP/1.1 and HTTP/2 server settings every connection of a worker shares, with the bounds
 /// of `[limits]` on what a client's request head may hold (hyper answers 431 beyond them).
-pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub fn http_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -123,9 +123,10 @@ where
         registration,
     } = connection;
     let activity = Activity::new();
-    let idle_timeout = gateway.settings().idle_timeout;
-    let shutdown_grace = gateway.settings().shutdown_grace;
+    // As in force when the connection is accepted: a reload applies to the connections after it.
+    let idle_timeout = gateway.in_force().serving.idle_timeout;
     let protection = gateway.protection().clone();
+    let in_force_at_close = Arc::clone(&gateway);
     // Reference counts per request only on this connection's own cache lines (the context
     // and its activity): counting on the gateway's, which every worker shares, would move
     // that line between CPUs.
@@ -180,6 +181,7 @@ where
             }
         }
         connection.as_mut().graceful_shutdown();
+        let shutdown_grace = in_force_at_close.in_force().serving.shutdown_grace;
         let grace = grace_period(&shutdown, shutdown_grace);
         if tokio::time::timeout(grace, connection).await.is_err() {
             tracing::debug!(%peer, "connection cut after the grace period");

@@ -129,7 +129,7 @@ pub fn run_workers(
                         };
                         let worker = Arc::new(Worker::new(&gateway));
                         tokio::spawn(Arc::clone(&worker.audit).run());
-                        tokio::spawn(worker.upstream.close_idle_periodically());
+                        tokio::spawn(worker.current_upstream().close_idle_periodically());
                         let serve_main = accept::serve(
                             main,
                             main_listener,

@@ -175,6 +175,11 @@ impl Certificates {
         })
     }
 
+    /// The files, as configured.
+    pub fn sources(&self) -> &[CertificateFiles] {
+        &self.sources
+    }
+
     /// Reads the files again. If any is unusable, nothing changes: the certificates in force stay,
     /// and the error says why. Connections already made keep theirs either way.
     pub fn reload(&self) -> Result<usize, CertificateError> {
@@ -185,6 +190,13 @@ impl Certificates {
 
     fn selection(&self) -> Arc<Selection> {
         Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+/// The same files (which a reload reads again either way).
+impl PartialEq for Certificates {
+    fn eq(&self, other: &Self) -> bool {
+        self.sources == other.sources
     }
 }
 

@@ -27,6 +27,12 @@ pub struct ClientAuth {
     pub required: bool,
 }
 
+impl PartialEq for ClientAuth {
+    fn eq(&self, other: &Self) -> bool {
+        self.roots.roots == other.roots.roots && self.required == other.required
+    }
+}
+
 impl ClientAuth {
     pub fn verifier(&self) -> Result<Arc<dyn ClientCertVerifier>, rustls::Error> {
         let builder =

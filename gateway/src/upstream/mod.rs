@@ -67,7 +67,7 @@ impl Upstream {
     /// Closes idle upstream connections past their time, periodically; spawn it on the worker's
     /// runtime.
     pub fn close_idle_periodically(&self) -> impl Future<Output = ()> + 'static {
-        Arc::clone(&self.pool).close_idle_periodically()
+        ConnectionPool::close_idle_periodically(Arc::downgrade(&self.pool))
     }
 
     /// Sends the request upstream and returns the response head with its body still streaming.

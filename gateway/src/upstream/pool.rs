@@ -256,12 +256,14 @@ impl ConnectionPool {
     }
 
     /// Closes expired idle connections every [`IDLE_CHECK_EVERY`], for the quiet times when no
-    /// connection comes back to do it. Runs on the worker's runtime until it stops.
-    pub async fn close_idle_periodically(self: Arc<Self>) {
+    /// connection comes back to do it. Runs on the worker's runtime until it stops, or until the
+    /// pool is dropped (a reload changed the upstream and its last request is done).
+    pub async fn close_idle_periodically(pool: std::sync::Weak<Self>) {
         let mut check = tokio::time::interval(IDLE_CHECK_EVERY);
         loop {
             check.tick().await;
-            self.close_idle(Instant::now());
+            let Some(pool) = pool.upgrade() else { return };
+            pool.close_idle(Instant::now());
         }
     }
 

@@ -13,6 +13,7 @@ use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, PrivateKeyDer, ServerName},
 };
+use sha2::{Digest, Sha256};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsConnector, client::TlsStream};
 
@@ -27,6 +28,15 @@ pub struct ClientIdentity {
 pub struct UpstreamTls {
     connector: TlsConnector,
     server_name: ServerName<'static>,
+    /// SHA-256 over the name, the CAs and the client identity it was made from: two are equal
+    /// when they would connect alike (a reload keeps the pools of an unchanged upstream).
+    fingerprint: [u8; 32],
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.fingerprint == other.fingerprint
+    }
 }
 
 impl UpstreamTls {
@@ -39,6 +49,7 @@ impl UpstreamTls {
     ) -> Result<Self, rustls::Error> {
         let server_name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned())
             .map_err(|err| rustls::Error::General(format!("{host}: not a server name: {err}")))?;
+        let fingerprint = fingerprint(host, &roots, identity.as_ref());
         let builder = ClientConfig::builder_with_provider(crate::tls::provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_root_certificates(roots);
@@ -50,6 +61,7 @@ impl UpstreamTls {
         Ok(Self {
             connector: TlsConnector::from(Arc::new(config)),
             server_name,
+            fingerprint,
         })
     }
 
@@ -71,6 +83,28 @@ impl UpstreamTls {
             .connect(self.server_name.clone(), stream)
             .await
     }
+}
+
+fn fingerprint(host: &str, roots: &RootCertStore, identity: Option<&ClientIdentity>) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    // Each part with its length, so no two lists hash alike.
+    let mut part = |bytes: &[u8]| {
+        hash.update((bytes.len() as u64).to_be_bytes());
+        hash.update(bytes);
+    };
+    part(host.as_bytes());
+    for root in &roots.roots {
+        part(&root.subject);
+        part(&root.subject_public_key_info);
+        part(root.name_constraints.as_deref().unwrap_or_default());
+    }
+    if let Some(identity) = identity {
+        for certificate in &identity.chain {
+            part(certificate);
+        }
+        part(identity.key.secret_der());
+    }
+    hash.finalize().into()
 }
 
 impl fmt::Debug for UpstreamTls {
