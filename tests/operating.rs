@@ -1199,3 +1199,77 @@ async fn a_dry_run_and_check_config_against_running_tell_what_a_reload_would_do_
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// Runs a second gateway with `config` (its own MCP port): it must exit on its own; its stderr.
+fn second_gateway_fails(dir: &Path, config: &str) -> String {
+    let path = dir.join("second.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut child = KillOnDrop(
+        Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second gateway kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    stderr
+}
+
+#[test]
+fn a_second_gateway_on_one_host_fails_naming_the_admin_setting_to_change_and_the_first_serves_on() {
+    // The default is no common tool's port (Prometheus has 9090, Envoy 9901).
+    let output = Command::new(gateway_bin())
+        .arg("status")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("127.0.0.1:7390"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("admin.sock");
+    for admin in [
+        format!("127.0.0.1:{}", free_port()),
+        socket.display().to_string(),
+    ] {
+        let first = Gateway::start_with(
+            "http://127.0.0.1:9/mcp",
+            Options {
+                sections: &format!("[admin]\nlisten = \"{admin}\""),
+                ..Options::default()
+            },
+        );
+        let config = std::fs::read_to_string(first.config_path())
+            .unwrap()
+            .replace(
+                &first.addr.to_string(),
+                &format!("127.0.0.1:{}", free_port()),
+            );
+        let stderr = second_gateway_fails(dir.path(), &config);
+        assert!(
+            stderr.contains(&format!("admin.listen: {admin} is in use"))
+                && stderr.contains("set [admin] listen to"),
+            "{stderr}"
+        );
+        let (status, _) = if admin.contains('/') {
+            curl("http://admin/healthz", None, &["--unix-socket", &admin])
+        } else {
+            curl(&format!("http://{admin}/healthz"), None, &[])
+        };
+        assert_eq!(status, 200, "the first gateway's admin listener serves on");
+    }
+}

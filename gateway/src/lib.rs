@@ -5,7 +5,8 @@
 //! ([`audit`]) -> forward ([`upstream`]), around which [`server`] accepts and serves connections
 //! (over TLS with [`tls`]); [`authz`] decides what each caller may use and see.
 //! [`protection`] turns misbehaviour into blocks, which [`kernel`] writes into the XDP program's
-//! maps. [`config`] reads the file; [`mcp`] is what the gateway understands of the protocol.
+//! maps. [`config`] reads the file; [`mcp`] is what the gateway understands of the protocol;
+//! [`digest`] is the one form in which keys are kept.
 
 pub mod admin;
 pub mod app;
@@ -15,6 +16,7 @@ pub mod authz;
 pub mod cli;
 pub mod config;
 pub mod demo_upstream;
+pub mod digest;
 pub mod fleet;
 pub mod kernel;
 pub mod limit;

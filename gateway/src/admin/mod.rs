@@ -22,7 +22,6 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
@@ -98,19 +97,30 @@ pub type UpgradeRequest = oneshot::Sender<Result<u32, String>>;
 /// Binds the admin listener. A Unix socket left by an earlier run is replaced; the new one is
 /// made readable and writable by the gateway's user only.
 pub async fn bind(settings: &AdminSettings) -> anyhow::Result<AdminListener> {
-    match &settings.listen {
-        AdminAddress::Tcp(addr) => TcpListener::bind(addr)
-            .await
-            .map(AdminListener::Tcp)
-            .with_context(|| format!("admin.listen: cannot bind {addr}")),
-        AdminAddress::Unix(path) => bind_unix(path)
-            .map(AdminListener::Unix)
-            .with_context(|| format!("admin.listen: cannot bind {}", path.display())),
-    }
+    let listen = &settings.listen;
+    let bound = match listen {
+        AdminAddress::Tcp(addr) => TcpListener::bind(addr).await.map(AdminListener::Tcp),
+        AdminAddress::Unix(path) => bind_unix(path).map(AdminListener::Unix),
+    };
+    bound.map_err(|err| match err.kind() {
+        // A second gateway on the host (or a program such as Prometheus on its port): say
+        // which setting tells them apart.
+        std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
+            "admin.listen: {listen} is in use by another process (another gateway?): set \
+             [admin] listen to a free host:port, another Unix socket path, or \"\" for no \
+             admin listener"
+        ),
+        _ => anyhow::anyhow!("admin.listen: cannot bind {listen}: {err}"),
+    })
 }
 
+/// Binds a Unix socket at `path`, replacing a stale socket file left by a process that ended;
+/// a socket that a live process still serves is left alone (`AddrInUse`).
 fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(std::io::ErrorKind::AddrInUse.into());
+    }
     match std::fs::remove_file(path) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
         _ => {}

@@ -88,7 +88,7 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
         program,
         serving.xdp.allow.clone(),
         audit.clone(),
-        fleet_channel,
+        fleet_channel.map(|channel| Box::new(channel) as Box<dyn protection::SharedBlocks>),
     );
     let workers = listeners.len();
 

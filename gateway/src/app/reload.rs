@@ -81,8 +81,7 @@ impl Reloader {
     /// What a reload would apply and what would need a restart, with nothing swapped.
     pub async fn dry_run(&self) -> Result<ReloadReport, ReloadError> {
         let _one_at_a_time = self.running.lock().await;
-        let (settings, report) = self.read(true).await?;
-        drop(settings);
+        let (_, report) = self.read(true).await?;
         Ok(report)
     }
 

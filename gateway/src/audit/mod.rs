@@ -7,19 +7,21 @@
 //! (group commit), so throughput holds under concurrency. SIGHUP reopens
 //! the path (logrotate's `postrotate`); no line is lost across it.
 //!
-//! [`line`] makes the lines, [`log`] owns the file, [`worker`] batches per worker thread.
+//! [`line`] makes the requests' lines and [`operator`] those of blocks and operators' actions,
+//! [`log`] owns the file, [`worker`] batches per worker thread.
 
 mod line;
 mod log;
+mod operator;
 mod worker;
 
 use std::{io, sync::Arc};
 
-pub use line::{
-    BlockRecord, BlockTarget, OperatorRecord, Peer, RequestContext, block_line, operator_line,
-    refusal_lines, request_lines, response_line, unblock_line,
-};
+pub use line::{Peer, RequestContext, refusal_lines, request_lines, response_line};
 pub use log::AuditLog;
+pub use operator::{
+    BlockRecord, BlockTarget, OperatorRecord, block_line, operator_line, unblock_line,
+};
 pub use worker::WorkerAudit;
 
 #[derive(Debug, Clone, thiserror::Error)]

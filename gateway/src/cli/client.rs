@@ -22,7 +22,7 @@ pub struct AdminClient {
 }
 
 /// The default admin address, as in the configuration.
-const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+const DEFAULT_ADMIN: &str = "127.0.0.1:7390";
 
 impl AdminClient {
     /// The admin listener given by `--admin`, else the one `--config` names, else the default;

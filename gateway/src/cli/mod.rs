@@ -20,7 +20,7 @@ pub use metrics_text::Samples;
 #[derive(Args, Clone, Default)]
 pub struct Target {
     /// The admin listener: host:port or a Unix socket path (default: the one `--config` names,
-    /// else 127.0.0.1:9090).
+    /// else 127.0.0.1:7390).
     #[arg(long, global = true)]
     admin: Option<String>,
     /// The gateway's configuration file, to find its admin listener.

@@ -225,8 +225,8 @@ impl<T: Diff> Diff for Arc<T> {
     }
 }
 
-/// What a reload from `running` to `file` changes, by configuration key, in file order of
-/// neither: the order of the settings types.
+/// What a reload from `running` to `file` changes, by configuration key (in the order the
+/// settings types hold them).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Changes {
     /// Applied by the reload: in force from the next request (or connection) on.

@@ -59,7 +59,7 @@ impl Config {
     }
 
     /// The file's configuration and the SHA-256 of its bytes (which a reload audits).
-    pub fn read(path: &Path) -> Result<(Self, crate::policy::Sha256Digest), ConfigError> {
+    pub fn read(path: &Path) -> Result<(Self, crate::digest::Sha256Digest), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
@@ -68,7 +68,7 @@ impl Config {
             path: path.to_owned(),
             message,
         })?;
-        Ok((config, crate::policy::Sha256Digest::of(text.as_bytes())))
+        Ok((config, crate::digest::Sha256Digest::of(text.as_bytes())))
     }
 
     /// Parses TOML; the error names the key and line (toml's own message).

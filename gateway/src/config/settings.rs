@@ -23,8 +23,8 @@ use ipnet::IpNet;
 use super::file::{Limits, OnUnavailable, XdpModeConfig};
 use crate::{
     authz::Grants,
+    digest::Sha256Digest,
     mcp::{origin::AllowedOrigins, sealed::SessionKey},
-    policy::Sha256Digest,
     server::ProxyProtocol,
     tls::TlsSettings,
     upstream::UpstreamTls,
@@ -169,20 +169,32 @@ pub struct FleetSettings {
 }
 
 impl PartialEq for FleetSettings {
-    /// Field by field: `redis::ConnectionInfo` has no `PartialEq`, so Redis's address and
-    /// database are compared as `redis_shown` says them, and the login apart.
+    /// Field by field (a new field must be named here: no `..`). `redis::ConnectionInfo` has
+    /// no `PartialEq`, so Redis's address and database are compared as `redis_shown` says them,
+    /// and the login apart.
     fn eq(&self, other: &Self) -> bool {
-        let (login, other_login) = (self.redis.redis_settings(), other.redis.redis_settings());
+        let Self {
+            redis,
+            cluster,
+            redis_ca,
+            redis_shown,
+            key_prefix,
+            node_name,
+            timeout,
+            on_unavailable,
+            session_keys,
+        } = self;
+        let (login, other_login) = (redis.redis_settings(), other.redis.redis_settings());
         login.username() == other_login.username()
             && login.password() == other_login.password()
-            && self.cluster == other.cluster
-            && self.redis_ca == other.redis_ca
-            && self.redis_shown == other.redis_shown
-            && self.key_prefix == other.key_prefix
-            && self.node_name == other.node_name
-            && self.timeout == other.timeout
-            && self.on_unavailable == other.on_unavailable
-            && self.session_keys == other.session_keys
+            && *cluster == other.cluster
+            && *redis_ca == other.redis_ca
+            && *redis_shown == other.redis_shown
+            && *key_prefix == other.key_prefix
+            && *node_name == other.node_name
+            && *timeout == other.timeout
+            && *on_unavailable == other.on_unavailable
+            && *session_keys == other.session_keys
     }
 }
 

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use super::*;
-use crate::policy::Sha256Digest;
+use crate::digest::Sha256Digest;
 
 const KEY_HASH: &str = "5e884898da28047151d0e56f8dc6292773603d0d6aabbdd62a11ef721d1542d8";
 
@@ -441,7 +441,7 @@ fn the_admin_listener_defaults_to_loopback_and_elsewhere_needs_a_token() {
     let admin = settings(&with_user("")).unwrap().node.admin.unwrap();
     assert_eq!(
         admin.listen,
-        AdminAddress::Tcp("127.0.0.1:9090".parse().unwrap())
+        AdminAddress::Tcp("127.0.0.1:7390".parse().unwrap())
     );
     assert_eq!(admin.token, None);
     assert!(admin.caller_labels);

@@ -6,7 +6,7 @@ use std::{
 };
 
 use super::{ConfigError, file::UserConfig, invalid, settings::User, validate::rate_limit};
-use crate::{policy::Sha256Digest, tls};
+use crate::{digest::Sha256Digest, tls};
 
 /// Every user: those of the file, then the environment's. Names and keys must be unique.
 pub(super) fn users(

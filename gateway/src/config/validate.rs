@@ -27,8 +27,8 @@ use super::{
 use redis::IntoConnectionInfo;
 
 use crate::{
+    digest::Sha256Digest,
     mcp::{origin::AllowedOrigins, sealed::SessionKey},
-    policy::Sha256Digest,
     server::ProxyProtocol,
     tls::{
         CertificateFiles, Certificates, ClientAuth, TlsSettings, read_chain, read_key, read_roots,
@@ -275,7 +275,7 @@ fn admin(section: &AdminSection) -> Result<Option<AdminSettings>, ConfigError> {
     let listen: AdminAddress = section.listen.parse().map_err(|_| {
         invalid(
             "admin.listen",
-            "must be host:port (\"127.0.0.1:9090\"), a Unix socket path, or \"\" for none",
+            "must be host:port (\"127.0.0.1:7390\"), a Unix socket path, or \"\" for none",
         )
     })?;
     let token = section

@@ -41,7 +41,7 @@ pub use link::{Health, Link, Unavailable};
 use crate::{
     config::{FleetSettings, RateLimit},
     limit::{Limiter, NotAdmitted, SlidingWindow},
-    protection::{Offense, Protection},
+    protection::{Offense, Protection, SharedBlocks},
 };
 
 /// Events the enforcer hands the fleet before it drops new ones (it never waits for Redis).
@@ -75,19 +75,12 @@ pub struct FleetChannel {
     dropping: Arc<AtomicBool>,
 }
 
-impl FleetChannel {
-    /// Whether offenses can count in Redis now (else the enforcer counts them itself).
-    pub fn is_up(&self) -> bool {
+impl SharedBlocks for FleetChannel {
+    fn is_up(&self) -> bool {
         self.link.is_up()
     }
 
-    pub fn count_offense(
-        &self,
-        offender: IpNet,
-        offense: Offense,
-        threshold: u32,
-        window: Duration,
-    ) {
+    fn count_offense(&self, offender: IpNet, offense: Offense, threshold: u32, window: Duration) {
         self.send(Event::Offense {
             offender,
             offense,
@@ -96,7 +89,7 @@ impl FleetChannel {
         });
     }
 
-    pub fn publish_block(&self, target: IpNet, duration: Option<Duration>, reason: BlockReason) {
+    fn publish_block(&self, target: IpNet, duration: Option<Duration>, reason: BlockReason) {
         self.send(Event::Block {
             target,
             duration,
@@ -104,10 +97,12 @@ impl FleetChannel {
         });
     }
 
-    pub fn publish_unblock(&self, target: IpNet) {
+    fn publish_unblock(&self, target: IpNet) {
         self.send(Event::Unblock { target });
     }
+}
 
+impl FleetChannel {
     /// Never waits. Under a flood the queue may fill: events are dropped, said once per spell
     /// (offenses come again; blocks are published again after the next reconnection).
     fn send(&self, event: Event) {

@@ -9,7 +9,6 @@
 //! (see `authz/`) are part of it.
 
 mod authenticate;
-mod digest;
 pub mod keys;
 
 use std::{
@@ -23,8 +22,8 @@ use std::{
 
 use hyper::{HeaderMap, StatusCode};
 
+pub use crate::digest::{DigestMap, Sha256Digest};
 pub use authenticate::{AuthError, AuthMethod, Authenticator, Caller};
-pub use digest::{DigestMap, Sha256Digest};
 
 use crate::{
     config::{PolicySettings, PolicySummary, RateLimit, ServingSettings},

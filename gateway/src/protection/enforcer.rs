@@ -13,13 +13,12 @@ use tokio::sync::mpsc;
 
 use super::{
     Block, BlockSet, BlockView, Command, Connections, Offense, Origin, ProtectionSettings,
-    Snapshot,
+    SharedBlocks, Snapshot,
     networks::{offender_of, offenders_among, outside_allowlist, wider_network},
 };
 use crate::{
     audit::{self, AuditLog},
     config::BlockingPolicy,
-    fleet::FleetChannel,
     kernel::{
         XdpProgram,
         events::{RateEvents, forward_program_logs, next_rate_events, poll_rate_events},
@@ -56,7 +55,7 @@ pub struct Enforcer {
     /// longer.
     history: HashMap<IpNet, (u32, Instant)>,
     /// The fleet this node belongs to: offenses count there, blocks are published there.
-    fleet: Option<FleetChannel>,
+    fleet: Option<Box<dyn SharedBlocks>>,
 }
 
 /// A block as listed: reason, who decided, CLOCK_MONOTONIC expiry in ns (0: until unblocked).
@@ -76,7 +75,7 @@ impl Enforcer {
         allow: Vec<IpNet>,
         audit: AuditLog,
         commands: mpsc::Receiver<Command>,
-        fleet: Option<FleetChannel>,
+        fleet: Option<Box<dyn SharedBlocks>>,
     ) -> Self {
         let blocked = Arc::new(BlockSet::default());
         let mut listed = BTreeMap::new();

@@ -28,7 +28,6 @@ pub use enforcer::Enforcer;
 use crate::{
     audit::AuditLog,
     config::BlockingPolicy,
-    fleet::FleetChannel,
     kernel::{Stats, XdpProgram},
 };
 
@@ -231,13 +230,27 @@ impl Protection {
     }
 }
 
+/// Where the enforcer shares offenses and blocks with other nodes: the fleet's Redis
+/// (`fleet/`). Defined here, and implemented there, so that protecting this node does not depend
+/// on how a fleet shares its state.
+pub trait SharedBlocks: Send + Sync {
+    /// Whether offenses can count there now (else the enforcer counts them itself).
+    fn is_up(&self) -> bool;
+    /// Counts an offense of `offender` among the nodes; `threshold` within `window` blocks it.
+    fn count_offense(&self, offender: IpNet, offense: Offense, threshold: u32, window: Duration);
+    /// Tells the other nodes of a block this node decided.
+    fn publish_block(&self, target: IpNet, duration: Option<Duration>, reason: BlockReason);
+    /// Tells the other nodes of an unblock.
+    fn publish_unblock(&self, target: IpNet);
+}
+
 /// Creates the handle and the task state. Blocks already in the (pinned) kernel map are taken over.
 pub fn start(
     policy: BlockingPolicy,
     program: Option<XdpProgram>,
     allow: Vec<IpNet>,
     audit: AuditLog,
-    fleet: Option<FleetChannel>,
+    fleet: Option<Box<dyn SharedBlocks>>,
 ) -> (Protection, Enforcer) {
     let (commands, receiver) = mpsc::channel(QUEUE_CAPACITY);
     let enforcer = Enforcer::new(policy, program, allow, audit, receiver, fleet);

@@ -3,8 +3,9 @@
 
 use std::time::Instant;
 
-use hyper::{HeaderMap, Method, Request, body::Incoming, header};
+use hyper::{HeaderMap, Request, body::Incoming, header};
 
+use super::Endpoint;
 use crate::{
     audit::{Peer, RequestContext},
     authz::ListFilter,
@@ -14,45 +15,11 @@ use crate::{
     },
 };
 
-/// The MCP endpoints the gateway serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// Streamable HTTP at `mcp_path`.
-    Mcp,
-    /// A legacy HTTP+SSE stream (`GET upstream.sse_path`).
-    LegacyStream,
-    /// A POST to the message endpoint a legacy stream announced.
-    LegacyMessage,
-}
-
-impl Route {
-    /// The HTTP methods the endpoint accepts, as the `Allow` header lists them.
-    pub fn allowed_methods(self) -> &'static str {
-        match self {
-            Self::Mcp => "POST, GET, DELETE",
-            Self::LegacyStream => "GET",
-            Self::LegacyMessage => "POST",
-        }
-    }
-
-    /// Whether a request with `method` has a body to read (`Some(true)`), has none
-    /// (`Some(false)`), or is not accepted here (`None`).
-    pub fn has_body(self, method: &Method) -> Option<bool> {
-        match (method, self) {
-            (&Method::POST, Self::Mcp | Self::LegacyMessage) => Some(true),
-            (&Method::GET, Self::Mcp | Self::LegacyStream) | (&Method::DELETE, Self::Mcp) => {
-                Some(false)
-            }
-            _ => None,
-        }
-    }
-}
-
 /// A request on its way through the chain.
 pub struct Call<'a> {
     /// The facts every audit line of the request repeats.
     pub context: RequestContext<'a>,
-    pub route: Route,
+    pub endpoint: Endpoint,
     /// The JSON-RPC messages, once the body was read (POST only).
     pub body: Option<Body>,
     /// When the gateway began with the request.
@@ -71,7 +38,7 @@ impl<'a> Call<'a> {
     pub fn new(
         request_id: &'a str,
         peer: &'a Peer,
-        route: Route,
+        endpoint: Endpoint,
         request: &Request<Incoming>,
     ) -> Self {
         let headers = request.headers();
@@ -85,7 +52,7 @@ impl<'a> Call<'a> {
                 session: header_str(headers, &MCP_SESSION_ID).map(str::to_owned),
                 http_method: request.method().clone(),
             },
-            route,
+            endpoint,
             body: None,
             received_at: Instant::now(),
             forwarded_at: None,

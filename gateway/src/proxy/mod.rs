@@ -12,50 +12,49 @@
 //!
 //! A request reads one [`Snapshot`] of the policy and the serving settings from start to end, so a
 //! reload never mixes two configurations in one request; limiter windows and sessions live
-//! outside it and survive it.
+//! outside it and survive it. Which endpoint a request is for is decided first, from the
+//! snapshot (`endpoint.rs`); `read.rs` reads it within its bounds and `forward.rs` sends it on.
 
 mod answer;
 mod call;
+mod endpoint;
+mod forward;
+mod read;
 mod refusal;
 mod worker;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::{
-    Method, Request, Response, StatusCode, Uri,
-    body::Incoming,
-    header::HeaderValue,
-    http::{request, uri::PathAndQuery},
+    Request, Response, StatusCode, Uri, body::Incoming, header::HeaderValue,
+    http::uri::PathAndQuery,
 };
-use serde_json::json;
 
-pub use call::{Call, Route};
+pub use call::Call;
+pub use endpoint::Endpoint;
 pub use refusal::{ProxyBody, Refusal};
 pub use worker::Worker;
+
+use endpoint::{endpoint, not_served};
+use forward::Upstreamed;
+use read::{check_uri, parse_messages, read_body};
 
 use crate::{
     audit::{self, AuditLog, Decision, Peer},
     authz::{self, ToolCatalog},
     config::{NodeSettings, PolicySettings, RateLimit, ServingSettings, Settings},
     fleet::{self, NodeLimiter},
-    limit::{HoldingSlot, InFlight, InFlightSlot, Limiter, NotAdmitted},
+    limit::{InFlight, Limiter, NotAdmitted},
     mcp::{
-        headers::{MCP_SESSION_ID, check_mcp_headers},
-        jsonrpc::{self, code},
-        legacy_sse::{Announced, EndpointWatch, Endpoints, SEALED_ENDPOINT},
+        jsonrpc::code,
+        legacy_sse::{Endpoints, SEALED_ENDPOINT},
         sealed::SessionSeal,
         sessions::{SessionError, SessionOwners, Sessions},
     },
-    metrics::{self, GaugeGuard, Metrics, RequestRecord},
+    metrics::{self, Metrics, RequestRecord},
     policy::{Caller, Policy, PolicyStore, Snapshot},
     protection::Protection,
-    server::idle::{BodyStalled, StallTimeout},
-    upstream::{PooledBody, REQUEST_ID},
+    upstream::REQUEST_ID,
 };
 
 /// Everything a request needs, shared by all connections. `L` counts the limits: this node's
@@ -226,9 +225,9 @@ impl<L: Limiter> Gateway<L> {
         let request_id_header = HeaderValue::from_str(request_id)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let in_force = worker.policy.snapshot(&self.in_force);
-        let mut response = match route(&in_force.serving, &request) {
-            Some(route) => {
-                let mut call = Call::new(request_id, peer, route, &request);
+        let mut response = match endpoint(&in_force.serving, &request) {
+            Some(endpoint) => {
+                let mut call = Call::new(request_id, peer, endpoint, &request);
                 let outcome = self
                     .chain(worker, &in_force, request, &mut call, &request_id_header)
                     .await;
@@ -259,7 +258,7 @@ impl<L: Limiter> Gateway<L> {
         call.context.auth = Some(method);
         let (parts, body) = request.into_parts();
         let body = read_body(
-            call.route,
+            call.endpoint,
             &parts.method,
             body,
             self.settings.max_body_bytes,
@@ -349,7 +348,7 @@ impl<L: Limiter> Gateway<L> {
         uri: &Uri,
         caller: &Arc<str>,
     ) -> Result<(), Refusal> {
-        if call.route == Route::LegacyMessage {
+        if call.endpoint == Endpoint::LegacyMessage {
             let endpoint = uri
                 .path_and_query()
                 .map_or(uri.path(), PathAndQuery::as_str);
@@ -458,242 +457,6 @@ impl<L: Limiter> Gateway<L> {
             Refusal::audit_unavailable()
         })
     }
-
-    /// Sends the request upstream and streams the answer back as it arrives, holding the
-    /// caller's in-flight slot until the answer is done.
-    async fn forward(
-        &self,
-        worker: &Worker,
-        mut parts: request::Parts,
-        body: Bytes,
-        call: &mut Call<'_>,
-        upstreamed: Upstreamed<'_>,
-    ) -> Result<Response<ProxyBody>, Refusal> {
-        let Upstreamed {
-            serving,
-            caller,
-            request_id,
-            slot,
-        } = upstreamed;
-        if call.list_filter.is_some() {
-            // An answer to filter must come uncompressed.
-            parts.headers.remove(hyper::header::ACCEPT_ENCODING);
-        }
-        let is_delete = parts.method == Method::DELETE;
-        if let Some(upstream_session) = &call.upstream_session
-            && let Ok(value) = HeaderValue::from_str(upstream_session)
-        {
-            parts.headers.insert(MCP_SESSION_ID, value);
-        }
-        // A legacy message goes to the endpoint its stream announced, which the client posted to
-        // (or which the sealed endpoint it posted to holds).
-        let client_path = (call.route == Route::LegacyMessage).then(|| {
-            call.upstream_endpoint
-                .clone()
-                .unwrap_or_else(|| parts.uri.path().to_owned())
-        });
-        let upstream_path = match call.route {
-            Route::Mcp => None,
-            Route::LegacyStream => serving.upstream.legacy_sse_path.as_deref(),
-            Route::LegacyMessage => client_path.as_deref(),
-        };
-        call.forwarded_at = Some(Instant::now());
-        let response = worker
-            .upstream(&serving.upstream, || {
-                Arc::clone(&self.in_force.current().serving.upstream)
-            })
-            .send(parts, body, upstream_path, caller, &call.context.peer.ip_text, request_id)
-            .await
-            .map_err(|err| {
-                tracing::warn!(request_id = %call.context.request_id, error = %err, "upstream request failed");
-                Refusal::from(err)
-            })?;
-        let stream = is_event_stream(&response).then(|| self.metrics.stream());
-        let response = response.map(|body| HoldingSlot::new(body, (slot, stream)));
-        let response = self.track_sessions(serving, call, caller, is_delete, response);
-        match call.list_filter.take() {
-            Some(filter) => answer::filter_lists(response, filter).await,
-            None => Ok(response),
-        }
-    }
-
-    /// What the upstream's answer tells about sessions: a new session belongs to its caller, a
-    /// deleted one is forgotten, a legacy stream's endpoint is bound to its caller.
-    fn track_sessions(
-        &self,
-        serving: &ServingSettings,
-        call: &Call<'_>,
-        caller: &Arc<str>,
-        is_delete: bool,
-        mut response: Response<Relayed>,
-    ) -> Response<ProxyBody> {
-        // (The request's own session was claimed before forwarding.)
-        if let Some(session) = call::header_str(response.headers(), &MCP_SESSION_ID) {
-            let shown = if call.upstream_session.as_deref() == Some(session) {
-                // The upstream echoes the session the client named by a sealed id: it keeps it.
-                call.context.session.clone()
-            } else if call.context.session.as_deref() == Some(session) {
-                None
-            } else {
-                self.sessions.issued(session, caller)
-            };
-            if let Some(value) = shown.and_then(|shown| HeaderValue::from_str(&shown).ok()) {
-                response.headers_mut().insert(MCP_SESSION_ID, value);
-            }
-        }
-        // Ended by the client, or unknown to the upstream (which answers 404 for a session it
-        // ended or lost): either way the id is not usable any more.
-        if let Some(session) = &call.context.session
-            && ((is_delete && response.status().is_success())
-                || response.status() == StatusCode::NOT_FOUND)
-        {
-            self.sessions.forget(session);
-        }
-        if let (Route::LegacyStream, Some(sse_path)) =
-            (call.route, &serving.upstream.legacy_sse_path)
-            && response.status().is_success()
-        {
-            let endpoints = match self.sessions.seal() {
-                Some(seal) => Announced::Sealed(Arc::clone(seal)),
-                None => Announced::Bound(Arc::clone(&self.legacy_endpoints)),
-            };
-            let (caller, sse_path) = (Arc::clone(caller), Arc::clone(sse_path));
-            return response
-                .map(|body| EndpointWatch::new(body, endpoints, caller, sse_path).boxed());
-        }
-        response.map(BodyExt::boxed)
-    }
-}
-
-/// Which of the gateway's endpoints a request is for, if any.
-fn route(serving: &ServingSettings, request: &Request<Incoming>) -> Option<Route> {
-    let path = request.uri().path();
-    if path == serving.mcp_path {
-        return Some(Route::Mcp);
-    }
-    let legacy_sse_path = serving.upstream.legacy_sse_path.as_deref()?;
-    if path == legacy_sse_path {
-        Some(Route::LegacyStream)
-    } else if request.method() == Method::POST {
-        // Which endpoints exist is told only to their callers, after authentication.
-        Some(Route::LegacyMessage)
-    } else {
-        None
-    }
-}
-
-fn not_served(serving: &ServingSettings, path: &str) -> Response<ProxyBody> {
-    let description = if path.starts_with("/.well-known/oauth-") {
-        // Static keys only: advertising OAuth makes some clients ignore configured headers.
-        "this gateway uses static bearer keys, not OAuth".to_owned()
-    } else {
-        served_paths(serving)
-    };
-    refusal::json_response(
-        StatusCode::NOT_FOUND,
-        json!({"error": "not_found", "error_description": description}),
-    )
-}
-
-fn served_paths(serving: &ServingSettings) -> String {
-    let mcp_path = &serving.mcp_path;
-    match &serving.upstream.legacy_sse_path {
-        Some(sse_path) => {
-            format!("only {mcp_path} and {sse_path} (legacy SSE) are served here")
-        }
-        None => format!("only {mcp_path} is served here"),
-    }
-}
-
-/// The request body of a POST, within `max_body_bytes` and `idle_timeout_secs`.
-async fn read_body(
-    route: Route,
-    method: &Method,
-    body: Incoming,
-    limit: usize,
-    idle_timeout: Duration,
-) -> Result<Bytes, Refusal> {
-    match route.has_body(method) {
-        Some(true) => {}
-        Some(false) => return Ok(Bytes::new()),
-        None => return Err(Refusal::method_not_allowed(route.allowed_methods())),
-    }
-    let body = StallTimeout::new(body, idle_timeout);
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Refusal::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Decision::TooLarge,
-            code::BODY_TOO_LARGE,
-            format!("request body larger than max_body_bytes ({limit} bytes)"),
-        )),
-        Err(err) if err.is::<BodyStalled>() => Err(Refusal::new(
-            StatusCode::REQUEST_TIMEOUT,
-            Decision::BadRequest,
-            code::REQUEST_TIMEOUT,
-            format!("{err} (idle_timeout_secs)"),
-        )),
-        Err(err) => Err(Refusal::bad_request(
-            code::INVALID_REQUEST,
-            format!("could not read the request body: {err}"),
-        )),
-    }
-}
-
-/// What the chain hands its last step, besides the request: the settings it runs under, the
-/// authenticated caller, and the caller's in-flight slot.
-struct Upstreamed<'a> {
-    serving: &'a ServingSettings,
-    caller: &'a Arc<str>,
-    request_id: &'a HeaderValue,
-    slot: InFlightSlot,
-}
-
-/// An upstream answer on its way to the client: it holds the caller's in-flight slot, and
-/// counts as an open stream when it is one.
-type Relayed = HoldingSlot<PooledBody, (InFlightSlot, Option<GaugeGuard>)>;
-
-fn is_event_stream<B>(response: &Response<B>) -> bool {
-    response
-        .headers()
-        .get(hyper::header::CONTENT_TYPE)
-        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
-}
-
-/// A request URI within `max_uri_bytes`. (Body framing is hyper's: it refuses conflicting
-/// lengths, and with both `Content-Length` and `Transfer-Encoding` reads the body as chunked and
-/// closes the connection after the answer, as HTTP/1.1 prescribes; the upstream gets the body
-/// re-framed by the gateway either way, so no request can hide in another.)
-fn check_uri(request: &Request<Incoming>, max: usize) -> Result<(), Refusal> {
-    let uri = request.uri();
-    let length = uri.path_and_query().map_or(0, |path| path.as_str().len())
-        + uri
-            .authority()
-            .map_or(0, |authority| authority.as_str().len());
-    if length > max {
-        return Err(Refusal::new(
-            StatusCode::URI_TOO_LONG,
-            Decision::TooLarge,
-            code::INVALID_REQUEST,
-            format!("request URI of {length} bytes is longer than max_uri_bytes ({max})"),
-        ));
-    }
-    Ok(())
-}
-
-/// The JSON-RPC messages of a POST, which must agree with MCP's method and name headers.
-fn parse_messages(
-    call: &mut Call<'_>,
-    parts: &request::Parts,
-    body: &Bytes,
-    limits: &jsonrpc::ParseLimits,
-) -> Result<(), Refusal> {
-    if parts.method != Method::POST {
-        return Ok(());
-    }
-    let messages = call.body.insert(jsonrpc::inspect_within(body, limits)?);
-    check_mcp_headers(&parts.headers, messages)?;
-    Ok(())
 }
 
 #[cfg(test)]

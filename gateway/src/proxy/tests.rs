@@ -51,7 +51,7 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
             session: None,
             http_method: request.method().clone(),
         },
-        route: Route::Mcp,
+        endpoint: Endpoint::Mcp,
         body: None,
         received_at: std::time::Instant::now(),
         forwarded_at: None,

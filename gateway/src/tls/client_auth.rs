@@ -28,8 +28,10 @@ pub struct ClientAuth {
 }
 
 impl PartialEq for ClientAuth {
+    /// The same CAs (`RootCertStore` has no `PartialEq`) and the same mode.
     fn eq(&self, other: &Self) -> bool {
-        self.roots.roots == other.roots.roots && self.required == other.required
+        let Self { roots, required } = self;
+        roots.roots == other.roots.roots && *required == other.required
     }
 }
 

@@ -1,9 +1,17 @@
 //! The configuration file as an operator writes it: TOML, unknown keys rejected, every field with
 //! its documented default. Checking it is `validate.rs`'s job.
 
+mod operations;
+mod protection;
+
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
+
+pub use operations::{AdminSection, FleetSection, OnUnavailable};
+pub use protection::{
+    BlockingSection, EscalationSection, Interfaces, XdpModeConfig, XdpRateSection, XdpSection,
+};
 
 /// The configuration file, as written by an operator. Unknown keys are an error, so a typo never
 /// silently falls back to a default.
@@ -70,85 +78,6 @@ pub struct Config {
     /// before they are cut; requests in flight always finish.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
-}
-
-/// `[admin]`: the operator's listener (health, metrics, blocks, users, reload), apart from the
-/// MCP listener.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AdminSection {
-    /// `"127.0.0.1:9090"` (the default), another `host:port`, a Unix socket path (`/run/...`),
-    /// or `""` for no admin listener.
-    #[serde(default = "defaults::admin_listen")]
-    pub listen: String,
-    /// Hex SHA-256 of the admin token (`gateway hash-key`), sent as `Authorization: Bearer`:
-    /// needed for everything but `/healthz`, `/readyz` and `/metrics`; without it those are all
-    /// the listener serves. Required to listen on an address other than loopback.
-    #[serde(default)]
-    pub key_sha256: Option<String>,
-    /// Label request metrics with the caller's name (switch off with very many users).
-    #[serde(default = "defaults::enabled")]
-    pub caller_labels: bool,
-}
-
-impl Default for AdminSection {
-    fn default() -> Self {
-        Self {
-            listen: defaults::admin_listen(),
-            key_sha256: None,
-            caller_labels: true,
-        }
-    }
-}
-
-/// `[fleet]`: this node is one of several sharing one Redis (7.x, or Valkey).
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct FleetSection {
-    /// `redis://host:6379/0`, or `rediss://` for TLS (verified against the system's CAs).
-    pub redis_url: String,
-    /// Redis is a Redis Cluster; `redis_url` names one of its nodes, from which the others are
-    /// found.
-    #[serde(default)]
-    pub cluster: bool,
-    /// PEM bundle of the CAs that sign Redis's certificate (`rediss://`), instead of the
-    /// system's.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Redis ACL user (instead of one in the URL).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Its password (keep this file 0640, as the package installs it).
-    #[serde(default)]
-    pub password: Option<String>,
-    /// Every key the gateway writes starts with this (one Redis may serve several fleets).
-    #[serde(default = "defaults::fleet_key_prefix")]
-    pub key_prefix: String,
-    /// This node's name in audit lines and block events; the host name by default.
-    #[serde(default)]
-    pub node_name: Option<String>,
-    /// Longest a request waits for Redis; past it, `on_unavailable` applies.
-    #[serde(default = "defaults::fleet_timeout_ms")]
-    pub timeout_ms: u64,
-    /// `"local"` (the default): count in this node while Redis is away; `"refuse"`: answer 503.
-    #[serde(default)]
-    pub on_unavailable: OnUnavailable,
-    /// Keys sealing the session ids clients see, 64 hex digits each, the same on every node: the
-    /// first seals new sessions, every one opens them (add a new key first, drop an old one once
-    /// its sessions have ended).
-    #[serde(default)]
-    pub session_keys: Vec<String>,
-}
-
-/// What a fleet node does while Redis does not answer within `timeout_ms`.
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnUnavailable {
-    /// Count limits and offenses in this node alone (each node then admits up to the limit).
-    #[default]
-    Local,
-    /// Refuse calls with 503 until Redis answers again.
-    Refuse,
 }
 
 /// `[tls]`: with it, `listen` serves HTTPS (TLS 1.3 and 1.2; HTTP/2 and HTTP/1.1 by ALPN).
@@ -395,187 +324,6 @@ pub struct UserConfig {
     pub tool_annotations: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct XdpSection {
-    /// Load the XDP program and attach it to `interface`.
-    #[serde(default)]
-    pub enabled: bool,
-    /// One interface (`"eth0"`) or several (`["eth0", "eth1"]`).
-    #[serde(default)]
-    pub interface: Option<Interfaces>,
-    #[serde(default)]
-    pub mode: XdpModeConfig,
-    /// Destination ports the program protects (default: the port of `listen`).
-    #[serde(default)]
-    pub ports: Vec<u16>,
-    /// bpffs directory where the maps are pinned, so blocks survive restarts ("" = no pinning).
-    #[serde(default = "defaults::pin_path")]
-    pub pin_path: PathBuf,
-    /// Count what would be dropped without dropping it.
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Show the XDP program's debug log (rate-drop transitions) in the gateway's log.
-    #[serde(default)]
-    pub log: bool,
-    /// Prefixes never dropped or blocked (operators, health checkers, NAT egress pools).
-    #[serde(default)]
-    pub allow: Vec<String>,
-    #[serde(default)]
-    pub rate: XdpRateSection,
-}
-
-impl Default for XdpSection {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            interface: None,
-            mode: XdpModeConfig::default(),
-            ports: Vec::new(),
-            pin_path: defaults::pin_path(),
-            dry_run: false,
-            log: false,
-            allow: Vec::new(),
-            rate: XdpRateSection::default(),
-        }
-    }
-}
-
-/// Per-source limits the XDP program enforces (0 disables a limit).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct XdpRateSection {
-    #[serde(default = "defaults::packets_per_sec")]
-    pub packets_per_sec: u64,
-    #[serde(default = "defaults::burst")]
-    pub burst: u64,
-    #[serde(default = "defaults::syn_per_sec")]
-    pub syn_per_sec: u64,
-    #[serde(default = "defaults::syn_burst")]
-    pub syn_burst: u64,
-    /// IPv6 sources share limits per prefix of this length.
-    #[serde(default = "defaults::ipv6_prefix_len")]
-    pub ipv6_prefix_len: u32,
-    /// New sources given a token bucket per second and CPU (0 = no cap).
-    #[serde(default = "defaults::new_sources_per_sec")]
-    pub new_sources_per_sec: u64,
-}
-
-impl Default for XdpRateSection {
-    fn default() -> Self {
-        Self {
-            packets_per_sec: defaults::packets_per_sec(),
-            burst: defaults::burst(),
-            syn_per_sec: defaults::syn_per_sec(),
-            syn_burst: defaults::syn_burst(),
-            ipv6_prefix_len: defaults::ipv6_prefix_len(),
-            new_sources_per_sec: defaults::new_sources_per_sec(),
-        }
-    }
-}
-
-/// The feedback loop: sources that misbehave get blocked (in XDP when attached, and at accept).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BlockingSection {
-    #[serde(default = "defaults::enabled")]
-    pub enabled: bool,
-    /// Failed authentications from one source within `window_secs` that lead to a block.
-    #[serde(default = "defaults::auth_failures")]
-    pub auth_failures: u32,
-    /// Rate-limited (429) answers to one source within `window_secs` that lead to a block.
-    #[serde(default = "defaults::rate_limited")]
-    pub rate_limited: u32,
-    /// Malformed requests from one source within `window_secs` that lead to a block.
-    #[serde(default = "defaults::malformed")]
-    pub malformed: u32,
-    /// XDP rate-drop events for one source within `window_secs` that lead to a block.
-    #[serde(default = "defaults::packet_rate_events")]
-    pub packet_rate_events: u32,
-    /// Connections refused for `limits.max_connections_per_source` within `window_secs` that
-    /// lead to a block.
-    #[serde(default = "defaults::refused_connections")]
-    pub refused_connections: u32,
-    /// Calls refused as not granted (`[groups]`, `[[users]] tools`...) within `window_secs` that
-    /// lead to a block: one refusal is a caller's mistake, many are probing.
-    #[serde(default = "defaults::forbidden_calls")]
-    pub forbidden_calls: u32,
-    #[serde(default = "defaults::window_secs")]
-    pub window_secs: u64,
-    /// First block's duration; each repeat offense doubles it, up to `max_block_secs`.
-    #[serde(default = "defaults::block_secs")]
-    pub block_secs: u64,
-    #[serde(default = "defaults::max_block_secs")]
-    pub max_block_secs: u64,
-    /// IPv6 offenses are counted, and blocks set, per prefix of this length (IPv4: per address).
-    #[serde(default = "defaults::blocking_ipv6_prefix_len")]
-    pub ipv6_prefix_len: u32,
-    #[serde(default)]
-    pub escalation: EscalationSection,
-}
-
-/// `[blocking.escalation]`: when this many blocks lie inside one network of the given length,
-/// that network is blocked instead (0 blocks = off).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EscalationSection {
-    #[serde(default = "defaults::escalation_ipv6_blocks")]
-    pub ipv6_blocks: u32,
-    #[serde(default = "defaults::escalation_ipv6_prefix_len")]
-    pub ipv6_prefix_len: u32,
-    #[serde(default)]
-    pub ipv4_blocks: u32,
-    #[serde(default = "defaults::escalation_ipv4_prefix_len")]
-    pub ipv4_prefix_len: u32,
-}
-
-impl Default for EscalationSection {
-    fn default() -> Self {
-        Self {
-            ipv6_blocks: defaults::escalation_ipv6_blocks(),
-            ipv6_prefix_len: defaults::escalation_ipv6_prefix_len(),
-            ipv4_blocks: 0,
-            ipv4_prefix_len: defaults::escalation_ipv4_prefix_len(),
-        }
-    }
-}
-
-impl Default for BlockingSection {
-    fn default() -> Self {
-        Self {
-            enabled: defaults::enabled(),
-            auth_failures: defaults::auth_failures(),
-            rate_limited: defaults::rate_limited(),
-            malformed: defaults::malformed(),
-            packet_rate_events: defaults::packet_rate_events(),
-            refused_connections: defaults::refused_connections(),
-            forbidden_calls: defaults::forbidden_calls(),
-            window_secs: defaults::window_secs(),
-            block_secs: defaults::block_secs(),
-            max_block_secs: defaults::max_block_secs(),
-            ipv6_prefix_len: defaults::blocking_ipv6_prefix_len(),
-            escalation: EscalationSection::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum Interfaces {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeConfig {
-    /// Driver mode, falling back to generic (skb) mode where the driver has no XDP support.
-    #[default]
-    Auto,
-    Driver,
-    Skb,
-}
-
 mod defaults {
     use std::{net::SocketAddr, path::PathBuf};
 
@@ -583,7 +331,7 @@ mod defaults {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
     pub fn admin_listen() -> String {
-        "127.0.0.1:9090".into()
+        "127.0.0.1:7390".into()
     }
     pub fn fleet_key_prefix() -> String {
         "mcp-gateway".into()
