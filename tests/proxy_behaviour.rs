@@ -857,3 +857,64 @@ async fn requests_from_an_origin_not_allowed_get_403_and_those_without_origin_ar
     .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_probes_get_a_json_404_that_costs_no_authentication_failure() {
+    let upstream = RecordingUpstream::start(ok_upstream()).await;
+    // With the legacy SSE transport on, any other POST could be a message endpoint, which needs
+    // authentication: the probes must not become authentication failures (10 block a source).
+    let gateway = Gateway::start_with(
+        &upstream.url(),
+        Options {
+            upstream: "sse_path = \"/sse\"",
+            ..Options::default()
+        },
+    );
+    let paths = [
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/oauth-authorization-server/mcp",
+        "/.well-known/openid-configuration",
+        "/mcp/.well-known/openid-configuration",
+        "/.well-known/oauth-protected-resource/mcp",
+        "/register",
+        "/mcp/register",
+        "/authorize",
+        "/token",
+        "/mcp/token",
+    ];
+    for round in 0..2 {
+        for path in paths {
+            for method in [Method::GET, Method::POST] {
+                let answer = send(
+                    method.clone(),
+                    &format!("http://{}{path}", gateway.addr),
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    "grant_type=authorization_code",
+                )
+                .await;
+                assert_eq!(
+                    answer.status,
+                    StatusCode::NOT_FOUND,
+                    "{method} {path} ({round})"
+                );
+                assert!(
+                    answer.json()["error_description"]
+                        .as_str()
+                        .is_some_and(|text| text.contains("static bearer keys")),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    // 40 probes from this source, and it is still served.
+    let answer = post(&gateway, &[("authorization", ALICE)], CALL).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(upstream.count(), 1, "no probe reached the upstream");
+    assert!(
+        !gateway
+            .audit_lines()
+            .iter()
+            .any(|line| line["decision"] == "unauthenticated"),
+        "no probe was an authentication failure"
+    );
+}

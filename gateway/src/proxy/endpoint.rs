@@ -50,7 +50,7 @@ pub(super) fn endpoint(serving: &ServingSettings, request: &Request<Incoming>) -
     let legacy_sse_path = serving.upstream.legacy_sse_path.as_deref()?;
     if path == legacy_sse_path {
         Some(Endpoint::LegacyStream)
-    } else if request.method() == Method::POST {
+    } else if request.method() == Method::POST && !is_oauth_probe(path) {
         // Which endpoints exist is told only to their callers, after authentication.
         Some(Endpoint::LegacyMessage)
     } else {
@@ -58,8 +58,19 @@ pub(super) fn endpoint(serving: &ServingSettings, request: &Request<Incoming>) -
     }
 }
 
+/// The paths a client with OAuth configured tries before it uses a bearer header
+/// (authorization server metadata, registration, authorize, token; at the root or under the MCP
+/// path). They are answered 404 at once, never as a legacy message endpoint that would cost the
+/// client an authentication failure, and with it a block of its source for probing.
+fn is_oauth_probe(path: &str) -> bool {
+    const ENDPOINTS: [&str; 4] = ["/register", "/authorize", "/token", "/revoke"];
+    path.contains("/.well-known/oauth-")
+        || path.contains("/.well-known/openid-configuration")
+        || ENDPOINTS.iter().any(|endpoint| path.ends_with(endpoint))
+}
+
 pub(super) fn not_served(serving: &ServingSettings, path: &str) -> Response<ProxyBody> {
-    let description = if path.starts_with("/.well-known/oauth-") {
+    let description = if is_oauth_probe(path) {
         // Static keys only: advertising OAuth makes some clients ignore configured headers.
         "this gateway uses static bearer keys, not OAuth".to_owned()
     } else {
