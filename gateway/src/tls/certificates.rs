@@ -1,5 +1,6 @@
-//! The server's certificates: loaded from PEM files, chosen per connection by the name the client
-//! asks for (SNI), and replaced on reload without touching connections already made.
+//! The server's certificates: loaded from PEM files and chosen per connection by the name the
+//! client asks for (SNI). A reload loads them anew with the rest of the file and hands them to the
+//! listener (`Tls::replace`), without touching connections already made.
 //!
 //! Each `[[tls.certificates]]` entry (and `[tls] cert`/`key`, the first) is a chain and its key;
 //! the names a certificate serves are the DNS names of its subject alternative names, so nothing is
@@ -11,7 +12,7 @@ use std::{
     collections::HashMap,
     fmt,
     path::{Path, PathBuf},
-    sync::{Arc, PoisonError, RwLock},
+    sync::Arc,
 };
 
 use rustls::{
@@ -154,11 +155,10 @@ impl Selection {
     }
 }
 
-/// The certificates the TLS listener serves, replaceable while it runs.
+/// The certificates the TLS listener serves, as read from their files.
 pub struct Certificates {
     sources: Vec<CertificateFiles>,
-    provider: Arc<CryptoProvider>,
-    current: RwLock<Arc<Selection>>,
+    selection: Selection,
 }
 
 impl Certificates {
@@ -168,28 +168,12 @@ impl Certificates {
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, CertificateError> {
         let selection = Selection::load(&sources, &provider)?;
-        Ok(Self {
-            sources,
-            provider,
-            current: RwLock::new(Arc::new(selection)),
-        })
+        Ok(Self { sources, selection })
     }
 
     /// The files, as configured.
     pub fn sources(&self) -> &[CertificateFiles] {
         &self.sources
-    }
-
-    /// Reads the files again. If any is unusable, nothing changes: the certificates in force stay,
-    /// and the error says why. Connections already made keep theirs either way.
-    pub fn reload(&self) -> Result<usize, CertificateError> {
-        let selection = Selection::load(&self.sources, &self.provider)?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(selection);
-        Ok(self.sources.len())
-    }
-
-    fn selection(&self) -> Arc<Selection> {
-        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
     }
 }
 
@@ -202,7 +186,7 @@ impl PartialEq for Certificates {
 
 impl ResolvesServerCert for Certificates {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.selection().for_name(client_hello.server_name()))
+        Some(self.selection.for_name(client_hello.server_name()))
     }
 }
 
