@@ -37,6 +37,8 @@ pub const ALICE_KEY: &str = "alice-test-key-0123456789abcdef";
 pub const BOB_KEY: &str = "bob-test-key-0123456789abcdef";
 /// Alice's `Authorization` header value.
 pub const ALICE: &str = "Bearer alice-test-key-0123456789abcdef";
+/// Bob's `Authorization` header value.
+pub const BOB: &str = "Bearer bob-test-key-0123456789abcdef";
 /// An MCP tool call, with an argument value that must never reach a log.
 pub const CALL: &str = r#"{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hidden"}}}"#;
 
@@ -571,6 +573,10 @@ pub struct Answer {
 }
 
 impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|err| {
             panic!(
@@ -703,4 +709,110 @@ pub fn raw_post(host: SocketAddr, authorization: &str, body: &str) -> String {
         "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: {authorization}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// `tests/peers/modern_server.mjs`: an MCP server of the official TypeScript SDK v2 serving both
+/// eras on one endpoint; its `slow` tool prints `CANCELLED <tag> <unix ms>` when its request is
+/// cancelled.
+pub struct ModernServer {
+    _process: KillOnDrop,
+    pub addr: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl ModernServer {
+    pub fn start() -> Self {
+        let peers = peers_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = Command::new("node");
+        command
+            .arg(peers.join("modern_server.mjs"))
+            .env("PORT", port.to_string())
+            .current_dir(&peers);
+        let log = dir.path().join("server.log");
+        let process = spawn_listening(command, "modern_server.mjs (needs Node.js)", &log, addr);
+        ModernServer {
+            _process: process,
+            addr,
+            log,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// When the server saw the `slow` call tagged `tag` cancelled (unix milliseconds).
+    pub fn cancelled_at(&self, tag: &str) -> Option<u128> {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().find_map(|line| {
+            let rest = line.strip_prefix("CANCELLED ")?;
+            let (seen, at) = rest.split_once(' ')?;
+            (seen == tag).then(|| at.trim().parse().ok()).flatten()
+        })
+    }
+}
+
+/// Runs a peer script that prints one JSON report line last; panics with its output otherwise.
+fn report_of(mut command: Command, what: &str) -> Value {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|err| panic!("cannot run {what}: {err}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(report).unwrap_or_else(|err| {
+        panic!(
+            "{what} printed no report ({err}):\nstdout: {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// The official Python SDK's client (`mcp` 2.x, `tests/peers/py_client.py`) in `mode` ("auto" or
+/// "legacy") against `url`.
+pub fn python_client(url: &str, key: &str, mode: &str) -> Value {
+    let python = workspace_root().join("target/tools/python-peers/bin/python");
+    assert!(
+        python.is_file(),
+        "the Python MCP SDK is not installed in {}: run `cargo xtask setup`",
+        python.display()
+    );
+    let mut command = Command::new(python);
+    command
+        .arg(peers_dir().join("py_client.py"))
+        .args([url, key, mode]);
+    report_of(command, "the Python SDK client")
+}
+
+/// The official TypeScript SDK v2 client (`tests/peers/client_v2.mjs`) in `mode` ("legacy" or
+/// "auto") against `url`.
+pub fn v2_client(url: &str, key: &str, mode: &str) -> Value {
+    let mut command = Command::new("node");
+    command
+        .arg(peers_dir().join("client_v2.mjs"))
+        .args([url, key, mode]);
+    report_of(command, "the TypeScript SDK v2 client")
+}
+
+/// The MCP Inspector's CLI mode: `args` after the URL; returns its JSON output.
+pub fn inspector_cli(url: &str, key: &str, args: &[&str]) -> Value {
+    let output = Command::new(peers_dir().join("node_modules/.bin/mcp-inspector"))
+        .args(["--cli", url, "--transport", "http"])
+        .args(args)
+        .args(["--header", &format!("Authorization: Bearer {key}")])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the MCP Inspector");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+        panic!(
+            "the Inspector printed no JSON ({err}):\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }

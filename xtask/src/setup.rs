@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: installs what the build and the tests need, only where it is missing.
 //!
-//! Everything comes through rustup, cargo, apt-get and npm; project-local installs go to
-//! `target/tools` (bpf-linker) and `tests/peers/node_modules` (MCP SDK peers).
+//! Everything comes through rustup, cargo, apt-get, npm and pip; project-local installs go to
+//! `target/tools` (bpf-linker, the Python MCP SDK's virtual environment) and
+//! `tests/peers/node_modules` (the TypeScript MCP SDK peers).
 
 use std::path::Path;
 
@@ -36,7 +37,45 @@ const DEBIAN_PACKAGES: [(&str, &str); 10] = [
 pub fn all(root: &Path) -> Result<()> {
     toolchain(root)?;
     debian_packages(&DEBIAN_PACKAGES)?;
-    npm_peers(root)
+    npm_peers(root)?;
+    python_peers(root)
+}
+
+/// The Python interpreter of the test peers' virtual environment (the official `mcp` SDK).
+pub fn python_peers_bin(root: &Path) -> std::path::PathBuf {
+    tools_dir(root).join("python-peers/bin/python")
+}
+
+/// The official Python MCP SDK (`mcp` 2.x) in a virtual environment of its own, pinned by
+/// `tests/peers/requirements.txt`; reinstalled when that file changes.
+fn python_peers(root: &Path) -> Result<()> {
+    let requirements = root.join("tests/peers/requirements.txt");
+    let venv = tools_dir(root).join("python-peers");
+    let stamp = venv.join("requirements.installed");
+    let wanted = std::fs::read_to_string(&requirements)
+        .with_context(|| format!("reading {}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).is_ok_and(|installed| installed == wanted) {
+        return Ok(());
+    }
+    Cmd::new("python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .run()
+        .context("creating the Python test peers' virtual environment failed (python3 -m venv)")?;
+    Cmd::new(python_peers_bin(root))
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "-r",
+        ])
+        .arg(&requirements)
+        .run()
+        .context("installing the Python MCP SDK (tests/peers/requirements.txt) failed")?;
+    std::fs::write(&stamp, wanted)?;
+    Ok(())
 }
 
 /// Nightly with rust-src and a bpf-linker built against nightly's own LLVM; llvm-tools for the

@@ -102,13 +102,22 @@ macro_rules! key {
 impl<'a> Line<'a> {
     /// Starts a line with the fields every line of a request has.
     fn start(out: &'a mut Vec<u8>, event: &str, ctx: &RequestContext<'_>) -> Self {
+        Self::of_request(out, event, ctx.request_id, ctx.caller)
+    }
+
+    fn of_request(
+        out: &'a mut Vec<u8>,
+        event: &str,
+        request_id: &str,
+        caller: Option<&str>,
+    ) -> Self {
         out.extend_from_slice(b"{\"ts\":\"");
         with_rfc3339(SystemTime::now(), |ts| out.extend_from_slice(ts.as_bytes()));
         out.push(b'"');
         let mut line = Self { out };
         line.plain(key!("event"), event);
-        line.plain(key!("request_id"), ctx.request_id);
-        line.str(key!("caller"), ctx.caller);
+        line.plain(key!("request_id"), request_id);
+        line.str(key!("caller"), caller);
         line
     }
 
@@ -277,6 +286,25 @@ pub fn response_line(ctx: &RequestContext<'_>, status: u16, latency: Duration) -
         key!("latency_ms"),
         (latency.as_secs_f64() * 1e6).round() / 1e3,
     );
+    line.finish();
+    out
+}
+
+/// The `event: "stream_open"` line of a long-lived stream the upstream began to answer
+/// (`subscriptions/listen`): the request line said who asked; this one says it now streams.
+pub fn stream_opened_line(ctx: &RequestContext<'_>, method: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    let mut line = Line::start(&mut out, "stream_open", ctx);
+    line.str(key!("method"), Some(cap(method)));
+    line.finish();
+    out
+}
+
+/// The `event: "stream_close"` line of such a stream, however it ended, with how long it was open.
+pub fn stream_closed_line(request_id: &str, caller: &str, open_for: Duration) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    let mut line = Line::of_request(&mut out, "stream_close", request_id, Some(caller));
+    line.number(key!("open_ms"), open_for.as_millis() as u64);
     line.finish();
     out
 }

@@ -17,7 +17,10 @@ mod worker;
 
 use std::{io, sync::Arc};
 
-pub use line::{Peer, RequestContext, refusal_lines, request_lines, response_line};
+pub use line::{
+    Peer, RequestContext, refusal_lines, request_lines, response_line, stream_closed_line,
+    stream_opened_line,
+};
 pub use log::AuditLog;
 pub use operator::{
     BlockRecord, BlockTarget, OperatorRecord, block_line, operator_line, unblock_line,

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::{
     grants::{Category, Grants, ToolHints},
-    hints::{Hints, ToolCatalog},
+    hints::{Hints, Listed, ToolCatalog},
 };
 
 /// One of the four lists.
@@ -151,7 +151,7 @@ impl ListFilter {
         if let (ListKind::Tools, Some(catalog)) = (kind, &self.catalog) {
             catalog.learn(items.iter().filter_map(|item| {
                 let name = item.get("name")?.as_str()?;
-                Some((name, Hints::from_annotations(item.get("annotations"))))
+                Some((name, Listed::of(item)))
             }));
         }
         let Some(grants) = &self.grants else {
@@ -165,8 +165,24 @@ impl ListFilter {
             let hints = || ToolHints::Listed(Hints::from_annotations(item.get("annotations")));
             grants.decide(kind.category(), name, hints).allowed
         });
-        items.len() != before
+        let removed = items.len() != before;
+        removed | mark_private(message)
     }
+}
+
+/// MCP 2026-07-28 results carry caching hints (`ttlMs`, `cacheScope`): a list filtered for one
+/// caller must not be served by a shared cache to another, so it becomes `"private"`. Results
+/// without hints (the handshake era) stay as they are.
+fn mark_private(message: &mut Value) -> bool {
+    let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) else {
+        return false;
+    };
+    let hinted = result.contains_key("cacheScope") || result.contains_key("ttlMs");
+    if !hinted || result.get("cacheScope").and_then(Value::as_str) == Some("private") {
+        return false;
+    }
+    result.insert("cacheScope".into(), Value::from("private"));
+    true
 }
 
 #[cfg(test)]
@@ -250,6 +266,34 @@ mod tests {
         );
         let mut call_result = json!({"id":3,"result":{"content":[]}});
         assert!(!filter.apply(&mut call_result));
+    }
+
+    #[test]
+    fn a_modern_list_filtered_for_a_caller_is_marked_private_and_keeps_its_order() {
+        let filter = ListFilter::new(
+            Some(grants(&["b*", "a*"], &[])),
+            None,
+            vec![(json!(1), ListKind::Tools)],
+        );
+        let mut answer = json!({"id":1,"result":{"tools":[
+            {"name":"beta"},{"name":"zeta"},{"name":"alpha"}
+        ],"ttlMs":60000,"cacheScope":"public","resultType":"complete"}});
+        assert!(filter.apply(&mut answer));
+        assert_eq!(
+            answer["result"]["tools"],
+            json!([{"name":"beta"},{"name":"alpha"}])
+        );
+        assert_eq!(answer["result"]["cacheScope"], "private");
+        assert_eq!(answer["result"]["ttlMs"], 60000);
+        // Nothing removed, still filtered for this caller: private all the same.
+        let mut all_granted =
+            json!({"id":1,"result":{"tools":[{"name":"beta"}],"ttlMs":0,"cacheScope":"public"}});
+        assert!(filter.apply(&mut all_granted));
+        assert_eq!(all_granted["result"]["cacheScope"], "private");
+        // A handshake-era result has no hints and gets none.
+        let mut legacy = json!({"id":1,"result":{"tools":[{"name":"beta"}]}});
+        assert!(!filter.apply(&mut legacy));
+        assert!(legacy["result"].get("cacheScope").is_none());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{PoisonError, RwLock},
+    sync::{Arc, PoisonError, RwLock},
 };
 
 use serde_json::Value;
@@ -87,26 +87,77 @@ impl Hints {
 /// Tools whose annotations the gateway keeps at most: names come from the upstream, and memory
 /// stays bounded whatever it lists.
 const MAX_TOOLS: usize = 10_000;
+/// Mirrored arguments kept per tool.
+const MAX_MIRRORED: usize = 32;
 
-/// The annotations of every tool the upstream has listed, learned from `tools/list` answers as they
+/// The annotations (and mirrored arguments) of every tool the upstream has listed, learned from `tools/list` answers as they
 /// pass (any caller's, before filtering). Lives outside the policy: a reload keeps it.
 #[derive(Default)]
 pub struct ToolCatalog {
-    tools: RwLock<HashMap<Box<str>, Hints>>,
+    tools: RwLock<HashMap<Box<str>, Listed>>,
+}
+
+/// What the gateway keeps of one listed tool.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listed {
+    pub hints: Hints,
+    /// The arguments its schema mirrors into `Mcp-Param-*` headers (`x-mcp-header`), if any.
+    pub mirrored: Option<Arc<[Mirrored]>>,
+}
+
+/// One argument a tool's schema marks with `x-mcp-header`: clients send its value in a header too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirrored {
+    /// `mcp-param-<name>`, lowercase.
+    pub header: Box<str>,
+    pub argument: Box<str>,
+}
+
+impl Listed {
+    /// A tool as a `tools/list` answer describes it.
+    pub fn of(tool: &serde_json::Value) -> Self {
+        let mirrored: Vec<Mirrored> = tool
+            .pointer("/inputSchema/properties")
+            .and_then(serde_json::Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(argument, schema)| {
+                let header = schema.get("x-mcp-header")?.as_str()?;
+                Some(Mirrored {
+                    header: format!("mcp-param-{}", header.to_ascii_lowercase()).into(),
+                    argument: argument.as_str().into(),
+                })
+            })
+            .take(MAX_MIRRORED)
+            .collect();
+        Self {
+            hints: Hints::from_annotations(tool.get("annotations")),
+            mirrored: (!mirrored.is_empty()).then(|| mirrored.into()),
+        }
+    }
 }
 
 impl ToolCatalog {
     /// What the upstream last said about `tool`; `None` if it never listed it.
     pub fn hints(&self, tool: &str) -> Option<Hints> {
+        self.read(tool, |listed| listed.hints)
+    }
+
+    /// The arguments of `tool` mirrored into headers, as last listed.
+    pub fn mirrored(&self, tool: &str) -> Option<Arc<[Mirrored]>> {
+        self.read(tool, |listed| listed.mirrored.clone()).flatten()
+    }
+
+    fn read<T>(&self, tool: &str, with: impl FnOnce(&Listed) -> T) -> Option<T> {
         self.tools
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(tool)
-            .copied()
+            .map(with)
     }
 
     /// Records the tools of one `tools/list` answer.
-    pub fn learn<'a>(&self, listed: impl IntoIterator<Item = (&'a str, Hints)>) {
+    pub fn learn<'a>(&self, listed: impl IntoIterator<Item = (&'a str, Listed)>) {
         let mut tools = self.tools.write().unwrap_or_else(PoisonError::into_inner);
         for (name, hints) in listed {
             if let Some(known) = tools.get_mut(name) {
@@ -161,9 +212,13 @@ mod tests {
             read_only: Some(true),
             ..Hints::default()
         };
-        catalog.learn([("search", read_only)]);
+        let listed = |hints| Listed {
+            hints,
+            mirrored: None,
+        };
+        catalog.learn([("search", listed(read_only))]);
         assert_eq!(catalog.hints("search"), Some(read_only));
-        catalog.learn([("search", Hints::default())]);
+        catalog.learn([("search", listed(Hints::default()))]);
         assert_eq!(catalog.hints("search"), Some(Hints::default()));
     }
 }

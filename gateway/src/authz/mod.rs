@@ -19,7 +19,7 @@ mod stream;
 pub use explain::{Explanation, UnknownUser, explain};
 pub use filter::{ListFilter, ListKind};
 pub use grants::{Category, Grants, Reason, Rule, ToolHints, Verdict};
-pub use hints::{Hint, Hints, ToolCatalog};
+pub use hints::{Hint, Hints, Listed, Mirrored, ToolCatalog};
 pub use patterns::{Patterns, Separator};
 pub use stream::FilteredEvents;
 
@@ -64,6 +64,17 @@ fn describe(refused: &[RefusedMessage]) -> String {
     format!("not granted to this caller: {}", names.join(", "))
 }
 
+/// What one message acts on: its subject, or each resource a `subscriptions/listen` subscribes
+/// to (which needs the same grant as reading it).
+fn subjects(message: &Message) -> impl Iterator<Item = (Category, &str)> {
+    let listened = (message.kind == Kind::Listen)
+        .then(|| message.subscriptions.iter())
+        .into_iter()
+        .flatten()
+        .map(|uri| (Category::Resources, uri.as_str()));
+    subject(message).into_iter().chain(listened)
+}
+
 /// Refuses the request if any of its messages calls, gets, reads or subscribes to something the
 /// caller is not granted: a batch goes whole or not at all.
 pub fn check(
@@ -72,10 +83,11 @@ pub fn check(
     catalog: &ToolCatalog,
 ) -> Result<(), NotGranted> {
     let mut refused = Vec::new();
-    for (index, message) in messages.iter().enumerate() {
-        let Some((category, name)) = subject(message) else {
-            continue;
-        };
+    for (index, (category, name)) in messages
+        .iter()
+        .enumerate()
+        .flat_map(|(index, message)| subjects(message).map(move |subject| (index, subject)))
+    {
         let hints = || {
             catalog
                 .hints(name)

@@ -141,6 +141,8 @@ settings_diff!(RequestLimits {
     max_uri_bytes: ["max_uri_bytes"],
     max_connections_per_source: ["max_connections_per_source"],
     max_in_flight_per_caller: ["max_in_flight_per_caller"],
+    max_listen_streams_per_caller: ["max_listen_streams_per_caller"],
+    sse_keepalive: ["sse_keepalive_secs"],
 });
 
 settings_diff!(XdpPolicy {
@@ -406,6 +408,8 @@ mod tests {
             ("limits.max_uri_bytes", "".into(), "[limits]\nmax_uri_bytes = 500".into()),
             ("limits.max_connections_per_source", "".into(), "[limits]\nmax_connections_per_source = 5".into()),
             ("limits.max_in_flight_per_caller", "".into(), "[limits]\nmax_in_flight_per_caller = 5".into()),
+            ("limits.max_listen_streams_per_caller", "".into(), "[limits]\nmax_listen_streams_per_caller = 2".into()),
+            ("limits.sse_keepalive_secs", "".into(), "[limits]\nsse_keepalive_secs = 0".into()),
             ("xdp.allow", "".into(), "[xdp]\nallow = [\"192.0.2.0/24\"]".into()),
             ("xdp.ports", "".into(), "[xdp]\nports = [8443]".into()),
             ("xdp.dry_run", "".into(), "[xdp]\ndry_run = true".into()),

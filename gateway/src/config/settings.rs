@@ -102,6 +102,9 @@ pub struct RequestLimits {
     pub max_uri_bytes: usize,
     pub max_connections_per_source: usize,
     pub max_in_flight_per_caller: usize,
+    pub max_listen_streams_per_caller: usize,
+    /// Upstream silence on an SSE answer after which a keep-alive comment goes out.
+    pub sse_keepalive: Option<Duration>,
 }
 
 impl RequestLimits {
@@ -127,6 +130,8 @@ impl From<Limits> for (ConnectionLimits, RequestLimits) {
             max_connections_per_source,
             max_streams_per_connection,
             max_in_flight_per_caller,
+            max_listen_streams_per_caller,
+            sse_keepalive_secs,
             max_sessions,
             max_sessions_per_caller,
         } = limits;
@@ -145,6 +150,9 @@ impl From<Limits> for (ConnectionLimits, RequestLimits) {
                 max_uri_bytes,
                 max_connections_per_source,
                 max_in_flight_per_caller,
+                max_listen_streams_per_caller,
+                sse_keepalive: (sse_keepalive_secs > 0)
+                    .then(|| Duration::from_secs(sse_keepalive_secs)),
             },
         )
     }

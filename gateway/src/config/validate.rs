@@ -511,6 +511,9 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
         max_connections_per_source,
         max_streams_per_connection,
         max_in_flight_per_caller,
+        max_listen_streams_per_caller,
+        // 0 turns keep-alives off.
+        sse_keepalive_secs: _,
         max_sessions,
         max_sessions_per_caller,
     } = *limits;
@@ -527,6 +530,10 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
             max_streams_per_connection as usize,
         ),
         ("max_in_flight_per_caller", max_in_flight_per_caller),
+        (
+            "max_listen_streams_per_caller",
+            max_listen_streams_per_caller,
+        ),
         ("max_sessions", max_sessions),
         ("max_sessions_per_caller", max_sessions_per_caller),
     ] {

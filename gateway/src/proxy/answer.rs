@@ -22,19 +22,18 @@ use crate::{
 /// The largest JSON list answer the gateway reads to filter it.
 pub const MAX_JSON_LIST_ANSWER: usize = 16 * 1024 * 1024;
 
-/// The filter the answer to `call` needs, if any: when the caller has grants, or some rule reads
-/// tool annotations (learned from any caller's `tools/list`). POSTs with list requests are
-/// filtered by request id; GET streams (legacy SSE, resumed streams) by the shape of each result.
+/// The filter the answer to `call` needs, if any. Every answer to a list request is read, so that
+/// the tools' annotations (for rules that read them) and mirrored arguments (for `Mcp-Param-*`
+/// checks) are learned from any caller's `tools/list`, and it is filtered when the caller has
+/// grants; those are filtered by request id. GET streams (legacy SSE, resumed streams) are read
+/// only when the caller has grants or some rule reads annotations, by the shape of each result.
 pub fn list_filter(
     policy: &Policy,
     caller: &Caller,
     call: &Call<'_>,
     catalog: &Arc<ToolCatalog>,
 ) -> Option<ListFilter> {
-    let learn = policy.reads_annotations().then(|| Arc::clone(catalog));
-    if caller.grants.is_none() && learn.is_none() {
-        return None;
-    }
+    let learn = Some(Arc::clone(catalog));
     let expected = match &call.body {
         Some(body) => {
             let lists: Vec<_> = body
@@ -51,7 +50,11 @@ pub fn list_filter(
             lists
         }
         // A stream the client opened: any list result on it is filtered.
-        None if call.context.http_method == hyper::Method::GET => Vec::new(),
+        None if call.context.http_method == hyper::Method::GET
+            && (caller.grants.is_some() || policy.reads_annotations()) =>
+        {
+            Vec::new()
+        }
         None => return None,
     };
     Some(ListFilter::new(caller.grants.clone(), learn, expected))

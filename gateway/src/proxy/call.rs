@@ -10,8 +10,9 @@ use crate::{
     audit::{Peer, RequestContext},
     authz::ListFilter,
     mcp::{
+        era::Era,
         headers::MCP_SESSION_ID,
-        jsonrpc::{Body, Message},
+        jsonrpc::{Body, Kind, Message},
     },
 };
 
@@ -22,6 +23,8 @@ pub struct Call<'a> {
     pub endpoint: Endpoint,
     /// The JSON-RPC messages, once the body was read (POST only).
     pub body: Option<Body>,
+    /// The protocol era, from the headers and then from the body.
+    pub era: Era,
     /// When the gateway began with the request.
     pub received_at: Instant,
     /// When the request was sent upstream; `None` while (or if) it was not.
@@ -53,6 +56,7 @@ impl<'a> Call<'a> {
                 http_method: request.method().clone(),
             },
             endpoint,
+            era: Era::of(headers, None),
             body: None,
             received_at: Instant::now(),
             forwarded_at: None,
@@ -69,6 +73,18 @@ impl<'a> Call<'a> {
     /// What the request costs against its caller's limit: one per message, at least one.
     pub fn cost(&self) -> u32 {
         self.messages().len().max(1) as u32
+    }
+
+    /// Whether the request only negotiates (`server/discover`, `initialize`): never limited, or
+    /// clients fall back to an older era (a 429 there is taken for "not spoken here").
+    pub fn only_negotiates(&self) -> bool {
+        let messages = self.messages();
+        !messages.is_empty() && messages.iter().all(|m| m.kind == Kind::Negotiation)
+    }
+
+    /// Whether the request opens a `subscriptions/listen` stream.
+    pub fn listens(&self) -> bool {
+        matches!(self.messages(), [message] if message.kind == Kind::Listen)
     }
 
     /// The tools the request calls, each with how many times.

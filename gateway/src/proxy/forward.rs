@@ -6,10 +6,18 @@ use std::{sync::Arc, time::Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::{Method, Response, StatusCode, header::HeaderValue, http::request};
+use hyper::{
+    Method, Response, StatusCode,
+    header::{HeaderName, HeaderValue},
+    http::request,
+};
 
-use super::{Call, Endpoint, Gateway, ProxyBody, Refusal, Worker, answer, call};
+use super::{
+    Call, Endpoint, Gateway, ProxyBody, Refusal, Worker, answer, call,
+    stream::{KeepAlive, ListenRecord},
+};
 use crate::{
+    audit,
     config::ServingSettings,
     limit::{HoldingSlot, InFlightSlot, Limiter},
     mcp::{
@@ -31,7 +39,10 @@ pub(super) struct Upstreamed<'a> {
 
 /// An upstream answer on its way to the client: it holds the caller's in-flight slot, and
 /// counts as an open stream when it is one.
-type Relayed = HoldingSlot<PooledBody, (InFlightSlot, Option<GaugeGuard>)>;
+type Relayed = HoldingSlot<PooledBody, (InFlightSlot, Option<GaugeGuard>, Option<ListenRecord>)>;
+
+/// Proxies in front of the gateway (nginx) must not buffer an event stream.
+const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 fn is_event_stream<B>(response: &Response<B>) -> bool {
     response
@@ -90,13 +101,28 @@ impl<L: Limiter> Gateway<L> {
                 tracing::warn!(request_id = %call.context.request_id, error = %err, "upstream request failed");
                 Refusal::from(err)
             })?;
-        let stream = is_event_stream(&response).then(|| self.metrics.stream());
-        let response = response.map(|body| HoldingSlot::new(body, (slot, stream)));
+        let sse = is_event_stream(&response);
+        let stream = sse.then(|| self.metrics.stream());
+        let listen = (sse && call.listens() && response.status().is_success()).then(|| {
+            let opened = audit::stream_opened_line(&call.context, "subscriptions/listen");
+            worker.audit.write_in_background(opened);
+            ListenRecord::open(Arc::clone(&worker.audit), call.context.request_id, caller)
+        });
+        let response = response.map(|body| HoldingSlot::new(body, (slot, stream, listen)));
         let response = self.track_sessions(serving, call, caller, is_delete, response);
-        match call.list_filter.take() {
-            Some(filter) => answer::filter_lists(response, filter).await,
-            None => Ok(response),
+        let mut response = match call.list_filter.take() {
+            Some(filter) => answer::filter_lists(response, filter).await?,
+            None => response,
+        };
+        if sse {
+            response
+                .headers_mut()
+                .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            if let Some(interval) = serving.limits.sse_keepalive {
+                response = response.map(|body| KeepAlive::new(body, interval).boxed());
+            }
         }
+        Ok(response)
     }
 
     /// What the upstream's answer tells about sessions: a new session belongs to its caller, a

@@ -21,6 +21,7 @@ mod endpoint;
 mod forward;
 mod read;
 mod refusal;
+mod stream;
 mod worker;
 
 use std::{sync::Arc, time::Instant};
@@ -69,6 +70,8 @@ pub struct Gateway<L: Limiter = NodeLimiter> {
     tool_limiter: L,
     /// Requests of each caller being forwarded now.
     in_flight: InFlight,
+    /// `subscriptions/listen` streams of each caller open now.
+    listen_streams: InFlight,
     audit: AuditLog,
     sessions: SessionOwners,
     /// Message endpoints of open legacy SSE streams, by caller.
@@ -129,6 +132,7 @@ impl<L: Limiter> Gateway<L> {
             caller_limiter,
             tool_limiter,
             in_flight: InFlight::default(),
+            listen_streams: InFlight::default(),
             audit,
             sessions,
             legacy_endpoints: Arc::default(),
@@ -265,15 +269,25 @@ impl<L: Limiter> Gateway<L> {
             serving.idle_timeout,
         )
         .await?;
-        parse_messages(call, &parts, &body, &limits.parse())?;
+        parse_messages(call, &parts, &body, &limits.parse(), &self.catalog)?;
         self.check_ownership(serving, call, &parts.uri, &caller.name)?;
         self.authorize(caller, call)?;
         call.list_filter = answer::list_filter(policy, caller, call, &self.catalog);
-        self.limit(policy, caller, call).await?;
-        let slot = self
-            .in_flight
-            .acquire(&caller.name, limits.max_in_flight_per_caller)
-            .ok_or_else(|| Refusal::too_many_in_flight(limits.max_in_flight_per_caller))?;
+        if !call.only_negotiates() {
+            self.limit(policy, caller, call).await?;
+        }
+        // A listen stream lasts for hours: it takes a slot of its own bound, not an in-flight one.
+        let slot = if call.listens() {
+            let max = limits.max_listen_streams_per_caller;
+            self.listen_streams
+                .acquire(&caller.name, max)
+                .ok_or_else(|| Refusal::too_many_listen_streams(max))?
+        } else {
+            let max = limits.max_in_flight_per_caller;
+            self.in_flight
+                .acquire(&caller.name, max)
+                .ok_or_else(|| Refusal::too_many_in_flight(max))?
+        };
         self.audit_before_forwarding(worker, call).await?;
         let upstream = Upstreamed {
             serving,

@@ -11,8 +11,10 @@ use hyper::{Method, Request, StatusCode, body::Incoming, http::request};
 use super::{Call, Endpoint, Refusal};
 use crate::{
     audit::Decision,
+    authz::ToolCatalog,
     mcp::{
-        headers::check_mcp_headers,
+        era::Era,
+        headers::{check_mcp_headers, check_param_headers, has_param_headers},
         jsonrpc::{self, code},
     },
     server::idle::{BodyStalled, StallTimeout},
@@ -74,17 +76,28 @@ pub(super) fn check_uri(request: &Request<Incoming>, max: usize) -> Result<(), R
     Ok(())
 }
 
-/// The JSON-RPC messages of a POST, which must agree with MCP's method and name headers.
+/// The JSON-RPC messages of a POST, which must agree with MCP's method, name and (for the tools
+/// the upstream listed) argument headers.
 pub(super) fn parse_messages(
     call: &mut Call<'_>,
     parts: &request::Parts,
     body: &Bytes,
     limits: &jsonrpc::ParseLimits,
+    catalog: &ToolCatalog,
 ) -> Result<(), Refusal> {
     if parts.method != Method::POST {
         return Ok(());
     }
     let messages = call.body.insert(jsonrpc::inspect_within(body, limits)?);
     check_mcp_headers(&parts.headers, messages)?;
+    if has_param_headers(&parts.headers)
+        && let Some(mirrored) = messages
+            .messages
+            .first()
+            .and_then(|message| catalog.mirrored(message.called_tool()?))
+    {
+        check_param_headers(&parts.headers, messages, body, &mirrored)?;
+    }
+    call.era = Era::of(&parts.headers, call.body.as_ref());
     Ok(())
 }

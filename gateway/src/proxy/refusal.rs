@@ -127,6 +127,19 @@ impl Refusal {
         .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
     }
 
+    pub fn too_many_listen_streams(max: usize) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Decision::RateLimited,
+            code::RATE_LIMITED,
+            format!(
+                "too many subscriptions/listen streams: this key has {max} open already \
+                 (max_listen_streams_per_caller); close one first"
+            ),
+        )
+        .header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+    }
+
     /// The audit log could not be written, so the request was not forwarded.
     pub fn audit_unavailable() -> Self {
         Self::new(

@@ -52,6 +52,7 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
             http_method: request.method().clone(),
         },
         endpoint: Endpoint::Mcp,
+        era: crate::mcp::era::Era::default(),
         body: None,
         received_at: std::time::Instant::now(),
         forwarded_at: None,

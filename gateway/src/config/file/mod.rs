@@ -184,6 +184,12 @@ pub struct Limits {
     pub max_streams_per_connection: u32,
     /// Requests of one caller being forwarded at once; more get 429.
     pub max_in_flight_per_caller: usize,
+    /// `subscriptions/listen` streams of one caller open at once (they do not count as in flight:
+    /// they last for hours); more get 429.
+    pub max_listen_streams_per_caller: usize,
+    /// Seconds of upstream silence on an SSE answer after which the gateway sends a keep-alive
+    /// comment, so idle load balancers keep the connection; 0: never.
+    pub sse_keepalive_secs: u64,
     /// MCP sessions open through the gateway, all callers together.
     pub max_sessions: usize,
     /// MCP sessions of one caller; a new one ends that caller's oldest.
@@ -202,6 +208,8 @@ impl Default for Limits {
             max_connections_per_source: 256,
             max_streams_per_connection: 100,
             max_in_flight_per_caller: 64,
+            max_listen_streams_per_caller: 8,
+            sse_keepalive_secs: 15,
             max_sessions: 100_000,
             max_sessions_per_caller: 64,
         }

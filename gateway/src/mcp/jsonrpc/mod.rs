@@ -47,6 +47,10 @@ pub struct Message {
     pub target: Option<String>,
     /// Top-level keys of `params.arguments`, never the values.
     pub arg_keys: Vec<String>,
+    /// The protocol version a 2026-07-28 message names in its `_meta`.
+    pub protocol_version: Option<String>,
+    /// The resources a `subscriptions/listen` subscribes to.
+    pub subscriptions: Vec<String>,
 }
 
 /// What a message asks for. Audit lines, tool limits (and authorization) read this rather than
@@ -67,6 +71,15 @@ pub enum Kind {
     ResourceCompletion,
     /// `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`.
     List,
+    /// `server/discover` (2026-07-28) and `initialize` (the handshake era): how a client learns
+    /// what the server speaks. Never refused for limits or grants, or clients fall back to an
+    /// older era.
+    Negotiation,
+    /// `subscriptions/listen` (2026-07-28): a long-lived stream of notifications; `subscriptions`
+    /// holds the resources it subscribes to.
+    Listen,
+    /// `tasks/get`, `tasks/update`, `tasks/cancel`, `tasks/result`: `target` is the task id.
+    TaskFollowUp,
     /// Any other request (`initialize`, `ping`, ...).
     OtherRequest,
     /// A method without an id.
@@ -85,6 +98,11 @@ impl Kind {
             Some("resources/subscribe" | "resources/unsubscribe") => Self::ResourceSubscription,
             Some("tools/list" | "prompts/list" | "resources/list" | "resources/templates/list") => {
                 Self::List
+            }
+            Some("server/discover" | "initialize") if has_id => Self::Negotiation,
+            Some("subscriptions/listen") if has_id => Self::Listen,
+            Some("tasks/get" | "tasks/update" | "tasks/cancel" | "tasks/result") if has_id => {
+                Self::TaskFollowUp
             }
             Some(_) if !has_id => Self::Notification,
             Some(_) => Self::OtherRequest,

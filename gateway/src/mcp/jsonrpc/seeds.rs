@@ -84,13 +84,22 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
         }
         let (id, method) = (id.flatten(), method.flatten());
         let mut kind = Kind::of(method.as_deref(), id.is_some());
+        let (mut protocol_version, mut subscriptions) = (None, Vec::new());
         let (target, arg_keys) = match params.flatten() {
             Some(params) if method.as_deref() == Some("completion/complete") => {
+                protocol_version = params.protocol_version;
                 let (completion, target) = completion_target(params.reference);
                 kind = completion.unwrap_or(kind);
                 (target, params.arg_keys)
             }
-            Some(params) => (target(kind, params.name, params.uri), params.arg_keys),
+            Some(params) => {
+                protocol_version = params.protocol_version;
+                subscriptions = params.resource_subscriptions;
+                (
+                    target(kind, params.name, params.uri, params.task_id),
+                    params.arg_keys,
+                )
+            }
             None => (None, Vec::new()),
         };
         Ok(Message {
@@ -99,6 +108,8 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             method,
             target,
             arg_keys,
+            protocol_version,
+            subscriptions,
         })
     }
 }
@@ -120,6 +131,9 @@ enum Field {
     Uri,
     Arguments,
     Ref,
+    Meta,
+    Notifications,
+    TaskId,
     Other,
 }
 
@@ -140,6 +154,9 @@ impl<'de> Deserialize<'de> for Field {
                     "uri" => Field::Uri,
                     "arguments" => Field::Arguments,
                     "ref" => Field::Ref,
+                    "_meta" => Field::Meta,
+                    "notifications" => Field::Notifications,
+                    "taskId" => Field::TaskId,
                     _ => Field::Other,
                 })
             }
@@ -200,6 +217,28 @@ struct Params {
     arg_keys: Vec<String>,
     /// `ref` of `completion/complete`.
     reference: Option<Reference>,
+    /// `_meta["io.modelcontextprotocol/protocolVersion"]` (MCP 2026-07-28).
+    protocol_version: Option<String>,
+    /// `notifications.resourceSubscriptions` of `subscriptions/listen`.
+    resource_subscriptions: Vec<String>,
+    /// `taskId` of the tasks methods.
+    task_id: Option<String>,
+}
+
+/// What the gateway reads of `params._meta`: the protocol version a 2026-07-28 request carries.
+/// (Other members are skipped unread; a member given twice is an error.)
+#[derive(Deserialize)]
+struct Meta {
+    #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<String>,
+}
+
+/// What the gateway reads of a `subscriptions/listen` filter: the resources it subscribes to,
+/// which need the same grant as reading them. (Their number is bounded by the body's size.)
+#[derive(Deserialize)]
+struct ListenFilter {
+    #[serde(rename = "resourceSubscriptions")]
+    resource_subscriptions: Option<Vec<String>>,
 }
 
 /// What a completion is for: `{"type": "ref/prompt", "name": ...}` or
@@ -232,10 +271,16 @@ fn completion_target(reference: Option<Reference>) -> (Option<Kind>, Option<Stri
 /// The member of `params` that names what a message of `kind` acts on. Chosen by the method, not
 /// by which member is present: `resources/read` with a `name` beside its `uri` reads the `uri`,
 /// and authorization must judge that.
-fn target(kind: Kind, name: Option<String>, uri: Option<String>) -> Option<String> {
+fn target(
+    kind: Kind,
+    name: Option<String>,
+    uri: Option<String>,
+    task_id: Option<String>,
+) -> Option<String> {
     match kind {
         Kind::ToolCall | Kind::PromptGet => name,
         Kind::ResourceRead | Kind::ResourceSubscription => uri,
+        Kind::TaskFollowUp => task_id,
         _ => name.or(uri),
     }
 }
@@ -274,6 +319,9 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
         let mut uri: Option<Option<String>> = None;
         let mut arg_keys: Option<Vec<String>> = None;
         let mut reference: Option<Option<Reference>> = None;
+        let mut meta: Option<Option<Meta>> = None;
+        let mut listen: Option<Option<ListenFilter>> = None;
+        let mut task_id: Option<Option<String>> = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Name => set_once(&mut name, "name", map.next_value()?)?,
@@ -284,6 +332,11 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
                     map.next_value_seed(ArgumentKeysSeed(self.0.max_argument_keys))?,
                 )?,
                 Field::Ref => set_once(&mut reference, "ref", map.next_value()?)?,
+                Field::Meta => set_once(&mut meta, "_meta", map.next_value()?)?,
+                Field::Notifications => {
+                    set_once(&mut listen, "notifications", map.next_value()?)?;
+                }
+                Field::TaskId => set_once(&mut task_id, "taskId", map.next_value()?)?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -294,6 +347,12 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
             uri: uri.flatten(),
             arg_keys: arg_keys.unwrap_or_default(),
             reference: reference.flatten(),
+            protocol_version: meta.flatten().and_then(|meta| meta.protocol_version),
+            resource_subscriptions: listen
+                .flatten()
+                .and_then(|listen| listen.resource_subscriptions)
+                .unwrap_or_default(),
+            task_id: task_id.flatten(),
         }))
     }
 }

@@ -80,7 +80,7 @@ fn resources_read_target_is_not_a_tool() {
 #[test]
 fn each_message_is_classified_once_by_method_and_id() {
     let body = inspect(
-        br#"[{"id":1,"method":"tools/call","params":{"name":"t"}},{"id":2,"method":"prompts/get"},{"id":3,"method":"resources/subscribe"},{"id":4,"method":"tools/list"},{"id":5,"method":"initialize"},{"method":"notifications/initialized"},{"id":6,"result":{}}]"#,
+        br#"[{"id":1,"method":"tools/call","params":{"name":"t"}},{"id":2,"method":"prompts/get"},{"id":3,"method":"resources/subscribe"},{"id":4,"method":"tools/list"},{"id":5,"method":"initialize"},{"method":"notifications/initialized"},{"id":6,"result":{}},{"id":7,"method":"server/discover"},{"id":8,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":["file:///a","file:///b"]}}},{"id":9,"method":"tasks/get","params":{"taskId":"t-1"}},{"id":10,"method":"ping"}]"#,
     )
     .unwrap();
     let kinds: Vec<Kind> = body.messages.iter().map(|m| m.kind).collect();
@@ -91,11 +91,17 @@ fn each_message_is_classified_once_by_method_and_id() {
             Kind::PromptGet,
             Kind::ResourceSubscription,
             Kind::List,
-            Kind::OtherRequest,
+            Kind::Negotiation,
             Kind::Notification,
-            Kind::Response
+            Kind::Response,
+            Kind::Negotiation,
+            Kind::Listen,
+            Kind::TaskFollowUp,
+            Kind::OtherRequest,
         ]
     );
+    assert_eq!(body.messages[8].subscriptions, ["file:///a", "file:///b"]);
+    assert_eq!(body.messages[9].target.as_deref(), Some("t-1"));
     assert_eq!(body.messages[0].called_tool(), Some("t"));
     assert_eq!(
         body.messages[1].called_tool(),
