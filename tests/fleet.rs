@@ -6,12 +6,13 @@
 use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use e2e_tests::{
-    ALICE, CALL, EverythingServer, Gateway, Options, RecordingUpstream, closed_by_server,
-    connect_from, eventually, exchange_keepalive, free_port, json_reply, ok_upstream, post,
-    raw_post, raw_request, redis::Redis, sdk_client, send,
+    ALICE, CALL, EverythingServer, Gateway, Options, PythonServer, RecordingUpstream, TasksServer,
+    closed_by_server, connect_from, eventually, exchange_keepalive, free_port, json_reply,
+    last_event_id, message_of, ok_upstream, open_session, post, raw_post, raw_request,
+    redis::Redis, sdk_client, send, start_task, stream_until, task_request,
 };
 use hyper::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 #[path = "edge/pki.rs"]
 #[allow(dead_code)] // the edge tests use the rest
@@ -637,6 +638,64 @@ async fn a_legacy_sse_session_posts_through_another_node_than_its_stream() {
         assert_eq!(message(node, BOB).await, StatusCode::FORBIDDEN);
     }
     drop(stream);
+}
+
+/// A task started through one node is its caller's on every node: the binding is in Redis, under
+/// the digest of the task's id; a node that cannot ask Redis refuses with 503 rather than guess.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_started_through_one_node_is_followed_through_another_only_by_its_caller() {
+    let server = TasksServer::start(true);
+    let mut redis = Redis::start();
+    let nodes = start_nodes(&server.url(), &redis, 3, "", "");
+    let task = start_task(&nodes[0], ALICE, 100).await;
+    let get = || json!({"taskId": task});
+    let answer = task_request(&nodes[1], ALICE, "tasks/get", get()).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    assert_eq!(message_of(&answer)["result"]["taskId"], task);
+    for node in &nodes[..2] {
+        let refused = task_request(node, BOB, "tasks/cancel", get()).await;
+        assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.text());
+    }
+    let keys = redis.cli(&["KEYS", "*"]);
+    assert!(keys.contains("mcp-gateway:task:"), "{keys}");
+    assert!(!keys.contains(&task), "Redis holds no task id: {keys}");
+    // `--no-raw` quotes each key: `1) "mcp-gateway:task:…"`.
+    let key = keys
+        .lines()
+        .find_map(|line| line.split('"').nth(1).filter(|key| key.contains(":task:")))
+        .expect("a task key");
+    assert_eq!(redis.cli(&["GET", key]).trim(), "\"alice\"");
+
+    redis.stop();
+    let unavailable = task_request(&nodes[2], ALICE, "tasks/get", get()).await;
+    assert_eq!(unavailable.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(unavailable.json()["error"]["code"], -31505);
+    // The nodes that met the task still know it.
+    let known = task_request(&nodes[1], ALICE, "tasks/get", get()).await;
+    assert_eq!(known.status, StatusCode::OK, "{}", known.text());
+}
+
+/// Handshake-era resumption across nodes: a stream the server closed on one node resumes through
+/// another, whose GET with `Last-Event-ID` carries the sealed session to the upstream that owns
+/// the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_closed_through_one_node_resumes_through_another_with_last_event_id() {
+    let server = PythonServer::start();
+    let redis = Redis::start();
+    let nodes = start_nodes(&server.url(), &redis, 2, "", "");
+    let session = open_session(&nodes[0], ALICE).await;
+    let headers = [
+        ("authorization", ALICE),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let poll = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"poll","arguments":{"ms":200}}}"#;
+    let closed = post(&nodes[0], &headers, poll).await.text();
+    assert!(closed.contains("retry: 100"), "{closed}");
+    let last = last_event_id(&closed);
+    let resume = [&headers[..], &[("last-event-id", last.as_str())]].concat();
+    let resumed = stream_until(&nodes[1].url(), &resume, "polled after 200 ms").await;
+    assert!(resumed.contains("\"id\":9"), "{resumed}");
 }
 
 /// Opens a legacy SSE stream as alice and reads its first event's data (the endpoint).

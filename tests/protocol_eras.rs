@@ -6,8 +6,9 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e_tests::{
-    ALICE, ALICE_KEY, Gateway, ModernServer, eventually, inspector_cli, post, python_client,
-    raw_post, v2_client,
+    ALICE, ALICE_KEY, BOB, Gateway, ModernServer, PythonServer, TasksServer, eventually,
+    inspector_cli, last_event_id, message_of, open_session, post, python_client,
+    python_client_calling, raw_post, start_task, stream_until, task_request, v2_client,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
@@ -409,10 +410,11 @@ async fn a_retry_with_input_responses_is_a_new_request_limited_and_audited_again
         .collect();
     assert_eq!(confirms.len(), 2, "{confirms:?}");
     assert_ne!(confirms[0]["request_id"], confirms[1]["request_id"]);
-    // With room for everything but the retry (list, echo, confirm), the retry is refused.
+    // With room for everything but the retry (discover, which counts while there is room, list,
+    // echo, confirm), the retry is refused.
     let limited = Gateway::start(
         &server.url(),
-        "[rate_limit]\nrequests = 3\nwindow_secs = 600\n",
+        "[rate_limit]\nrequests = 4\nwindow_secs = 600\n",
     );
     let report = python_client(&limited.url(), ALICE_KEY, "auto");
     assert!(
@@ -428,4 +430,114 @@ async fn a_retry_with_input_responses_is_a_new_request_limited_and_audited_again
         .map(|line| line["decision"].clone())
         .collect();
     assert_eq!(decisions, [json!("forwarded"), json!("rate_limited")]);
+}
+
+async fn listed_tasks(gateway: &Gateway, caller: &str) -> Vec<String> {
+    let answer = task_request(gateway, caller, "tasks/list", json!({})).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let message = message_of(&answer);
+    let tasks = message["result"]["tasks"].as_array().expect("tasks");
+    let ids = tasks.iter().filter_map(|task| task["taskId"].as_str());
+    ids.map(str::to_owned).collect()
+}
+
+#[tokio::test]
+async fn a_task_is_read_cancelled_and_listed_only_by_the_caller_that_started_it() {
+    for json_answers in [true, false] {
+        // The server binds tasks to nobody: without the gateway, anyone could follow any task.
+        let server = TasksServer::start(json_answers);
+        let gateway = Gateway::start(&server.url(), "");
+        let alices = start_task(&gateway, ALICE, 200).await;
+        let bobs = start_task(&gateway, BOB, 60_000).await;
+        for method in ["tasks/get", "tasks/result", "tasks/cancel"] {
+            let refused = task_request(&gateway, BOB, method, json!({"taskId": alices})).await;
+            assert_eq!(refused.status, StatusCode::FORBIDDEN, "{method}");
+            assert_eq!(refused.json()["error"]["code"], -31003);
+            assert_eq!(refused.json()["id"], 7, "the id is echoed");
+        }
+        assert_eq!(listed_tasks(&gateway, ALICE).await, [alices.as_str()]);
+        assert_eq!(listed_tasks(&gateway, BOB).await, [bobs.as_str()]);
+        // A task this gateway never saw start is not found, whoever asks.
+        let unknown =
+            task_request(&gateway, ALICE, "tasks/get", json!({"taskId": "made-up"})).await;
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+        assert_eq!(unknown.json()["error"]["code"], -32602);
+
+        // Its own caller follows it to its result, and cancels its own.
+        let mut status = Value::Null;
+        for _ in 0..100 {
+            let get = json!({"taskId": alices});
+            let answer = task_request(&gateway, ALICE, "tasks/get", get).await;
+            status = message_of(&answer)["result"]["status"].clone();
+            if status == "completed" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(status, "completed");
+        let result = task_request(&gateway, ALICE, "tasks/result", json!({"taskId": alices})).await;
+        assert_eq!(
+            message_of(&result)["result"]["content"][0]["text"],
+            "waited 200"
+        );
+        let cancelled = task_request(&gateway, BOB, "tasks/cancel", json!({"taskId": bobs})).await;
+        assert_eq!(message_of(&cancelled)["result"]["status"], "cancelled");
+
+        let refusals: Vec<Value> = gateway
+            .audit_lines()
+            .into_iter()
+            .filter(|line| line["caller"] == "bob" && line["decision"] == "forbidden")
+            .collect();
+        assert_eq!(refusals.len(), 3, "every refused follow-up is audited");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_sdk_server_serves_both_eras_and_a_stream_it_closes_resumes_with_last_event_id()
+{
+    let server = PythonServer::start();
+    let gateway = Gateway::start(&server.url(), "");
+    let url = gateway.url();
+    for (mode, version) in [("auto", MODERN), ("legacy", "2025-11-25")] {
+        let report =
+            tokio::task::block_in_place(|| python_client_calling(&url, ALICE_KEY, mode, "poll"));
+        assert_eq!(report["protocol_version"], version, "{report}");
+        assert_eq!(report["tools"], json!(["echo", "poll"]), "{report}");
+        assert_eq!(report["echo"], "hello", "{report}");
+        // In the handshake era the server closed the call's stream and the client came back
+        // with a GET and Last-Event-ID, through the gateway.
+        assert_eq!(report["poll"], "polled after 300 ms", "{report}");
+    }
+    for mode in ["legacy", "auto"] {
+        let report = tokio::task::block_in_place(|| v2_client(&url, ALICE_KEY, mode));
+        assert_eq!(report["echo"], "hello", "{report}");
+    }
+    let resumed = gateway.audit_lines().into_iter().any(|line| {
+        line["http_method"] == "GET" && line["decision"] == "forwarded" && line["caller"] == "alice"
+    });
+    assert!(
+        resumed,
+        "the Python client's resumption went through the gateway"
+    );
+
+    // The same by hand: `id:` and `retry:` reach the client untouched, and the stream resumes
+    // where the client left it.
+    let session = open_session(&gateway, ALICE).await;
+    let headers = [
+        ("authorization", ALICE),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    let poll = r#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"poll","arguments":{"ms":200}}}"#;
+    let closed = post(&gateway, &headers, poll).await;
+    let closed = closed.text();
+    assert!(closed.contains("retry: 100"), "{closed}");
+    assert!(
+        !closed.contains("polled"),
+        "the server closed the stream first: {closed}"
+    );
+    let last = last_event_id(&closed);
+    let resume = [&headers[..], &[("last-event-id", last.as_str())]].concat();
+    let resumed = stream_until(&url, &resume, "polled after 200 ms").await;
+    assert!(resumed.contains("\"id\":9"), "{resumed}");
 }

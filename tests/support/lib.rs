@@ -30,7 +30,7 @@ use hyper_util::{
     client::legacy::Client,
     rt::{TokioExecutor, TokioIo},
 };
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub const ALICE_KEY: &str = "alice-test-key-0123456789abcdef";
@@ -407,6 +407,74 @@ impl GrantsServer {
     }
 }
 
+/// `tests/peers/tasks_server.mjs`: a stateless MCP server of the official SDK (v1) whose `delay`
+/// tool runs as a 2025-11-25 task, with one task store for every request.
+pub struct TasksServer {
+    _process: KillOnDrop,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl TasksServer {
+    /// Answers with SSE streams, or with JSON when `json` is set.
+    pub fn start(json: bool) -> Self {
+        let peers = peers_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = Command::new("node");
+        command
+            .arg(peers.join("tasks_server.mjs"))
+            .env("PORT", port.to_string())
+            .env("JSON_RESPONSE", if json { "1" } else { "0" })
+            .current_dir(&peers);
+        let log = dir.path().join("server.log");
+        let process = spawn_listening(command, "tasks_server.mjs (needs Node.js)", &log, addr);
+        TasksServer {
+            _process: process,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+/// The one JSON-RPC message of an answer, sent as JSON or as an SSE stream.
+pub fn message_of(answer: &Answer) -> Value {
+    let text = answer.text();
+    let json = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data:"))
+        .next_back()
+        .unwrap_or(&text);
+    serde_json::from_str(json.trim()).unwrap_or_else(|err| panic!("{err}: {text}"))
+}
+
+/// A 2025-11-25 request of `caller` (stateless: the tasks server keeps no sessions).
+pub async fn task_request(gateway: &Gateway, caller: &str, method: &str, params: Value) -> Answer {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let headers = [
+        ("authorization", caller),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    post(gateway, &headers, &body.to_string()).await
+}
+
+/// Starts a task of the `delay` tool of a [`TasksServer`]; its id.
+pub async fn start_task(gateway: &Gateway, caller: &str, ms: u64) -> String {
+    let params = json!({"name": "delay", "arguments": {"ms": ms}, "task": {"ttl": 60000}});
+    let answer = task_request(gateway, caller, "tools/call", params).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let message = message_of(&answer);
+    message["result"]["task"]["taskId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no task started: {message}"))
+        .to_owned()
+}
+
 /// Runs the SDK client script (`tests/peers/client.mjs`) and returns what it reported.
 pub fn sdk_client(
     url: &str,
@@ -776,17 +844,125 @@ fn report_of(mut command: Command, what: &str) -> Value {
 /// The official Python SDK's client (`mcp` 2.x, `tests/peers/py_client.py`) in `mode` ("auto" or
 /// "legacy") against `url`.
 pub fn python_client(url: &str, key: &str, mode: &str) -> Value {
+    python_client_calling(url, key, mode, "confirm")
+}
+
+/// [`python_client`], calling `last` after `echo` (`confirm` or `poll`).
+pub fn python_client_calling(url: &str, key: &str, mode: &str, last: &str) -> Value {
+    let mut command = Command::new(python_peers());
+    command
+        .arg(peers_dir().join("py_client.py"))
+        .args([url, key, mode, last]);
+    report_of(command, "the Python SDK client")
+}
+
+/// The Python of the venv that holds the Python SDK (`cargo xtask setup` makes it).
+fn python_peers() -> PathBuf {
     let python = workspace_root().join("target/tools/python-peers/bin/python");
     assert!(
         python.is_file(),
         "the Python MCP SDK is not installed in {}: run `cargo xtask setup`",
         python.display()
     );
-    let mut command = Command::new(python);
-    command
-        .arg(peers_dir().join("py_client.py"))
-        .args([url, key, mode]);
-    report_of(command, "the Python SDK client")
+    python
+}
+
+/// `tests/peers/py_server.py`: the official Python SDK's server (`mcp` 2.x), both eras, with an
+/// event store; its `poll` tool closes its stream for the client to resume.
+pub struct PythonServer {
+    _process: KillOnDrop,
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl PythonServer {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut command = Command::new(python_peers());
+        command
+            .arg(peers_dir().join("py_server.py"))
+            .arg(port.to_string());
+        let log = dir.path().join("server.log");
+        let process = spawn_listening(command, "py_server.py", &log, addr);
+        PythonServer {
+            _process: process,
+            addr,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+/// Opens a handshake-era session as `caller` (initialize, then the initialized notification);
+/// its `Mcp-Session-Id`.
+pub async fn open_session(gateway: &Gateway, caller: &str) -> String {
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "e2e", "version": "1"}}});
+    let answer = post(
+        gateway,
+        &[("authorization", caller)],
+        &initialize.to_string(),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    let session = answer.headers["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_owned();
+    let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let headers = [
+        ("authorization", caller),
+        ("mcp-session-id", session.as_str()),
+        ("mcp-protocol-version", "2025-11-25"),
+    ];
+    assert_eq!(
+        post(gateway, &headers, initialized).await.status,
+        StatusCode::ACCEPTED
+    );
+    session
+}
+
+/// The id of the last event of an SSE stream.
+pub fn last_event_id(stream: &str) -> String {
+    let mut ids = stream.lines().filter_map(|line| line.strip_prefix("id:"));
+    ids.next_back()
+        .unwrap_or_else(|| panic!("no event id in {stream}"))
+        .trim()
+        .to_owned()
+}
+
+/// GETs `url` and reads the stream until it holds `what` (at most 10 s): what it read.
+pub async fn stream_until(url: &str, headers: &[(&str, &str)], what: &str) -> String {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut request = Request::get(url).header("accept", "text/event-stream");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = client
+        .request(request.body(Full::default()).expect("request"))
+        .await
+        .expect("GET");
+    assert_eq!(response.status(), StatusCode::OK, "GET {url}");
+    let mut body = response.into_body();
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains(what) {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} on the stream; got {seen}"))
+            .unwrap_or_else(|| panic!("the stream ended before {what}; got {seen}"))
+            .expect("stream failed");
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    seen
 }
 
 /// The official TypeScript SDK v2 client (`tests/peers/client_v2.mjs`) in `mode` ("legacy" or

@@ -118,9 +118,10 @@ pub async fn run(settings: Settings, reload: Option<Reload>) -> anyhow::Result<(
             let caller_limiter = NodeLimiter::Fleet(Box::new(fleet.limiter()));
             let tool_limiter = NodeLimiter::Fleet(Box::new(fleet.limiter()));
             let health = Arc::clone(fleet.health());
+            let tasks = Arc::new(fleet.tasks());
             tokio::spawn(fleet.start(protection.clone()));
             Gateway::with_limiters(settings, caller_limiter, tool_limiter, audit, protection)
-                .in_fleet(health)
+                .in_fleet(health, tasks)
         }
         None => Gateway::new(settings, audit, protection),
     };

@@ -5,7 +5,8 @@
 //! pagination works (a page may come back shorter, or empty with a cursor to the next). An item
 //! without the member that names it is dropped. Resource templates are matched as written
 //! (`file:///shared/{path}` against `file:///shared/**`). The same pass records the annotations
-//! of listed tools in the [`ToolCatalog`], before anything is removed.
+//! of listed tools in the [`ToolCatalog`], before anything is removed. The same pass reads the
+//! tasks the answer starts or lists, for the caller's [`TaskWatch`].
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use super::{
     grants::{Category, Grants, ToolHints},
     hints::{Hints, Listed, ToolCatalog},
 };
+use crate::mcp::tasks::TaskWatch;
 
 /// One of the four lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,8 +85,17 @@ pub struct ListFilter {
     grants: Option<Arc<Grants>>,
     /// Where tool annotations are recorded, when any rule reads them.
     catalog: Option<Arc<ToolCatalog>>,
-    /// The list requests (id, list) the answer responds to; empty: any list result, by shape.
+    /// The list requests (id, list) the answer responds to.
     expected: Vec<(Value, ListKind)>,
+    /// Any list result is filtered, told by its shape (a stream where the requests are not
+    /// known): when no request is expected.
+    by_shape: bool,
+    /// Whether the answer must be read (grants to apply, or rules that read annotations): then the
+    /// request goes without `Accept-Encoding`. Otherwise the answer is read only to learn what
+    /// it can, and a compressed one passes as it came.
+    must_read: bool,
+    /// The tasks this answer may start or list.
+    tasks: Option<TaskWatch>,
 }
 
 impl ListFilter {
@@ -94,16 +105,47 @@ impl ListFilter {
         expected: Vec<(Value, ListKind)>,
     ) -> Self {
         Self {
+            must_read: grants.is_some(),
+            by_shape: expected.is_empty(),
             grants,
             catalog,
             expected,
+            tasks: None,
         }
+    }
+
+    /// The filter, binding the tasks the answer starts and filtering the tasks it lists.
+    pub fn watching_tasks(mut self, tasks: Option<TaskWatch>) -> Self {
+        if tasks.is_some() {
+            self.must_read = true;
+            self.by_shape = false;
+        }
+        self.tasks = tasks;
+        self
+    }
+
+    /// The filter, with the answer to be read even when the caller has no grants.
+    pub fn read_always(mut self, must_read: bool) -> Self {
+        self.must_read |= must_read;
+        self
+    }
+
+    /// Waits until the tasks the answer started are bound in the fleet's store too.
+    pub async fn tasks_shared(&self) {
+        if let Some(tasks) = &self.tasks {
+            tasks.shared().await;
+        }
+    }
+
+    /// Whether the answer must come uncompressed.
+    pub fn must_read(&self) -> bool {
+        self.must_read
     }
 
     /// Whether the answer must be filtered for a caller (and not only read to learn annotations):
     /// then an answer that cannot be read must not pass.
     pub fn restricts(&self) -> bool {
-        self.grants.is_some()
+        self.grants.is_some() || self.tasks.as_ref().is_some_and(TaskWatch::restricts)
     }
 
     /// A JSON answer (one message or a batch) rewritten: `Ok(None)` if nothing changed, an error
@@ -126,10 +168,13 @@ impl ListFilter {
     }
 
     fn apply_one(&self, message: &mut Value) -> bool {
+        if let Some(changed) = self.tasks.as_ref().and_then(|tasks| tasks.apply(message)) {
+            return changed;
+        }
         let Some(result) = message.get("result") else {
             return false;
         };
-        let kind = if self.expected.is_empty() {
+        let kind = if self.by_shape {
             ListKind::of_result(result)
         } else {
             let id = message.get("id");

@@ -11,7 +11,8 @@
 //!   events (`MAXLEN`-bounded); every node loads the hash when it (re)connects and then follows
 //!   the stream, writing each block into its own XDP map and accept check ([`blocks`]);
 //! - sessions: nothing at all in Redis. Session ids are sealed for their caller with a key the
-//!   nodes share, so any node checks them alone (`mcp::sealed`).
+//!   nodes share, so any node checks them alone (`mcp::sealed`);
+//! - tasks: the caller each task is bound to, under the digest of its id ([`tasks`]).
 //!
 //! Redis holds caller names, addresses, counters and ids; never a key, header or argument.
 //! The client is `redis` (redis-rs): the most used Rust client, maintained with Redis itself,
@@ -22,6 +23,7 @@ mod blocks;
 pub mod demo;
 mod limiter;
 mod link;
+mod tasks;
 
 use std::{
     sync::{
@@ -37,6 +39,7 @@ use tokio::sync::mpsc;
 
 pub use limiter::FleetLimiter;
 pub use link::{Health, Link, Unavailable};
+pub use tasks::FleetTasks;
 
 use crate::{
     config::{FleetSettings, RateLimit},
@@ -158,6 +161,10 @@ impl Fleet {
             self.members.clone(),
             self.settings.on_unavailable,
         )
+    }
+
+    pub fn tasks(&self) -> FleetTasks {
+        FleetTasks::new(self.link.clone(), &self.settings.key_prefix)
     }
 
     /// Checks Redis once (an absent Redis starts the node in its outage mode, logged), then

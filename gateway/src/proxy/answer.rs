@@ -4,18 +4,23 @@
 //! A JSON answer is read whole (within [`MAX_JSON_LIST_ANSWER`]), rewritten and sent with its new
 //! length; an SSE answer streams through [`FilteredEvents`]. An answer that cannot be filtered is
 //! never passed on unfiltered: it becomes a 502. (The request went without `Accept-Encoding`, so a
-//! compressed answer is the upstream's mistake.)
+//! compressed answer is the upstream's mistake.) A list answer read only to learn tool hints keeps
+//! the client's `Accept-Encoding`, and passes as it came when compressed.
 
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Response, StatusCode, header};
+use serde_json::Value;
 
 use super::{ProxyBody, Refusal, call::Call};
 use crate::{
     audit::Decision,
     authz::{FilteredEvents, ListFilter, ListKind, ToolCatalog},
-    mcp::jsonrpc::code,
+    mcp::{
+        jsonrpc::{Message, code},
+        tasks::{TaskOwners, TaskWatch},
+    },
     policy::{Caller, Policy},
 };
 
@@ -32,10 +37,25 @@ pub fn list_filter(
     caller: &Caller,
     call: &Call<'_>,
     catalog: &Arc<ToolCatalog>,
+    tasks: &Arc<TaskOwners>,
 ) -> Option<ListFilter> {
     let learn = Some(Arc::clone(catalog));
+    let mut watch = None;
     let expected = match &call.body {
         Some(body) => {
+            let ids = |keep: fn(&Message) -> bool| -> Vec<Value> {
+                body.messages
+                    .iter()
+                    .filter(|message| keep(message))
+                    .filter_map(|message| message.id.clone())
+                    .collect()
+            };
+            watch = TaskWatch::new(
+                tasks,
+                &caller.name,
+                ids(|message| message.may_start_task),
+                ids(|message| message.method.as_deref() == Some("tasks/list")),
+            );
             let lists: Vec<_> = body
                 .messages
                 .iter()
@@ -44,7 +64,7 @@ pub fn list_filter(
                     Some((message.id.clone()?, kind))
                 })
                 .collect();
-            if lists.is_empty() {
+            if lists.is_empty() && watch.is_none() {
                 return None;
             }
             lists
@@ -57,7 +77,11 @@ pub fn list_filter(
         }
         None => return None,
     };
-    Some(ListFilter::new(caller.grants.clone(), learn, expected))
+    Some(
+        ListFilter::new(caller.grants.clone(), learn, expected)
+            .read_always(policy.reads_annotations())
+            .watching_tasks(watch),
+    )
 }
 
 fn unfilterable(why: &str) -> Refusal {
@@ -85,8 +109,12 @@ pub async fn filter_lists(
         .headers()
         .get(header::CONTENT_ENCODING)
         .is_some_and(|encoding| encoding != "identity");
-    if encoded && filter.restricts() {
-        return Err(unfilterable("it is compressed (Content-Encoding)"));
+    if encoded {
+        if filter.restricts() {
+            return Err(unfilterable("it is compressed (Content-Encoding)"));
+        }
+        // Only there to learn from, and the request allowed compression: passed as it came.
+        return Ok(response);
     }
     let content_type = response
         .headers()
@@ -109,7 +137,9 @@ pub async fn filter_lists(
             ))
         })?
         .to_bytes();
-    let body = match filter.rewrite_json(&body) {
+    let rewritten = filter.rewrite_json(&body);
+    filter.tasks_shared().await;
+    let body = match rewritten {
         Ok(rewritten) => rewritten.unwrap_or(body),
         Err(err) if filter.restricts() => {
             return Err(unfilterable(&format!("it is not JSON ({err})")));

@@ -75,8 +75,9 @@ impl<'a> Call<'a> {
         self.messages().len().max(1) as u32
     }
 
-    /// Whether the request only negotiates (`server/discover`, `initialize`): never limited, or
-    /// clients fall back to an older era (a 429 there is taken for "not spoken here").
+    /// Whether the request only negotiates (`server/discover`, `initialize`): counted, but never
+    /// refused by a rate limit, or clients fall back to an older era (a 429 there is taken for
+    /// "not spoken here").
     pub fn only_negotiates(&self) -> bool {
         let messages = self.messages();
         !messages.is_empty() && messages.iter().all(|m| m.kind == Kind::Negotiation)

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     audit,
+    authz::ListFilter,
     config::ServingSettings,
     limit::{HoldingSlot, InFlightSlot, Limiter},
     mcp::{
@@ -68,7 +69,7 @@ impl<L: Limiter> Gateway<L> {
             request_id,
             slot,
         } = upstreamed;
-        if call.list_filter.is_some() {
+        if call.list_filter.as_ref().is_some_and(ListFilter::must_read) {
             // An answer to filter must come uncompressed.
             parts.headers.remove(hyper::header::ACCEPT_ENCODING);
         }
@@ -115,9 +116,11 @@ impl<L: Limiter> Gateway<L> {
             None => response,
         };
         if sse {
-            response
-                .headers_mut()
-                .insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            let headers = response.headers_mut();
+            headers.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
+            // Filtered events and keep-alives change its length: a stream the upstream sent with
+            // a length (a short answer) goes chunked.
+            headers.remove(hyper::header::CONTENT_LENGTH);
             if let Some(interval) = serving.limits.sse_keepalive {
                 response = response.map(|body| KeepAlive::new(body, interval).boxed());
             }

@@ -47,10 +47,11 @@ use crate::{
     fleet::{self, NodeLimiter},
     limit::{InFlight, Limiter, NotAdmitted},
     mcp::{
-        jsonrpc::code,
+        jsonrpc::{Kind, code},
         legacy_sse::{Endpoints, SEALED_ENDPOINT},
         sealed::SessionSeal,
         sessions::{SessionError, SessionOwners, Sessions},
+        tasks::{SharedTasks, TaskOwners},
     },
     metrics::{self, Metrics, RequestRecord},
     policy::{Caller, Policy, PolicyStore, Snapshot},
@@ -74,6 +75,8 @@ pub struct Gateway<L: Limiter = NodeLimiter> {
     listen_streams: InFlight,
     audit: AuditLog,
     sessions: SessionOwners,
+    /// Which caller started which task.
+    tasks: Arc<TaskOwners>,
     /// Message endpoints of open legacy SSE streams, by caller.
     legacy_endpoints: Arc<Endpoints>,
     /// Tool annotations the upstream listed, for rules that read them.
@@ -117,6 +120,11 @@ impl<L: Limiter> Gateway<L> {
                 settings.node.limits.max_sessions_per_caller,
             )),
         };
+        let tasks = Arc::new(TaskOwners::new(
+            settings.node.limits.max_sessions,
+            settings.node.limits.max_sessions_per_caller,
+            None,
+        ));
         let caller_labels = settings
             .node
             .admin
@@ -135,6 +143,7 @@ impl<L: Limiter> Gateway<L> {
             listen_streams: InFlight::default(),
             audit,
             sessions,
+            tasks,
             legacy_endpoints: Arc::default(),
             catalog: Arc::default(),
             protection,
@@ -143,9 +152,15 @@ impl<L: Limiter> Gateway<L> {
         }
     }
 
-    /// This node shares its state with a fleet whose Redis link reports `health`.
-    pub fn in_fleet(mut self, health: Arc<fleet::Health>) -> Self {
+    /// This node shares its state with a fleet whose Redis link reports `health`, and its task
+    /// bindings through `tasks`.
+    pub fn in_fleet(mut self, health: Arc<fleet::Health>, tasks: Arc<dyn SharedTasks>) -> Self {
         self.fleet = Some(health);
+        self.tasks = Arc::new(TaskOwners::new(
+            self.settings.limits.max_sessions,
+            self.settings.limits.max_sessions_per_caller,
+            Some(tasks),
+        ));
         self
     }
 
@@ -271,11 +286,10 @@ impl<L: Limiter> Gateway<L> {
         .await?;
         parse_messages(call, &parts, &body, &limits.parse(), &self.catalog)?;
         self.check_ownership(serving, call, &parts.uri, &caller.name)?;
+        self.check_tasks(call, &caller.name).await?;
         self.authorize(caller, call)?;
-        call.list_filter = answer::list_filter(policy, caller, call, &self.catalog);
-        if !call.only_negotiates() {
-            self.limit(policy, caller, call).await?;
-        }
+        call.list_filter = answer::list_filter(policy, caller, call, &self.catalog, &self.tasks);
+        self.limit(policy, caller, call).await?;
         // A listen stream lasts for hours: it takes a slot of its own bound, not an in-flight one.
         let slot = if call.listens() {
             let max = limits.max_listen_streams_per_caller;
@@ -400,6 +414,18 @@ impl<L: Limiter> Gateway<L> {
         Ok(())
     }
 
+    /// Refuses follow-ups of tasks the caller did not start.
+    async fn check_tasks(&self, call: &Call<'_>, caller: &Arc<str>) -> Result<(), Refusal> {
+        for message in call.messages() {
+            if message.kind == Kind::TaskFollowUp
+                && let Some(task) = &message.target
+            {
+                self.tasks.claim(task, caller).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses calls of what the caller is not granted, before they cost any limit: a batch with
     /// one such message is refused whole, so a batch is never half done.
     fn authorize(&self, caller: &Caller, call: &Call<'_>) -> Result<(), Refusal> {
@@ -438,10 +464,15 @@ impl<L: Limiter> Gateway<L> {
                     .map_err(|refused| self.not_admitted(refused, Some(tool), status))?;
             }
         }
-        self.caller_limiter
+        match self
+            .caller_limiter
             .admit(&caller.name, policy.limit_of(caller), call.cost())
             .await
-            .map_err(|refused| self.not_admitted(refused, None, status))
+        {
+            // Negotiation takes room in the window while there is some, and is never refused.
+            Err(_) if call.only_negotiates() => Ok(()),
+            admitted => admitted.map_err(|refused| self.not_admitted(refused, None, status)),
+        }
     }
 
     fn not_admitted(

@@ -19,6 +19,7 @@ use crate::{
         jsonrpc::{self, Body, InspectError, code},
         origin::OriginRefused,
         sessions::SessionError,
+        tasks::TaskError,
     },
     policy::AuthError,
     protection::Offense,
@@ -268,6 +269,33 @@ impl From<SessionError> for Refusal {
                 code::SESSION_NOT_FOUND,
                 err.to_string(),
             ),
+        }
+    }
+}
+
+impl From<TaskError> for Refusal {
+    fn from(err: TaskError) -> Self {
+        match err {
+            TaskError::NotOwner => Self::new(
+                StatusCode::FORBIDDEN,
+                Decision::Forbidden,
+                code::FORBIDDEN,
+                err.to_string(),
+            ),
+            // What a receiver answers for a task id it does not know.
+            TaskError::Unknown => Self::new(
+                StatusCode::NOT_FOUND,
+                Decision::NotFound,
+                code::INVALID_PARAMS,
+                err.to_string(),
+            ),
+            TaskError::Unavailable => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Decision::FleetUnavailable,
+                code::FLEET_UNAVAILABLE,
+                err.to_string(),
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("1")),
         }
     }
 }

@@ -17,6 +17,8 @@ use seeds::{BatchSeed, MessageSeed};
 pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
+    /// What the tasks specification answers for a task id the receiver does not know.
+    pub const INVALID_PARAMS: i64 = -32602;
     /// What the MCP SDKs' servers answer for an unknown `Mcp-Session-Id` (with 404), so clients
     /// that look at the code see the same through the gateway.
     pub const SESSION_NOT_FOUND: i64 = -32001;
@@ -51,6 +53,10 @@ pub struct Message {
     pub protocol_version: Option<String>,
     /// The resources a `subscriptions/listen` subscribes to.
     pub subscriptions: Vec<String>,
+    /// A `tools/call` whose answer may be a task: it asks for one (`params.task`, 2025-11-25) or
+    /// its client declares the tasks extension (2026-07-28), so the answer is read to bind the
+    /// task's id to its caller.
+    pub may_start_task: bool,
 }
 
 /// What a message asks for. Audit lines, tool limits (and authorization) read this rather than
@@ -69,7 +75,7 @@ pub enum Kind {
     PromptCompletion,
     /// `completion/complete` of a resource template's arguments: `target` is the template.
     ResourceCompletion,
-    /// `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`.
+    /// `tools/list`, `prompts/list`, `resources/list`, `resources/templates/list`, `tasks/list`.
     List,
     /// `server/discover` (2026-07-28) and `initialize` (the handshake era): how a client learns
     /// what the server speaks. Never refused for limits or grants, or clients fall back to an
@@ -96,9 +102,13 @@ impl Kind {
             Some("prompts/get") => Self::PromptGet,
             Some("resources/read") => Self::ResourceRead,
             Some("resources/subscribe" | "resources/unsubscribe") => Self::ResourceSubscription,
-            Some("tools/list" | "prompts/list" | "resources/list" | "resources/templates/list") => {
-                Self::List
-            }
+            Some(
+                "tools/list"
+                | "prompts/list"
+                | "resources/list"
+                | "resources/templates/list"
+                | "tasks/list",
+            ) => Self::List,
             Some("server/discover" | "initialize") if has_id => Self::Negotiation,
             Some("subscriptions/listen") if has_id => Self::Listen,
             Some("tasks/get" | "tasks/update" | "tasks/cancel" | "tasks/result") if has_id => {

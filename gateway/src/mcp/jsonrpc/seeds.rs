@@ -84,7 +84,8 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
         }
         let (id, method) = (id.flatten(), method.flatten());
         let mut kind = Kind::of(method.as_deref(), id.is_some());
-        let (mut protocol_version, mut subscriptions) = (None, Vec::new());
+        let (mut protocol_version, mut subscriptions, mut may_start_task) =
+            (None, Vec::new(), false);
         let (target, arg_keys) = match params.flatten() {
             Some(params) if method.as_deref() == Some("completion/complete") => {
                 protocol_version = params.protocol_version;
@@ -95,6 +96,7 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             Some(params) => {
                 protocol_version = params.protocol_version;
                 subscriptions = params.resource_subscriptions;
+                may_start_task = kind == Kind::ToolCall && params.task_capable;
                 (
                     target(kind, params.name, params.uri, params.task_id),
                     params.arg_keys,
@@ -110,6 +112,7 @@ impl<'de> Visitor<'de> for MessageSeed<'_> {
             arg_keys,
             protocol_version,
             subscriptions,
+            may_start_task,
         })
     }
 }
@@ -134,6 +137,7 @@ enum Field {
     Meta,
     Notifications,
     TaskId,
+    Task,
     Other,
 }
 
@@ -157,6 +161,7 @@ impl<'de> Deserialize<'de> for Field {
                     "_meta" => Field::Meta,
                     "notifications" => Field::Notifications,
                     "taskId" => Field::TaskId,
+                    "task" => Field::Task,
                     _ => Field::Other,
                 })
             }
@@ -223,14 +228,38 @@ struct Params {
     resource_subscriptions: Vec<String>,
     /// `taskId` of the tasks methods.
     task_id: Option<String>,
+    /// `params.task` is there, or `_meta` declares the client's tasks extension.
+    task_capable: bool,
 }
 
-/// What the gateway reads of `params._meta`: the protocol version a 2026-07-28 request carries.
-/// (Other members are skipped unread; a member given twice is an error.)
+/// What the gateway reads of `params._meta`: the protocol version a 2026-07-28 request carries
+/// and whether its client declares the tasks extension. (Other members are skipped unread; a
+/// member given twice is an error.)
 #[derive(Deserialize)]
 struct Meta {
     #[serde(rename = "io.modelcontextprotocol/protocolVersion")]
     protocol_version: Option<String>,
+    #[serde(rename = "io.modelcontextprotocol/clientCapabilities")]
+    client_capabilities: Option<ClientCapabilities>,
+}
+
+/// The extensions a 2026-07-28 client declares, by name; their settings are skipped.
+#[derive(Deserialize)]
+struct ClientCapabilities {
+    extensions: Option<std::collections::BTreeMap<String, IgnoredAny>>,
+}
+
+/// The tasks extension of MCP 2026-07-28: a server may answer a call of a client that declares it
+/// with a task instead of a result.
+const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+
+impl Meta {
+    fn declares_tasks(&self) -> bool {
+        self.client_capabilities
+            .as_ref()
+            .and_then(|capabilities| capabilities.extensions.as_ref())
+            .is_some_and(|extensions| extensions.contains_key(TASKS_EXTENSION))
+    }
 }
 
 /// What the gateway reads of a `subscriptions/listen` filter: the resources it subscribes to,
@@ -322,6 +351,7 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
         let mut meta: Option<Option<Meta>> = None;
         let mut listen: Option<Option<ListenFilter>> = None;
         let mut task_id: Option<Option<String>> = None;
+        let mut task: Option<IgnoredAny> = None;
         while let Some(field) = map.next_key::<Field>()? {
             match field {
                 Field::Name => set_once(&mut name, "name", map.next_value()?)?,
@@ -337,17 +367,20 @@ impl<'de> Visitor<'de> for ParamsSeed<'_> {
                     set_once(&mut listen, "notifications", map.next_value()?)?;
                 }
                 Field::TaskId => set_once(&mut task_id, "taskId", map.next_value()?)?,
+                Field::Task => set_once(&mut task, "task", map.next_value()?)?,
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
+        let meta = meta.flatten();
         Ok(Some(Params {
             name: name.flatten(),
             uri: uri.flatten(),
             arg_keys: arg_keys.unwrap_or_default(),
             reference: reference.flatten(),
-            protocol_version: meta.flatten().and_then(|meta| meta.protocol_version),
+            task_capable: task.is_some() || meta.as_ref().is_some_and(Meta::declares_tasks),
+            protocol_version: meta.and_then(|meta| meta.protocol_version),
             resource_subscriptions: listen
                 .flatten()
                 .and_then(|listen| listen.resource_subscriptions)

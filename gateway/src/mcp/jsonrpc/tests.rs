@@ -112,6 +112,22 @@ fn each_message_is_classified_once_by_method_and_id() {
 }
 
 #[test]
+fn a_call_that_may_start_a_task_is_told_by_its_task_member_or_its_clients_extension() {
+    let body = inspect(
+        br#"[{"id":1,"method":"tools/call","params":{"name":"t","task":{"ttl":6000}}},{"id":2,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/clientCapabilities":{"extensions":{"io.modelcontextprotocol/tasks":{}}}}}},{"id":3,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/clientCapabilities":{"extensions":{"other":{}}}}}},{"id":4,"method":"prompts/get","params":{"name":"p","task":{}}},{"id":5,"method":"tasks/list"}]"#,
+    )
+    .unwrap();
+    let starts: Vec<bool> = body.messages.iter().map(|m| m.may_start_task).collect();
+    assert_eq!(starts, [true, true, false, false, false]);
+    assert_eq!(body.messages[4].kind, Kind::List);
+    assert!(
+        inspect(br#"{"id":1,"method":"tools/call","params":{"name":"t","task":{},"task":{}}}"#)
+            .is_err(),
+        "a member given twice is refused"
+    );
+}
+
+#[test]
 fn malformed_and_invalid_bodies_are_told_apart() {
     for bad in [&b"{"[..], b"", b"{\"id\":1,}", b"nul", b"[{]"] {
         assert_eq!(
