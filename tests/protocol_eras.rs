@@ -347,6 +347,7 @@ const READERS: &str = r#"
 [groups.readers]
 members = ["bob"]
 tools = ["echo", "touch"]
+prompts = ["summarize"]
 resources = ["file:///shared/**"]
 "#;
 
@@ -394,6 +395,42 @@ async fn a_list_filtered_for_a_caller_keeps_its_order_is_private_and_subscriptio
         "{}",
         refused.text()
     );
+    // The rest of the 2026-07-28 surface is judged on the body as in the handshake era: a
+    // resource bob may not read, a prompt he is not granted, and completing that prompt.
+    for (method, name, params) in [
+        (
+            "resources/read",
+            "file:///private/pay.csv",
+            json!({"uri": "file:///private/pay.csv"}),
+        ),
+        ("prompts/get", "triage", json!({"name": "triage"})),
+        (
+            "completion/complete",
+            "triage",
+            json!({"ref": {"type": "ref/prompt", "name": "triage"},
+                   "argument": {"name": "ticket", "value": "1"}}),
+        ),
+    ] {
+        let headers = [
+            ("authorization", e2e_tests::BOB),
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", method),
+            ("mcp-name", name),
+        ];
+        let headers = if method == "completion/complete" {
+            &headers[..3]
+        } else {
+            &headers[..]
+        };
+        let answer = post(&gateway, headers, &modern(3, method, params)).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{method}: {}",
+            answer.text()
+        );
+        assert_eq!(answer.json()["error"]["code"], -31003, "{method}");
+    }
 }
 
 #[tokio::test]
