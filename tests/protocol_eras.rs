@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MODERN: &str = "2026-07-28";
 
@@ -530,8 +530,8 @@ async fn a_task_is_read_cancelled_and_listed_only_by_the_caller_that_started_it(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_python_sdk_server_serves_both_eras_and_a_stream_it_closes_resumes_with_last_event_id()
-{
+async fn the_python_sdk_server_serves_both_eras_and_a_closed_handshake_stream_resumes_with_last_event_id()
+ {
     let server = PythonServer::start();
     let gateway = Gateway::start(&server.url(), "");
     let url = gateway.url();
@@ -539,7 +539,7 @@ async fn the_python_sdk_server_serves_both_eras_and_a_stream_it_closes_resumes_w
         let report =
             tokio::task::block_in_place(|| python_client_calling(&url, ALICE_KEY, mode, "poll"));
         assert_eq!(report["protocol_version"], version, "{report}");
-        assert_eq!(report["tools"], json!(["echo", "poll"]), "{report}");
+        assert_eq!(report["tools"], json!(["echo", "wait", "poll"]), "{report}");
         assert_eq!(report["echo"], "hello", "{report}");
         // In the handshake era the server closed the call's stream and the client came back
         // with a GET and Last-Event-ID, through the gateway.
@@ -577,4 +577,30 @@ async fn the_python_sdk_server_serves_both_eras_and_a_stream_it_closes_resumes_w
     let resume = [&headers[..], &[("last-event-id", last.as_str())]].concat();
     let resumed = stream_until(&url, &resume, "polled after 200 ms").await;
     assert!(resumed.contains("\"id\":9"), "{resumed}");
+
+    // In this era a client that goes away cancels nothing: the server finishes the call and the
+    // client finds the result when it resumes.
+    let wait = r#"{"jsonrpc":"2.0","id":10,"method":"tools/call","params":{"name":"wait","arguments":{"ms":500}}}"#;
+    let request = raw_post(gateway.addr, ALICE, wait).replacen(
+        "Content-Type",
+        &format!("Mcp-Session-Id: {session}\r\nMCP-Protocol-Version: 2025-11-25\r\nContent-Type"),
+        1,
+    );
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("retry: 100") {
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .expect("the priming event")
+            .unwrap();
+        assert!(read > 0, "closed before the priming event");
+        seen.extend_from_slice(&chunk[..read]);
+    }
+    drop(stream);
+    let primed = last_event_id(&String::from_utf8_lossy(&seen));
+    let resume = [&headers[..], &[("last-event-id", primed.as_str())]].concat();
+    let finished = stream_until(&url, &resume, "waited 500 ms").await;
+    assert!(finished.contains("\"id\":10"), "{finished}");
 }

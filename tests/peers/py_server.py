@@ -4,6 +4,7 @@ Usage: python py_server.py PORT
 Serves `/mcp` in both eras (2026-07-28 and the handshake era), with an event store so that
 handshake-era streams can be resumed with `Last-Event-ID`. Tools:
 - `echo(text)`: answers `text`.
+- `wait(ms)`: answers `waited <ms> ms` after `ms` milliseconds.
 - `poll(ms)`: closes its own SSE stream at once (the 2025-11-25 polling pattern: the client comes
   back with a GET and `Last-Event-ID` after the `retry:` the priming event named), then answers
   `polled after <ms> ms` on the resumed stream.
@@ -47,6 +48,13 @@ server = MCPServer("py-test-server")
 async def echo(text: str) -> str:
     """Answers what it was given."""
     return text
+
+
+@server.tool()
+async def wait(ms: int) -> str:
+    """Answers after a while."""
+    await asyncio.sleep(ms / 1000)
+    return f"waited {ms} ms"
 
 
 @server.tool()

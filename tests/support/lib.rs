@@ -323,10 +323,48 @@ fn peers_dir() -> PathBuf {
     dir
 }
 
+/// A peer server process on a loopback port, its output logged in a temporary directory of its
+/// own (`server.log`), killed when dropped.
+struct Peer {
+    _process: KillOnDrop,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Peer {
+    /// Starts the command `command(port, dir)` builds and waits until it listens on the port.
+    fn start(what: &str, command: impl FnOnce(u16, &Path) -> Command) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let command = command(port, dir.path());
+        let process = spawn_listening(command, what, &dir.path().join("server.log"), addr);
+        Peer {
+            _process: process,
+            addr,
+            dir,
+        }
+    }
+
+    fn mcp_url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+/// `node <script>` in `tests/peers`, told its port in `PORT`.
+fn node_peer(script: &str, port: u16) -> Command {
+    let peers = peers_dir();
+    let mut command = Command::new("node");
+    command
+        .arg(peers.join(script))
+        .env("PORT", port.to_string())
+        .current_dir(&peers);
+    command
+}
+
 /// `@modelcontextprotocol/server-everything` over streamable HTTP on a loopback port.
 pub struct EverythingServer {
-    _process: KillOnDrop,
-    pub addr: SocketAddr,
+    peer: Peer,
 }
 
 impl EverythingServer {
@@ -341,64 +379,45 @@ impl EverythingServer {
     }
 
     fn start_transport(transport: &str) -> Self {
-        let peers = peers_dir();
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = Command::new("node");
-        command
-            .arg(peers.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"))
-            .arg(transport)
-            .env("PORT", port.to_string())
-            .current_dir(&peers);
-        let log = std::env::temp_dir().join(format!("server-everything-{port}.log"));
-        let process = spawn_listening(command, "server-everything (needs Node.js)", &log, addr);
-        EverythingServer {
-            _process: process,
-            addr,
-        }
+        let peer = Peer::start("server-everything (needs Node.js)", |port, _| {
+            let script = "node_modules/@modelcontextprotocol/server-everything/dist/index.js";
+            let mut command = node_peer(script, port);
+            command.arg(transport);
+            command
+        });
+        EverythingServer { peer }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.peer.mcp_url()
     }
 }
 
 /// `tests/peers/grants_server.mjs`: an MCP server of the official SDK with twelve annotated tools
 /// listed five per page, prompts, resources and templates, which records every call it gets.
 pub struct GrantsServer {
-    _process: KillOnDrop,
-    pub addr: SocketAddr,
+    peer: Peer,
     record: PathBuf,
-    _dir: tempfile::TempDir,
 }
 
 impl GrantsServer {
     /// Answers with SSE streams, or with JSON when `json` is set.
     pub fn start(json: bool) -> Self {
-        let peers = peers_dir();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let record = dir.path().join("record.jsonl");
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = Command::new("node");
-        command
-            .arg(peers.join("grants_server.mjs"))
-            .env("PORT", port.to_string())
-            .env("RECORD", &record)
-            .env("JSON_RESPONSE", if json { "1" } else { "0" })
-            .current_dir(&peers);
-        let log = dir.path().join("server.log");
-        let process = spawn_listening(command, "grants_server.mjs (needs Node.js)", &log, addr);
+        let peer = Peer::start("grants_server.mjs (needs Node.js)", |port, dir| {
+            let mut command = node_peer("grants_server.mjs", port);
+            command
+                .env("RECORD", dir.join("record.jsonl"))
+                .env("JSON_RESPONSE", if json { "1" } else { "0" });
+            command
+        });
         GrantsServer {
-            _process: process,
-            addr,
-            record,
-            _dir: dir,
+            record: peer.dir.path().join("record.jsonl"),
+            peer,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.peer.mcp_url()
     }
 
     /// Every call, prompt get and resource read that reached the server, in order.
@@ -410,35 +429,22 @@ impl GrantsServer {
 /// `tests/peers/tasks_server.mjs`: a stateless MCP server of the official SDK (v1) whose `delay`
 /// tool runs as a 2025-11-25 task, with one task store for every request.
 pub struct TasksServer {
-    _process: KillOnDrop,
-    pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    peer: Peer,
 }
 
 impl TasksServer {
     /// Answers with SSE streams, or with JSON when `json` is set.
     pub fn start(json: bool) -> Self {
-        let peers = peers_dir();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = Command::new("node");
-        command
-            .arg(peers.join("tasks_server.mjs"))
-            .env("PORT", port.to_string())
-            .env("JSON_RESPONSE", if json { "1" } else { "0" })
-            .current_dir(&peers);
-        let log = dir.path().join("server.log");
-        let process = spawn_listening(command, "tasks_server.mjs (needs Node.js)", &log, addr);
-        TasksServer {
-            _process: process,
-            addr,
-            _dir: dir,
-        }
+        let peer = Peer::start("tasks_server.mjs (needs Node.js)", |port, _| {
+            let mut command = node_peer("tasks_server.mjs", port);
+            command.env("JSON_RESPONSE", if json { "1" } else { "0" });
+            command
+        });
+        TasksServer { peer }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.peer.mcp_url()
     }
 }
 
@@ -783,41 +789,25 @@ pub fn raw_post(host: SocketAddr, authorization: &str, body: &str) -> String {
 /// eras on one endpoint; its `slow` tool prints `CANCELLED <tag> <unix ms>` when its request is
 /// cancelled.
 pub struct ModernServer {
-    _process: KillOnDrop,
-    pub addr: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    peer: Peer,
 }
 
 impl ModernServer {
     pub fn start() -> Self {
-        let peers = peers_dir();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = Command::new("node");
-        command
-            .arg(peers.join("modern_server.mjs"))
-            .env("PORT", port.to_string())
-            .current_dir(&peers);
-        let log = dir.path().join("server.log");
-        let process = spawn_listening(command, "modern_server.mjs (needs Node.js)", &log, addr);
-        ModernServer {
-            _process: process,
-            addr,
-            log,
-            _dir: dir,
-        }
+        let peer = Peer::start("modern_server.mjs (needs Node.js)", |port, _| {
+            node_peer("modern_server.mjs", port)
+        });
+        ModernServer { peer }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.peer.mcp_url()
     }
 
     /// When the server saw the `slow` call tagged `tag` cancelled (unix milliseconds).
     pub fn cancelled_at(&self, tag: &str) -> Option<u128> {
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        log.lines().find_map(|line| {
+        let log = std::fs::read_to_string(self.peer.dir.path().join("server.log"));
+        log.unwrap_or_default().lines().find_map(|line| {
             let rest = line.strip_prefix("CANCELLED ")?;
             let (seen, at) = rest.split_once(' ')?;
             (seen == tag).then(|| at.trim().parse().ok()).flatten()
@@ -870,31 +860,23 @@ fn python_peers() -> PathBuf {
 /// `tests/peers/py_server.py`: the official Python SDK's server (`mcp` 2.x), both eras, with an
 /// event store; its `poll` tool closes its stream for the client to resume.
 pub struct PythonServer {
-    _process: KillOnDrop,
-    pub addr: SocketAddr,
-    _dir: tempfile::TempDir,
+    peer: Peer,
 }
 
 impl PythonServer {
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut command = Command::new(python_peers());
-        command
-            .arg(peers_dir().join("py_server.py"))
-            .arg(port.to_string());
-        let log = dir.path().join("server.log");
-        let process = spawn_listening(command, "py_server.py", &log, addr);
-        PythonServer {
-            _process: process,
-            addr,
-            _dir: dir,
-        }
+        let peer = Peer::start("py_server.py", |port, _| {
+            let mut command = Command::new(python_peers());
+            command
+                .arg(peers_dir().join("py_server.py"))
+                .arg(port.to_string());
+            command
+        });
+        PythonServer { peer }
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}/mcp", self.addr)
+        self.peer.mcp_url()
     }
 }
 

@@ -4,7 +4,9 @@
 //! data is a JSON-RPC result (it contains `"result"`) is parsed, and only one that carries a list
 //! is rewritten; every other event leaves byte for byte as it came, in the same poll. What is held
 //! is the unfinished tail of one event, at most [`MAX_EVENT_BYTES`]: an event larger than that
-//! could not be checked, so the stream ends there (the caller sees it cut, never unfiltered).
+//! could not be checked, so the stream ends there (the caller sees it cut, never unfiltered). A
+//! stream read only to learn from (tool hints, tasks) is not cut: from such an event on, it passes
+//! unread.
 
 use std::{
     pin::Pin,
@@ -30,6 +32,8 @@ pub struct FilteredEvents<B> {
     /// Trailers, passed on after what is pending.
     trailers: Option<Frame<Bytes>>,
     ended: bool,
+    /// The rest of the stream passes unread (an event too large to learn from).
+    unread: bool,
 }
 
 impl<B> FilteredEvents<B> {
@@ -41,6 +45,7 @@ impl<B> FilteredEvents<B> {
             scanned: 0,
             trailers: None,
             ended: false,
+            unread: false,
         }
     }
 
@@ -92,7 +97,10 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         loop {
-            if this.ended || this.trailers.is_some() {
+            if this.unread && this.pending.is_empty() {
+                return Pin::new(&mut this.body).poll_frame(cx);
+            }
+            if this.ended || this.trailers.is_some() || this.unread {
                 // What is left is an unfinished event, passed on as it is.
                 if !this.pending.is_empty() {
                     let rest = this.pending.split().freeze();
@@ -105,6 +113,16 @@ where
                     Ok(data) => {
                         this.pending.extend_from_slice(&data);
                         let out = this.complete_events();
+                        if this.pending.len() > MAX_EVENT_BYTES && !this.filter.restricts() {
+                            tracing::warn!(
+                                max = MAX_EVENT_BYTES,
+                                "an SSE event of the upstream is too large to read; passing the rest of the stream unread"
+                            );
+                            this.unread = true;
+                            let mut out = out;
+                            out.extend_from_slice(&this.pending.split());
+                            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
+                        }
                         if this.pending.len() > MAX_EVENT_BYTES {
                             tracing::warn!(
                                 max = MAX_EVENT_BYTES,
@@ -201,6 +219,22 @@ mod tests {
         assert_eq!(data["result"]["tools"], json!([{"name":"search"}]));
         assert_eq!(data["result"]["nextCursor"], "c2");
         assert_eq!(frames.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_stream_read_only_to_learn_passes_an_event_too_large_to_read_whole() {
+        let learning = ListFilter::new(None, None, vec![(json!(1), ListKind::Tools)]);
+        let huge = format!("data: {}", "x".repeat(MAX_EVENT_BYTES));
+        let parts = [huge.as_str(), "\n\n", "data: {\"id\":2}\n\n"];
+        let mut body = FilteredEvents::new(Parts::of(parts.iter().copied()), learning);
+        let mut passed = Vec::new();
+        while let Some(frame) = body.frame().await {
+            passed.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        assert_eq!(passed, parts.concat().as_bytes());
+        // A stream filtered for a caller is cut there instead.
+        let mut cut = FilteredEvents::new(Parts::of(parts.iter().copied()), only_search());
+        assert!(cut.frame().await.is_none());
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! The upstream's answer on its way back, where the caller's grants change it: the results of the
-//! list methods filtered (`authz/`), whether the answer is JSON or an SSE stream.
+//! list methods filtered (`authz/`), whether the answer is JSON or an SSE stream; and where the
+//! gateway learns from it: tool hints from `tools/list`, the tasks a call starts (`mcp/tasks.rs`).
 //!
 //! A JSON answer is read whole (within [`MAX_JSON_LIST_ANSWER`]), rewritten and sent with its new
 //! length; an SSE answer streams through [`FilteredEvents`]. An answer that cannot be filtered is
@@ -30,8 +31,9 @@ pub const MAX_JSON_LIST_ANSWER: usize = 16 * 1024 * 1024;
 /// The filter the answer to `call` needs, if any. Every answer to a list request is read, so that
 /// the tools' annotations (for rules that read them) and mirrored arguments (for `Mcp-Param-*`
 /// checks) are learned from any caller's `tools/list`, and it is filtered when the caller has
-/// grants; those are filtered by request id. GET streams (legacy SSE, resumed streams) are read
-/// only when the caller has grants or some rule reads annotations, by the shape of each result.
+/// grants; those are filtered by request id. So is the answer to a call that may start a task,
+/// and to `tasks/list`. GET streams (legacy SSE, resumed streams) are read only when the caller
+/// has grants or some rule reads annotations, by the shape of each result.
 pub fn list_filter(
     policy: &Policy,
     caller: &Caller,
@@ -125,6 +127,15 @@ pub async fn filter_lists(
         return Ok(response.map(|body| FilteredEvents::new(body, filter).boxed()));
     }
     if !content_type.starts_with("application/json") {
+        return Ok(response);
+    }
+    let too_large = response
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|length| length.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|length| length > MAX_JSON_LIST_ANSWER);
+    if too_large && !filter.restricts() {
+        // Only there to learn from: a large tool result passes unread.
         return Ok(response);
     }
     let (mut parts, body) = response.into_parts();
