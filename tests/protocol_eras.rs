@@ -604,3 +604,48 @@ async fn the_python_sdk_server_serves_both_eras_and_a_closed_handshake_stream_re
     let finished = stream_until(&url, &resume, "waited 500 ms").await;
     assert!(finished.contains("\"id\":10"), "{finished}");
 }
+
+#[tokio::test]
+async fn the_gateways_own_error_codes_on_modern_requests_lie_outside_the_reserved_range() {
+    let server = ModernServer::start();
+    let gateway = Gateway::start(
+        &server.url(),
+        "[rate_limit]\nrequests = 1\nwindow_secs = 600\n",
+    );
+    let echo = modern(
+        1,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "x"}}),
+    );
+    let headers = modern_headers("tools/call", Some("echo"));
+    let with = |extra: (&'static str, &'static str)| [&headers[..], &[extra]].concat();
+    let mut codes = Vec::new();
+    let mut refused = async |headers: &[(&str, &str)], body: &str, status: StatusCode| {
+        let answer = post(&gateway, headers, body).await;
+        assert_eq!(answer.status, status, "{}", answer.text());
+        codes.push(answer.json()["error"]["code"].as_i64().expect("a code"));
+    };
+    let session = with(("mcp-session-id", "never-issued"));
+    refused(&session, &echo, StatusCode::NOT_FOUND).await;
+    let wrong_key = [
+        ("authorization", "Bearer wrong"),
+        ("mcp-protocol-version", MODERN),
+    ];
+    refused(&wrong_key, &echo, StatusCode::UNAUTHORIZED).await;
+    let task = modern(2, "tasks/get", json!({"taskId": "made-up"}));
+    let task_headers = modern_headers("tasks/get", None);
+    refused(&task_headers, &task, StatusCode::NOT_FOUND).await;
+    assert_eq!(post(&gateway, &headers, &echo).await.status, StatusCode::OK);
+    refused(&headers, &echo, StatusCode::TOO_MANY_REQUESTS).await;
+    // The specification's own codes, which a gateway may send as any receiver would.
+    let specified = [
+        -32700, -32600, -32601, -32602, -32603, -32020, -32021, -32022,
+    ];
+    for code in &codes {
+        assert!(
+            specified.contains(code) || !(-32768..=-32000).contains(code),
+            "{code} lies in the reserved range: {codes:?}"
+        );
+    }
+    assert_eq!(codes, [-31404, -31001, -32602, -31029]);
+}

@@ -409,7 +409,10 @@ impl<L: Limiter> Gateway<L> {
             })?;
         }
         if let Some(session) = &call.context.session {
-            call.upstream_session = self.sessions.claim(session, caller)?;
+            call.upstream_session = self
+                .sessions
+                .claim(session, caller)
+                .map_err(|err| Refusal::session(err, call.era))?;
         }
         Ok(())
     }

@@ -15,6 +15,7 @@ use crate::{
     authz::NotGranted,
     limit::Denied,
     mcp::{
+        era::Era,
         headers::HeaderMismatch,
         jsonrpc::{self, Body, InspectError, code},
         origin::OriginRefused,
@@ -249,6 +250,18 @@ impl From<InspectError> for Refusal {
 impl From<HeaderMismatch> for Refusal {
     fn from(err: HeaderMismatch) -> Self {
         Self::bad_request(code::HEADER_MISMATCH, err.to_string())
+    }
+}
+
+impl Refusal {
+    /// A request's session refused. The unknown-session code of the SDKs' servers lies in the
+    /// range 2026-07-28 leaves to the handshake era, so only that era's requests get it.
+    pub fn session(err: SessionError, era: Era) -> Self {
+        let mut refusal = Self::from(err);
+        if err == SessionError::Unknown && era == Era::Modern {
+            refusal.code = code::UNKNOWN_SESSION;
+        }
+        refusal
     }
 }
 

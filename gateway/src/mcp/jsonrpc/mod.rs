@@ -20,8 +20,11 @@ pub mod code {
     /// What the tasks specification answers for a task id the receiver does not know.
     pub const INVALID_PARAMS: i64 = -32602;
     /// What the MCP SDKs' servers answer for an unknown `Mcp-Session-Id` (with 404), so clients
-    /// that look at the code see the same through the gateway.
+    /// that look at the code see the same through the gateway. Handshake era only: 2026-07-28
+    /// leaves -32000..-32019 to that era.
     pub const SESSION_NOT_FOUND: i64 = -32001;
+    /// An unknown `Mcp-Session-Id` on a 2026-07-28 request (that era has no sessions).
+    pub const UNKNOWN_SESSION: i64 = -31404;
     /// MCP 2026-07-28: `Mcp-Method`/`Mcp-Name` header does not match the body.
     pub const HEADER_MISMATCH: i64 = -32020;
     pub const UNAUTHENTICATED: i64 = -31001;
