@@ -93,7 +93,7 @@ fn the_official_clients_of_both_eras_list_and_call_tools_through_one_endpoint() 
 }
 
 #[tokio::test]
-async fn negotiation_is_never_rate_limited_but_still_needs_authentication() {
+async fn negotiation_is_never_refused_for_limits_or_grants_but_still_needs_authentication() {
     let server = ModernServer::start();
     let gateway = Gateway::start(
         &server.url(),
@@ -138,6 +138,23 @@ async fn negotiation_is_never_rate_limited_but_still_needs_authentication() {
     // Authentication is never skipped.
     let anonymous = post(&gateway, &[("mcp-protocol-version", MODERN)], &discover).await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+
+    // Nor are grants asked: a caller denied everything still negotiates, then is refused a call.
+    let denied = Gateway::start(&server.url(), "[authorization]\ndefault = \"deny\"\n");
+    let headers = modern_headers("server/discover", None);
+    assert_eq!(
+        post(&denied, &headers, &discover).await.status,
+        StatusCode::OK
+    );
+    let handshake = post(&denied, &[("authorization", ALICE)], &initialize).await;
+    assert_eq!(handshake.status, StatusCode::OK, "{}", handshake.text());
+    let echo = modern(
+        4,
+        "tools/call",
+        json!({"name": "echo", "arguments": {"text": "x"}}),
+    );
+    let call = post(&denied, &modern_headers("tools/call", Some("echo")), &echo).await;
+    assert_eq!(call.status, StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
