@@ -286,10 +286,11 @@ impl<L: Limiter> Gateway<L> {
         .await?;
         parse_messages(call, &parts, &body, &limits.parse(), &self.catalog)?;
         self.check_ownership(serving, call, &parts.uri, &caller.name)?;
-        self.check_tasks(call, &caller.name).await?;
         self.authorize(caller, call)?;
         call.list_filter = answer::list_filter(policy, caller, call, &self.catalog, &self.tasks);
         self.limit(policy, caller, call).await?;
+        // After the limits: in a fleet, a task this node does not know costs a Redis round trip.
+        self.check_tasks(call, &caller.name).await?;
         // A listen stream lasts for hours: it takes a slot of its own bound, not an in-flight one.
         let slot = if call.listens() {
             let max = limits.max_listen_streams_per_caller;
