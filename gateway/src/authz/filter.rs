@@ -87,9 +87,6 @@ pub struct ListFilter {
     catalog: Option<Arc<ToolCatalog>>,
     /// The list requests (id, list) the answer responds to.
     expected: Vec<(Value, ListKind)>,
-    /// Any list result is filtered, told by its shape (a stream where the requests are not
-    /// known): when no request is expected.
-    by_shape: bool,
     /// Whether the answer must be read (grants to apply, or rules that read annotations): then the
     /// request goes without `Accept-Encoding`. Otherwise the answer is read only to learn what
     /// it can, and a compressed one passes as it came.
@@ -106,7 +103,6 @@ impl ListFilter {
     ) -> Self {
         Self {
             must_read: grants.is_some(),
-            by_shape: expected.is_empty(),
             grants,
             catalog,
             expected,
@@ -116,10 +112,7 @@ impl ListFilter {
 
     /// The filter, binding the tasks the answer starts and filtering the tasks it lists.
     pub fn watching_tasks(mut self, tasks: Option<TaskWatch>) -> Self {
-        if tasks.is_some() {
-            self.must_read = true;
-            self.by_shape = false;
-        }
+        self.must_read |= tasks.is_some();
         self.tasks = tasks;
         self
     }
@@ -135,6 +128,12 @@ impl ListFilter {
         if let Some(tasks) = &self.tasks {
             tasks.shared().await;
         }
+    }
+
+    /// Whether any list result is filtered, told by its shape: a stream where no request is
+    /// known (neither a list nor a task request).
+    fn by_shape(&self) -> bool {
+        self.expected.is_empty() && self.tasks.is_none()
     }
 
     /// Whether the answer must come uncompressed.
@@ -174,7 +173,7 @@ impl ListFilter {
         let Some(result) = message.get("result") else {
             return false;
         };
-        let kind = if self.by_shape {
+        let kind = if self.by_shape() {
             ListKind::of_result(result)
         } else {
             let id = message.get("id");
