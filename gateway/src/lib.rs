@@ -22,6 +22,7 @@ pub mod kernel;
 pub mod limit;
 pub mod mcp;
 pub mod metrics;
+pub mod oauth;
 pub mod policy;
 pub mod protection;
 pub mod proxy;

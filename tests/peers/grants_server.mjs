@@ -1,7 +1,7 @@
 // An MCP server from the official TypeScript SDK for the authorization tests: twelve tools with
 // annotations, listed five per page; prompts, resources and resource templates; and a record of
 // every call, prompt and read it receives.
-// Usage: PORT=... RECORD=file [JSON_RESPONSE=1] node grants_server.mjs
+// Usage: PORT=... RECORD=file [HEADERS=file] [JSON_RESPONSE=1] node grants_server.mjs
 // JSON_RESPONSE=1 answers with JSON; otherwise every answer is an SSE stream whose list answers
 // carry a log notification before the result.
 import { createServer } from "node:http";
@@ -83,8 +83,10 @@ function mcpServer() {
   return server;
 }
 
-// Stateless: one server and transport per request.
+// Stateless: one server and transport per request. With HEADERS=file, every request's headers
+// are recorded there (what the gateway lets through to the server).
 const http = createServer(async (req, res) => {
+  if (process.env.HEADERS) appendFileSync(process.env.HEADERS, JSON.stringify(req.headers) + "\n");
   const transport = new StreamableHTTPServerTransport({
     sessionIdGenerator: undefined,
     enableJsonResponse: process.env.JSON_RESPONSE === "1",

@@ -53,6 +53,8 @@ pub struct RequestContext<'a> {
     pub caller: Option<&'a str>,
     /// How the caller authenticated, once it has.
     pub auth: Option<AuthMethod>,
+    /// The issuer of the caller's access token (`auth = "oauth"`).
+    pub issuer: Option<&'a str>,
     pub user_agent: Option<String>,
     pub session: Option<String>,
     pub http_method: Method,
@@ -128,6 +130,9 @@ impl<'a> Line<'a> {
         match ctx.auth {
             Some(method) => self.plain(key!("auth"), method.as_str()),
             None => self.str(key!("auth"), None),
+        }
+        if let Some(issuer) = ctx.issuer {
+            self.str(key!("issuer"), Some(issuer));
         }
         self.str(key!("user_agent"), ctx.user_agent.as_deref().map(cap));
         self.str(key!("session"), ctx.session.as_deref().map(cap));
@@ -341,6 +346,7 @@ pub(crate) mod tests {
             peer: Box::leak(Box::new(Peer::new("192.0.2.1".parse().unwrap(), None))),
             caller: Some("alice"),
             auth: Some(AuthMethod::Key),
+            issuer: None,
             user_agent: Some("x".repeat(1000)),
             session: Some("s-1".into()),
             http_method: Method::POST,

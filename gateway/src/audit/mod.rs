@@ -41,6 +41,10 @@ pub enum Decision {
     Forwarded,
     Unauthenticated,
     InvalidKey,
+    /// An access token that does not verify.
+    InvalidToken,
+    /// The identity provider could not be reached to check a token.
+    IdpUnavailable,
     /// Authenticated, but not allowed (another caller's session).
     Forbidden,
     /// Authenticated, but posted to no endpoint the gateway serves.
@@ -61,6 +65,8 @@ impl Decision {
             Self::Forwarded => "forwarded",
             Self::Unauthenticated => "unauthenticated",
             Self::InvalidKey => "invalid_key",
+            Self::InvalidToken => "invalid_token",
+            Self::IdpUnavailable => "idp_unavailable",
             Self::Forbidden => "forbidden",
             Self::NotFound => "not_found",
             Self::RateLimited => "rate_limited",

@@ -20,7 +20,7 @@ pub use explain::{Explanation, UnknownUser, explain};
 pub use filter::{ListFilter, ListKind};
 pub use grants::{Category, Grants, Reason, Rule, ToolHints, Verdict};
 pub use hints::{Hint, Hints, Listed, Mirrored, ToolCatalog};
-pub use patterns::{Patterns, Separator};
+pub use patterns::{Match, Patterns, Separator};
 pub use stream::FilteredEvents;
 
 use crate::mcp::jsonrpc::{Kind, Message};

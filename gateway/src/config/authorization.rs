@@ -24,8 +24,13 @@ struct RuleLists<'a> {
     tool_annotations: &'a [String],
 }
 
-/// Gives every user the grants their own rule and their groups make.
-pub(super) fn assign_grants(config: &Config, users: &mut [User]) -> Result<(), ConfigError> {
+/// Gives every user the grants their own rule and their groups make; returns each group's rule,
+/// for callers whose groups a token names (`[oauth]`).
+pub(super) fn assign_grants(
+    config: &Config,
+    users: &mut [User],
+) -> Result<HashMap<String, Arc<Rule>>, ConfigError> {
+    let mut group_rules = HashMap::new();
     let mut rules: HashMap<&str, Vec<Arc<Rule>>> = HashMap::new();
     for (index, user) in config.users.iter().enumerate() {
         let lists = RuleLists {
@@ -57,6 +62,7 @@ pub(super) fn assign_grants(config: &Config, users: &mut [User]) -> Result<(), C
             tool_annotations: &group.tool_annotations,
         };
         let rule = Arc::new(compile(field.clone(), &field, &lists)?);
+        group_rules.insert(name.clone(), Arc::clone(&rule));
         for (index, member) in group.members.iter().enumerate() {
             if !known.contains(member.as_str()) {
                 return Err(invalid(
@@ -82,7 +88,7 @@ pub(super) fn assign_grants(config: &Config, users: &mut [User]) -> Result<(), C
             None => denied_without_rules.clone(),
         };
     }
-    Ok(())
+    Ok(group_rules)
 }
 
 fn compile(origin: String, field: &str, lists: &RuleLists<'_>) -> Result<Rule, ConfigError> {

@@ -159,6 +159,8 @@ pub struct PolicySummary {
     default_limit: RateLimit,
     tool_limits: BTreeMap<String, RateLimit>,
     rate_limit_status: StatusCode,
+    /// `[oauth]` as written.
+    oauth: u64,
 }
 
 impl PolicySummary {
@@ -168,6 +170,7 @@ impl PolicySummary {
             default_limit,
             tool_limits,
             rate_limit_status,
+            oauth,
         } = policy;
         let (mut users_hash, mut grants_hash) = (DefaultHasher::new(), DefaultHasher::new());
         for user in users {
@@ -189,6 +192,11 @@ impl PolicySummary {
             default_limit: *default_limit,
             tool_limits: tool_limits.clone().into_iter().collect(),
             rate_limit_status: *rate_limit_status,
+            oauth: {
+                let mut hash = DefaultHasher::new();
+                oauth.as_ref().map(|oauth| &oauth.section).hash(&mut hash);
+                hash.finish()
+            },
         }
     }
 }
@@ -200,6 +208,7 @@ settings_diff!(PolicySummary {
     default_limit: ["rate_limit.requests", "rate_limit.window_secs"],
     tool_limits: ["rate_limit.tools"],
     rate_limit_status: ["rate_limit.status"],
+    oauth: ["oauth"],
 });
 
 /// An optional section: its keys when both have it, the section's own name when one lacks it.
@@ -423,6 +432,7 @@ mod tests {
             ("rate_limit.window_secs", "".into(), "[rate_limit]\nwindow_secs = 5".into()),
             ("rate_limit.tools", "".into(), "[rate_limit.tools]\nsearch = { requests = 5, window_secs = 60 }".into()),
             ("rate_limit.status", "".into(), "[rate_limit]\nstatus = 200".into()),
+            ("oauth", "".into(), "[oauth]\nresource = \"https://mcp.example.com/mcp\"\nkeys_alongside = true\n[[oauth.issuers]]\nissuer = \"https://idp.example.com\"\njwks_uri = \"https://idp.example.com/jwks\"".into()),
         ];
         let (restart, reload) = (restart_needed(), reload_applies());
         for key in restart.iter().chain(&reload) {

@@ -10,6 +10,7 @@
 mod authorization;
 mod changes;
 mod file;
+mod oauth;
 mod protection;
 mod settings;
 mod users;
@@ -20,10 +21,11 @@ use std::path::{Path, PathBuf};
 pub use changes::{Changes, PolicySummary, reload_applies, restart_needed};
 pub use file::{
     AdminSection, AuditConfig, AuthorizationSection, BlockingSection, Config, DefaultDecision,
-    EscalationSection, FleetSection, GroupConfig, Interfaces, Limit, Limits, OnUnavailable,
-    RateLimitConfig, TlsSection, UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection,
-    XdpSection,
+    EscalationSection, FleetSection, GroupConfig, Interfaces, IntrospectionConfig, IssuerConfig,
+    Limit, Limits, OAuthSection, OnUnavailable, RateLimitConfig, TlsSection, ToolScopesConfig,
+    UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
 };
+pub use oauth::{IntrospectionSettings, IssuerSettings, KeySource, OAuthSettings, form_urlencode};
 pub use protection::parse_prefix;
 pub use settings::{
     AdminAddress, AdminSettings, AuditSettings, BlockingPolicy, ConnectionLimits, Escalation,

@@ -285,6 +285,8 @@ pub struct PolicySettings {
     /// Limits per caller for `tools/call` of these tools.
     pub tool_limits: HashMap<String, RateLimit>,
     pub rate_limit_status: StatusCode,
+    /// Access tokens accepted, and from whom; `None`: keys and certificates only.
+    pub oauth: Option<Arc<super::OAuthSettings>>,
 }
 
 impl PolicySettings {

@@ -94,12 +94,6 @@ pub(super) fn users(
         }
     }
     check_unique(&users)?;
-    if users.is_empty() {
-        return Err(invalid(
-            "users",
-            "no users: add [[users]] entries, or set MCP_API_KEY or MCP_USER_KEYS",
-        ));
-    }
     Ok(users)
 }
 

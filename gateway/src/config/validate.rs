@@ -13,10 +13,11 @@ use super::{
     ConfigError,
     authorization::assign_grants,
     file::{
-        AdminSection, ClientAuthMode, Config, FleetSection, Limit, Limits, RateLimitConfig,
-        TlsSection, UpstreamConfig,
+        AdminSection, ClientAuthMode, Config, DefaultDecision, FleetSection, Limit, Limits,
+        RateLimitConfig, TlsSection, UpstreamConfig,
     },
     invalid,
+    oauth::oauth_settings,
     protection::{blocking_policy, parse_prefix, xdp_settings},
     settings::{
         AdminAddress, AdminSettings, AuditSettings, FleetSettings, NodeSettings, PolicySettings,
@@ -83,6 +84,21 @@ impl Config {
         let blocking = blocking_policy(&self.blocking)?;
         check_limits(&self.limits)?;
         let mut users = users(&self.users, mcp_api_key, mcp_user_keys)?;
+        match &self.oauth {
+            None if users.is_empty() => {
+                return Err(invalid(
+                    "users",
+                    "no users: add [[users]] entries, set MCP_API_KEY or MCP_USER_KEYS, or accept access tokens ([oauth])",
+                ));
+            }
+            Some(oauth) if !oauth.keys_alongside && !users.is_empty() => {
+                return Err(invalid(
+                    "oauth.keys_alongside",
+                    "[[users]] keys and certificates are accepted beside access tokens only with keys_alongside = true (clients that see OAuth metadata may ignore a static header: mix them deliberately)",
+                ));
+            }
+            _ => {}
+        }
         if let Some(index) = self
             .users
             .iter()
@@ -94,7 +110,15 @@ impl Config {
                 "needs [tls] client_ca: without it no client presents a certificate",
             ));
         }
-        assign_grants(&self, &mut users)?;
+        let group_rules = assign_grants(&self, &mut users)?;
+        let oauth = self
+            .oauth
+            .as_ref()
+            .map(|section| {
+                let default_deny = self.authorization.default == DefaultDecision::Deny;
+                oauth_settings(section, group_rules, default_deny).map(Arc::new)
+            })
+            .transpose()?;
         let admin = admin(&self.admin)?;
         let fleet = self.fleet.as_ref().map(fleet).transpose()?;
         if self.shutdown_grace_secs == 0 {
@@ -133,6 +157,7 @@ impl Config {
                 default_limit,
                 tool_limits,
                 rate_limit_status,
+                oauth,
             },
         })
     }

@@ -39,6 +39,19 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller an access token names (`oauth/`): no key, no certificate, the default limit.
+    pub fn from_token(name: Arc<str>, grants: Option<Arc<Grants>>) -> Self {
+        Self {
+            name,
+            limit: None,
+            grants,
+            has_key: false,
+            has_subject: false,
+            expires_at: None,
+            disabled: false,
+        }
+    }
+
     /// What an operator may see of a user: never a key or its digest.
     pub fn view(&self) -> serde_json::Value {
         let expires_at = self.expires_at.map(|at| {
@@ -79,6 +92,8 @@ pub enum AuthMethod {
     Key,
     Certificate,
     KeyAndCertificate,
+    /// An access token of a configured issuer.
+    OAuth,
 }
 
 impl AuthMethod {
@@ -87,6 +102,7 @@ impl AuthMethod {
             Self::Key => "key",
             Self::Certificate => "certificate",
             Self::KeyAndCertificate => "key+certificate",
+            Self::OAuth => "oauth",
         }
     }
 }
@@ -199,7 +215,7 @@ impl Authenticator {
 }
 
 /// The token of a `Bearer` credential (scheme case-insensitive, RFC 9110 §11.1).
-fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+pub fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;
     if !scheme.eq_ignore_ascii_case(b"bearer") {
         return None;

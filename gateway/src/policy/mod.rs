@@ -23,11 +23,13 @@ use std::{
 use hyper::{HeaderMap, StatusCode};
 
 pub use crate::digest::{DigestMap, Sha256Digest};
-pub use authenticate::{AuthError, AuthMethod, Authenticator, Caller};
+pub use authenticate::{AuthError, AuthMethod, Authenticator, Caller, bearer_token};
 
 use crate::{
-    config::{PolicySettings, PolicySummary, RateLimit, ServingSettings},
+    authz::Grants,
+    config::{OAuthSettings, PolicySettings, PolicySummary, RateLimit, ServingSettings},
     lock,
+    oauth::{KeySets, OAuth},
     tls::ClientCertificate,
 };
 
@@ -40,6 +42,8 @@ pub struct Policy {
     longest_window: Duration,
     /// Some rule reads tool annotations: `tools/list` answers are read to learn them.
     reads_annotations: bool,
+    /// Access tokens, when `[oauth]` is configured.
+    oauth: Option<Arc<OAuth>>,
     /// What a reload compares a file's policy with.
     summary: PolicySummary,
 }
@@ -48,13 +52,27 @@ impl Policy {
     /// Takes the settings: the users live on only in the authenticator (a second copy would
     /// double their memory, about 10 MiB with 100,000 users).
     pub fn new(settings: PolicySettings) -> Self {
+        Self::with_key_sets(settings, &KeySets::default())
+    }
+
+    /// A policy whose OAuth issuers take their signing keys from `key_sets` (the ones the
+    /// policy before it used, where the source is unchanged).
+    pub fn with_key_sets(settings: PolicySettings, key_sets: &KeySets) -> Self {
         let longest_window = settings.longest_window();
         let summary = PolicySummary::of(&settings);
-        let reads_annotations = settings.users.iter().any(|user| {
-            user.grants
-                .as_ref()
-                .is_some_and(|grants| grants.uses_hints())
+        let oauth = settings
+            .oauth
+            .as_ref()
+            .map(|oauth| Arc::new(OAuth::new(OAuthSettings::clone(oauth), key_sets)));
+        let groups_read_hints = settings.oauth.as_ref().is_some_and(|oauth| {
+            Grants::new(oauth.groups.values().cloned().collect(), false).uses_hints()
         });
+        let reads_annotations = groups_read_hints
+            || settings.users.iter().any(|user| {
+                user.grants
+                    .as_ref()
+                    .is_some_and(|grants| grants.uses_hints())
+            });
         Self {
             authenticator: Authenticator::new(&settings.users),
             default_limit: settings.default_limit,
@@ -62,8 +80,14 @@ impl Policy {
             rate_limit_status: settings.rate_limit_status,
             longest_window,
             reads_annotations,
+            oauth,
             summary,
         }
+    }
+
+    /// The resource server, when `[oauth]` is configured.
+    pub fn oauth(&self) -> Option<&OAuth> {
+        self.oauth.as_deref()
     }
 
     /// What a reload compares a file's policy with.
@@ -217,6 +241,7 @@ pub(crate) mod test_support {
             },
             tool_limits: HashMap::new(),
             rate_limit_status: StatusCode::TOO_MANY_REQUESTS,
+            oauth: None,
         }
     }
 

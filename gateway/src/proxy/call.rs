@@ -51,6 +51,7 @@ impl<'a> Call<'a> {
                 peer,
                 caller: None,
                 auth: None,
+                issuer: None,
                 user_agent: header_str(headers, &header::USER_AGENT).map(str::to_owned),
                 session: header_str(headers, &MCP_SESSION_ID).map(str::to_owned),
                 http_method: request.method().clone(),

@@ -1,11 +1,16 @@
 //! Which of the gateway's endpoints a request is for, and the answer to one that is for none:
 //! decided before anything else, so that a stray path costs no authentication.
 
-use hyper::{Method, Request, Response, StatusCode, body::Incoming};
+use bytes::Bytes;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{self, HeaderValue},
+};
 use serde_json::json;
 
 use super::{ProxyBody, refusal};
-use crate::config::ServingSettings;
+use crate::{config::ServingSettings, policy::Snapshot};
 
 /// The MCP endpoints the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,17 +74,75 @@ fn is_oauth_probe(path: &str) -> bool {
         || ENDPOINTS.iter().any(|endpoint| path.ends_with(endpoint))
 }
 
-pub(super) fn not_served(serving: &ServingSettings, path: &str) -> Response<ProxyBody> {
-    let description = if is_oauth_probe(path) {
+/// The answer to a request for none of the MCP endpoints: the protected resource metadata
+/// where OAuth is configured, else a JSON 404 that says what is served.
+pub(super) fn not_served(in_force: &Snapshot, request: &Request<Incoming>) -> Response<ProxyBody> {
+    let serving = &in_force.serving;
+    let path = request.uri().path();
+    let oauth = in_force.policy.oauth();
+    if let Some(oauth) = oauth
+        && let Some(document) = oauth.metadata_at(path, &serving.mcp_path)
+    {
+        return metadata_response(request.method(), document);
+    }
+    let description = match oauth {
+        _ if !is_oauth_probe(path) => served_paths(serving),
+        Some(oauth) => format!(
+            "this gateway is a resource server only: its metadata is at {}, and it names the authorization servers",
+            oauth.settings().metadata_url
+        ),
         // Static keys only: advertising OAuth makes some clients ignore configured headers.
-        "this gateway uses static bearer keys, not OAuth".to_owned()
-    } else {
-        served_paths(serving)
+        None => "this gateway uses static bearer keys, not OAuth".to_owned(),
     };
     refusal::json_response(
         StatusCode::NOT_FOUND,
         json!({"error": "not_found", "error_description": description}),
     )
+}
+
+/// The metadata is public and read by browser-based clients too (their fetch sends
+/// `MCP-Protocol-Version`, so it is preflighted): any origin may read it.
+fn metadata_response(method: &Method, document: Bytes) -> Response<ProxyBody> {
+    let mut response = match *method {
+        Method::GET | Method::HEAD => {
+            let mut response = refusal::bytes_response(StatusCode::OK, document);
+            response.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            response
+        }
+        Method::OPTIONS => {
+            let mut response = refusal::bytes_response(StatusCode::NO_CONTENT, Bytes::new());
+            let headers = response.headers_mut();
+            headers.remove(header::CONTENT_TYPE);
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            );
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("mcp-protocol-version, content-type"),
+            );
+            response
+        }
+        _ => {
+            let mut response = refusal::json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "error_description": "the metadata is read with GET"}),
+            );
+            response.headers_mut().insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, OPTIONS"),
+            );
+            response
+        }
+    };
+    response.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    response
 }
 
 fn served_paths(serving: &ServingSettings) -> String {

@@ -19,6 +19,7 @@ mod answer;
 mod call;
 mod endpoint;
 mod forward;
+mod identify;
 mod read;
 mod refusal;
 mod stream;
@@ -54,6 +55,7 @@ use crate::{
         tasks::{SharedTasks, TaskOwners},
     },
     metrics::{self, Metrics, RequestRecord},
+    oauth::{KeySets, Minted},
     policy::{Caller, Policy, PolicyStore, Snapshot},
     protection::Protection,
     upstream::REQUEST_ID,
@@ -65,6 +67,8 @@ pub struct Gateway<L: Limiter = NodeLimiter> {
     settings: NodeSettings,
     /// The policy and the serving settings, swapped together by a reload.
     in_force: PolicyStore,
+    /// OAuth issuers' signing keys, kept across reloads.
+    key_sets: KeySets,
     /// Per caller.
     caller_limiter: L,
     /// Per caller and tool, for the tools with a limit of their own.
@@ -131,12 +135,14 @@ impl<L: Limiter> Gateway<L> {
             .as_ref()
             .is_none_or(|admin| admin.caller_labels);
         let metrics = Metrics::new(caller_labels, audit.stats(), protection.offense_counts());
+        let key_sets = KeySets::default();
         Self {
             settings: settings.node,
             in_force: PolicyStore::new(Snapshot {
                 serving: settings.serving,
-                policy: Policy::new(settings.policy),
+                policy: Policy::with_key_sets(settings.policy, &key_sets),
             }),
+            key_sets,
             caller_limiter,
             tool_limiter,
             in_flight: InFlight::default(),
@@ -184,7 +190,7 @@ impl<L: Limiter> Gateway<L> {
     pub fn replace(&self, serving: ServingSettings, policy: PolicySettings) {
         self.in_force.replace(Snapshot {
             serving,
-            policy: Policy::new(policy),
+            policy: Policy::with_key_sets(policy, &self.key_sets),
         });
     }
 
@@ -244,15 +250,24 @@ impl<L: Limiter> Gateway<L> {
         let request_id_header = HeaderValue::from_str(request_id)
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
         let in_force = worker.policy.snapshot(&self.in_force);
+        // Declared before the call, which borrows the caller of a verified token from it.
+        let minted = Minted::new();
         let mut response = match endpoint(&in_force.serving, &request) {
             Some(endpoint) => {
                 let mut call = Call::new(request_id, peer, endpoint, &request);
                 let outcome = self
-                    .chain(worker, &in_force, request, &mut call, &request_id_header)
+                    .chain(
+                        worker,
+                        &in_force,
+                        request,
+                        &mut call,
+                        &minted,
+                        &request_id_header,
+                    )
                     .await;
                 self.finish(worker, &call, outcome).await
             }
-            None => not_served(&in_force.serving, request.uri().path()),
+            None => not_served(&in_force, &request),
         };
         response.headers_mut().insert(REQUEST_ID, request_id_header);
         response
@@ -265,16 +280,17 @@ impl<L: Limiter> Gateway<L> {
         in_force: &'a Snapshot,
         request: Request<Incoming>,
         call: &mut Call<'a>,
+        minted: &'a Minted,
         request_id: &HeaderValue,
     ) -> Result<Response<ProxyBody>, Refusal> {
         let Snapshot { serving, policy } = in_force;
         let limits = &serving.limits;
         check_uri(&request, limits.max_uri_bytes)?;
         serving.allowed_origins.check(request.headers())?;
-        let (caller, method) =
-            policy.authenticate(request.headers(), call.context.peer.certificate.as_ref())?;
+        let caller = self
+            .identify(policy, request.headers(), call, minted)
+            .await?;
         call.context.caller = Some(&caller.name);
-        call.context.auth = Some(method);
         let (parts, body) = request.into_parts();
         let body = read_body(
             call.endpoint,
@@ -286,6 +302,7 @@ impl<L: Limiter> Gateway<L> {
         .await?;
         parse_messages(call, &parts, &body, &limits.parse(), &self.catalog)?;
         self.check_ownership(serving, call, &parts.uri, &caller.name)?;
+        self.check_scopes(policy, call, minted)?;
         self.authorize(caller, call)?;
         call.list_filter = answer::list_filter(policy, caller, call, &self.catalog, &self.tasks);
         self.limit(policy, caller, call).await?;

@@ -22,6 +22,7 @@ use crate::{
         sessions::SessionError,
         tasks::TaskError,
     },
+    oauth::{OAuth, TokenError},
     policy::AuthError,
     protection::Offense,
     upstream::ForwardError,
@@ -180,14 +181,17 @@ impl Refusal {
 /// not granted is `forbidden` like one of a foreign session, but only it counts.
 fn default_offense(decision: Decision) -> Option<Offense> {
     match decision {
-        Decision::Unauthenticated | Decision::InvalidKey => Some(Offense::AuthFailure),
+        Decision::Unauthenticated | Decision::InvalidKey | Decision::InvalidToken => {
+            Some(Offense::AuthFailure)
+        }
         Decision::RateLimited => Some(Offense::RateLimited),
         Decision::BadRequest | Decision::TooLarge => Some(Offense::Malformed),
         Decision::Forwarded
         | Decision::Forbidden
         | Decision::NotFound
         | Decision::AuditFailed
-        | Decision::FleetUnavailable => None,
+        | Decision::FleetUnavailable
+        | Decision::IdpUnavailable => None,
     }
 }
 
@@ -238,6 +242,57 @@ impl From<AuthError> for Refusal {
             err.to_string(),
         )
         .header(header::WWW_AUTHENTICATE, challenge)
+    }
+}
+
+impl Refusal {
+    /// No access token: 401 with the challenge that leads clients to the metadata.
+    pub fn token_missing(oauth: &OAuth) -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            Decision::Unauthenticated,
+            code::UNAUTHENTICATED,
+            "authentication required: sign in with OAuth (the WWW-Authenticate header says where)",
+        )
+        .header(header::WWW_AUTHENTICATE, oauth.challenge(None))
+    }
+
+    /// An access token refused: 401 `invalid_token`, or 503 when the IdP cannot be asked.
+    pub fn token(err: TokenError, oauth: &OAuth) -> Self {
+        if err == TokenError::KeysUnavailable {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Decision::IdpUnavailable,
+                code::IDP_UNAVAILABLE,
+                err.to_string(),
+            )
+            .header(header::RETRY_AFTER, HeaderValue::from_static("10"));
+        }
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            Decision::InvalidToken,
+            code::UNAUTHENTICATED,
+            format!("invalid access token: {err}"),
+        )
+        .header(header::WWW_AUTHENTICATE, oauth.challenge(Some(err)))
+    }
+
+    /// A valid token without every scope the request needs: 403 `insufficient_scope` naming
+    /// all of `needed`, so a client steps up once.
+    pub fn insufficient_scope(oauth: &OAuth, needed: &[String], missing: &[&str]) -> Self {
+        let mut refusal = Self::new(
+            StatusCode::FORBIDDEN,
+            Decision::Forbidden,
+            code::FORBIDDEN,
+            format!(
+                "insufficient scope: this request needs {}; the token lacks {}",
+                needed.join(" "),
+                missing.join(" ")
+            ),
+        )
+        .header(header::WWW_AUTHENTICATE, oauth.insufficient_scope(needed));
+        refusal.data = Some(json!({"requiredScopes": needed}));
+        refusal
     }
 }
 
@@ -342,7 +397,7 @@ pub fn json_response(status: StatusCode, value: Value) -> Response<ProxyBody> {
     bytes_response(status, Bytes::from(value.to_string()))
 }
 
-fn bytes_response(status: StatusCode, payload: Bytes) -> Response<ProxyBody> {
+pub fn bytes_response(status: StatusCode, payload: Bytes) -> Response<ProxyBody> {
     let mut response = Response::new(Full::new(payload).map_err(|never| match never {}).boxed());
     *response.status_mut() = status;
     response.headers_mut().insert(

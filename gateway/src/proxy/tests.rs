@@ -47,6 +47,7 @@ async fn limit_one_call(gateway: &Gateway, name: &str) -> Result<(), Refusal> {
             peer: &peer,
             caller: Some(&caller.name),
             auth: None,
+            issuer: None,
             user_agent: None,
             session: None,
             http_method: request.method().clone(),

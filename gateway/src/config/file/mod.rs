@@ -1,6 +1,7 @@
 //! The configuration file as an operator writes it: TOML, unknown keys rejected, every field with
 //! its documented default. Checking it is `validate.rs`'s job.
 
+mod oauth;
 mod operations;
 mod protection;
 
@@ -8,6 +9,7 @@ use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
 use serde::Deserialize;
 
+pub use oauth::{IntrospectionConfig, IssuerConfig, OAuthSection, ToolScopesConfig};
 pub use operations::{AdminSection, FleetSection, OnUnavailable};
 pub use protection::{
     BlockingSection, EscalationSection, Interfaces, XdpModeConfig, XdpRateSection, XdpSection,
@@ -68,6 +70,10 @@ pub struct Config {
     /// Groups of users and what they may use: `[groups.support] members = ["alice"]`.
     #[serde(default)]
     pub groups: BTreeMap<String, GroupConfig>,
+    /// Access tokens of the organisation's identity provider(s): the gateway as an OAuth 2.1
+    /// resource server. Without it, no OAuth is advertised.
+    #[serde(default)]
+    pub oauth: Option<OAuthSection>,
     #[serde(default)]
     pub admin: AdminSection,
     /// Several gateway nodes sharing limits, offense counts, blocks and sessions through Redis;

@@ -37,6 +37,8 @@ pub mod code {
     /// The fleet's shared limits (Redis) could not be had and the node refuses without them.
     pub const FLEET_UNAVAILABLE: i64 = -31505;
     pub const UPSTREAM_TIMEOUT: i64 = -31504;
+    /// The identity provider could not be reached to check an access token.
+    pub const IDP_UNAVAILABLE: i64 = -31506;
 }
 
 /// One JSON-RPC message of a request body, as far as the gateway cares.
