@@ -1,11 +1,11 @@
 // A real OAuth 2.1 / OpenID Connect authorization server for the OAuth tests: `oidc-provider`
 // (OpenID Certified) on a loopback port, issuing JWT access tokens (ES256) for one resource.
-// Usage: PORT=... RESOURCE=url KID=name [OPAQUE=1] [TTL=secs] [GROUPS=json] node auth_server.mjs
+// Usage: PORT=... RESOURCE=url KID=name [OPAQUE=1] [TTL=secs] [TOKEN_GROUPS=json] node auth_server.mjs
 //   RESOURCE  the gateway's MCP URL: the audience of every access token
 //   KID       the signing key's id: a new key is made at every start, so restarting with
 //             another KID is a key rotation
 //   OPAQUE=1  access tokens are opaque (checked by introspection) instead of JWTs
-//   GROUPS    {"client or account id": ["group", ...]}: the `groups` claim of their tokens
+//   TOKEN_GROUPS {"client or account id": ["group", ...]}: the `groups` claim of their tokens
 // Clients: "gateway-test" (secret "test-secret", client credentials, introspection),
 // "svc-support" and "svc-other" (secret "test-secret", client credentials), and dynamic
 // registration for public clients (authorization code + PKCE). Logins (devInteractions) accept
@@ -16,7 +16,7 @@ import { generateKeyPair, exportJWK } from "jose";
 const port = Number(process.env.PORT);
 const issuer = `http://127.0.0.1:${port}`;
 const resource = process.env.RESOURCE;
-const groups = JSON.parse(process.env.GROUPS || "{}");
+const groups = JSON.parse(process.env.TOKEN_GROUPS || "{}");
 const ttl = Number(process.env.TTL || 600);
 const SCOPES = "mcp:tools tickets:write";
 
@@ -35,6 +35,7 @@ const service = (client_id) => ({
 const provider = new Provider(issuer, {
   clients: [service("gateway-test"), service("svc-support"), service("svc-other")],
   jwks: { keys: [jwk] },
+  clientDefaults: { id_token_signed_response_alg: "ES256" },
   scopes: ["openid", "offline_access", ...SCOPES.split(" ")],
   claims: { openid: ["sub"] },
   pkce: { required: () => true },
@@ -70,7 +71,7 @@ const provider = new Provider(issuer, {
     await grant.save();
     return grant;
   },
-  extraTokenClaims: (_ctx, token) => {
+  extraTokenClaims: async (_ctx, token) => {
     const who = token.accountId || token.clientId;
     return groups[who] ? { groups: groups[who] } : undefined;
   },

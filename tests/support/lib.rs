@@ -182,6 +182,11 @@ pub struct Options<'a> {
     pub sections: &'a str,
     /// Audit log path instead of one in the test's temporary directory.
     pub audit_path: Option<&'a Path>,
+    /// Listen here instead of on a free port of its own (a test that must name the gateway's
+    /// URL before it starts, such as the OAuth resource).
+    pub addr: Option<SocketAddr>,
+    /// No `[[users]]` (alice and bob) in the config: callers come with access tokens only.
+    pub without_users: bool,
 }
 
 /// The gateway, running as its real binary with a config written for the test.
@@ -211,22 +216,31 @@ impl Gateway {
             upstream,
             sections,
             audit_path,
+            addr,
+            without_users,
         } = options;
         let dir = tempfile::tempdir().expect("tempdir");
-        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let addr = addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let audit_path = audit_path
             .map(Path::to_path_buf)
             .unwrap_or_else(|| dir.path().join("audit.jsonl"));
+        let users = if without_users {
+            String::new()
+        } else {
+            format!(
+                "[[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
+                 [[users]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n",
+                sha256_hex(ALICE_KEY),
+                sha256_hex(BOB_KEY),
+            )
+        };
         let config = format!(
             "listen = \"{addr}\"\n{top}\n\
              [upstream]\nurl = \"{upstream_url}\"\n{upstream}\n\
              [audit]\npath = \"{}\"\n\
-             [[users]]\nname = \"alice\"\nkey_sha256 = \"{}\"\n\
-             [[users]]\nname = \"bob\"\nkey_sha256 = \"{}\"\n\
+             {users}\
              {sections}\n",
             audit_path.display(),
-            sha256_hex(ALICE_KEY),
-            sha256_hex(BOB_KEY),
         );
         // Tests run side by side: no admin listener on the default port unless asked for.
         let config = if sections.contains("[admin]") {
@@ -407,6 +421,7 @@ impl GrantsServer {
             let mut command = node_peer("grants_server.mjs", port);
             command
                 .env("RECORD", dir.join("record.jsonl"))
+                .env("HEADERS", dir.join("headers.jsonl"))
                 .env("JSON_RESPONSE", if json { "1" } else { "0" });
             command
         });
@@ -423,6 +438,11 @@ impl GrantsServer {
     /// Every call, prompt get and resource read that reached the server, in order.
     pub fn received(&self) -> Vec<Value> {
         read_audit(&self.record)
+    }
+
+    /// The headers of every request that reached the server, in order.
+    pub fn headers(&self) -> Vec<Value> {
+        read_audit(&self.peer.dir.path().join("headers.jsonl"))
     }
 }
 
@@ -973,4 +993,104 @@ pub fn inspector_cli(url: &str, key: &str, args: &[&str]) -> Value {
             String::from_utf8_lossy(&output.stderr)
         )
     })
+}
+
+/// `tests/peers/auth_server.mjs`: a real authorization server (`oidc-provider`) on a loopback
+/// port, issuing ES256 JWT access tokens (or opaque ones) for `resource`.
+pub struct AuthServer {
+    _process: KillOnDrop,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthServer {
+    /// Starts it on `port` with a new signing key named `kid`; `env` adds `OPAQUE`, `TTL`,
+    /// `TOKEN_GROUPS` (see the script).
+    pub fn start(port: u16, resource: &str, kid: &str, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut command = node_peer("auth_server.mjs", port);
+        command.env("RESOURCE", resource).env("KID", kid);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let process = spawn_listening(
+            command,
+            "auth_server.mjs (needs Node.js and oidc-provider)",
+            &dir.path().join("server.log"),
+            addr,
+        );
+        AuthServer {
+            _process: process,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The issuer identifier, as its tokens' `iss` has it.
+    pub fn issuer(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// An access token for the service client `client` (secret "test-secret") by the client
+    /// credentials grant, for `resource` with `scope`.
+    pub async fn client_token(&self, client: &str, resource: &str, scope: &str) -> String {
+        let form = format!(
+            "grant_type=client_credentials&resource={}&scope={}",
+            form_encode(resource),
+            form_encode(scope)
+        );
+        let basic = basic_auth(client, "test-secret");
+        let answer = send(
+            Method::POST,
+            &format!("{}/token", self.issuer()),
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &basic),
+            ],
+            form,
+        )
+        .await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+        answer.json()["access_token"]
+            .as_str()
+            .expect("access_token")
+            .to_owned()
+    }
+}
+
+/// `application/x-www-form-urlencoded` of one value.
+pub fn form_encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                char::from(byte).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// `Basic base64(user:password)`.
+pub fn basic_auth(user: &str, password: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let input = format!("{user}:{password}").into_bytes();
+    let mut out = String::from("Basic ");
+    for chunk in input.chunks(3) {
+        let bytes = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(bytes[0]) << 16) | (u32::from(bytes[1]) << 8) | u32::from(bytes[2]);
+        for (i, shift) in [18, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -29,7 +29,8 @@ pub async fn ready(admin: &Admin) -> Response<Full<Bytes>> {
     let refusing = fleet
         .as_ref()
         .is_some_and(|fleet| fleet["mode"] == "refusing");
-    let ready = upstream.is_ok() && audit.is_ok() && xdp_ok && !draining && !refusing;
+    let (oauth, keys_ok) = oauth_state(gateway);
+    let ready = upstream.is_ok() && audit.is_ok() && xdp_ok && !draining && !refusing && keys_ok;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -48,8 +49,37 @@ pub async fn ready(admin: &Admin) -> Response<Full<Bytes>> {
             "xdp": admin.xdp_mode,
             "draining": draining,
             "fleet": fleet,
+            "oauth": oauth,
         }),
     )
+}
+
+/// Each issuer's signing keys: how many, when last fetched, the last refresh's error. Ready while
+/// every issuer that verifies JWTs has some key (known keys keep working when the IdP is away).
+fn oauth_state(gateway: &crate::proxy::Gateway) -> (Option<serde_json::Value>, bool) {
+    let in_force = gateway.in_force();
+    let Some(oauth) = in_force.policy.oauth() else {
+        return (None, true);
+    };
+    let mut ready = true;
+    let issuers: Vec<_> = oauth
+        .key_status()
+        .into_iter()
+        .zip(&oauth.settings().issuers)
+        .map(|((issuer, status), settings)| {
+            if status.keys == 0 && settings.introspection.is_none() {
+                ready = false;
+            }
+            json!({
+                "issuer": issuer,
+                "keys_from": status.source,
+                "keys": status.keys,
+                "refreshed_at": status.refreshed_at.map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+                "error": status.error,
+            })
+        })
+        .collect();
+    (Some(json!({"issuers": issuers})), ready)
 }
 
 /// The fleet's Redis and what the node does about it: `shared` (Redis answers), `local` (counting

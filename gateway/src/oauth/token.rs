@@ -246,7 +246,14 @@ fn token_caller(
     expires_at: u64,
 ) -> Result<TokenCaller, TokenError> {
     let config = &issuer.settings;
-    let name = match claims.get(&config.caller_claim) {
+    // A client's own token (client credentials) may come without `sub` from introspection
+    // (RFC 7662 makes it optional); its subject is then the client (as RFC 9068 has it for JWTs).
+    let named = claims.get(&config.caller_claim).or_else(|| {
+        (config.caller_claim == "sub")
+            .then(|| claims.get("client_id"))
+            .flatten()
+    });
+    let name = match named {
         Some(Value::String(name)) => name.clone(),
         Some(Value::Number(number)) => number.to_string(),
         _ => return Err(TokenError::NoCallerClaim),
