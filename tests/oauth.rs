@@ -106,7 +106,7 @@ async fn tokens_of_the_real_authorization_server_call_tools_as_their_subject_wit
         "k1",
         &[("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#)],
     );
-    let gateway = setup.gateway(&server.url(), &idp.issuer(), "", "");
+    let gateway = setup.gateway(&server.url(), &idp.issuer(), "", "[upstream.identity]");
 
     let support = idp
         .client_token("svc-support", &setup.resource(), "mcp:tools")
@@ -156,6 +156,48 @@ async fn tokens_of_the_real_authorization_server_call_tools_as_their_subject_wit
         .filter_map(|seen| seen["x-mcp-caller"].as_str())
         .collect();
     assert!(callers.contains(&"svc-support") && callers.contains(&"svc-other"));
+
+    // Each request carried the gateway's signed assertion of its caller, which verifies with
+    // the key the gateway publishes, and which a client cannot forge.
+    let jwks = send(
+        Method::GET,
+        &format!("http://{}/.well-known/jwks.json", setup.addr),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(jwks.status, StatusCode::OK);
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&jwks.body).unwrap();
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&[server.url()]);
+    validation.set_issuer(&[setup.resource()]);
+    let verified = |seen: &Value| {
+        let assertion = seen["x-mcp-identity"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{seen}"));
+        jsonwebtoken::decode::<Value>(assertion, &key, &validation)
+            .unwrap_or_else(|err| panic!("{err}: {assertion}"))
+            .claims
+    };
+    let last = headers.last().unwrap();
+    assert_eq!(verified(last)["sub"], "svc-other");
+    assert_eq!(verified(last)["groups"], json!(["writers"]));
+    let first = headers.first().unwrap();
+    assert_eq!(verified(first)["sub"], "svc-support");
+    assert_eq!(verified(first)["groups"], json!(["support"]));
+    let forged = post(
+        &gateway,
+        &[
+            ("authorization", &bearer(&support)),
+            ("x-mcp-identity", "forged"),
+        ],
+        &call("tickets_get"),
+    )
+    .await;
+    assert_eq!(forged.status, StatusCode::OK, "{}", forged.text());
+    let headers = server.headers();
+    assert_eq!(verified(headers.last().unwrap())["sub"], "svc-support");
 
     // The audit names the caller, the method and the issuer; never the token.
     let audit = std::fs::read_to_string(&gateway.audit_path).unwrap();

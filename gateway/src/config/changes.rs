@@ -132,6 +132,7 @@ settings_diff!(UpstreamSettings {
     timeout: ["timeout_secs"],
     authorization: ["authorization"],
     legacy_sse_path: ["sse_path"],
+    identity: ["identity"],
 });
 
 settings_diff!(RequestLimits {
@@ -411,6 +412,7 @@ mod tests {
             ("upstream.timeout_secs", "".into(), "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\ntimeout_secs = 5".into()),
             ("upstream.authorization", "".into(), "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\nauthorization = \"Bearer upstream\"".into()),
             ("upstream.sse_path", "".into(), "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\nsse_path = \"/sse\"".into()),
+            ("upstream.identity", "".into(), "[upstream]\nurl = \"http://127.0.0.1:3000/mcp\"\n[upstream.identity]\nlifetime_secs = 30".into()),
             ("limits.max_batch_messages", "".into(), "[limits]\nmax_batch_messages = 5".into()),
             ("limits.max_json_depth", "".into(), "[limits]\nmax_json_depth = 5".into()),
             ("limits.max_argument_keys", "".into(), "[limits]\nmax_argument_keys = 5".into()),

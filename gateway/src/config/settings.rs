@@ -255,6 +255,8 @@ pub struct UpstreamSettings {
     pub authorization: Option<HeaderValue>,
     /// The legacy HTTP+SSE endpoint's path, when that transport is served.
     pub legacy_sse_path: Option<Arc<str>>,
+    /// Signs the identity assertion sent upstream, when one is configured.
+    pub identity: Option<Arc<crate::upstream::IdentitySigner>>,
 }
 
 impl UpstreamSettings {

@@ -13,8 +13,8 @@ use super::{
     ConfigError,
     authorization::assign_grants,
     file::{
-        AdminSection, ClientAuthMode, Config, DefaultDecision, FleetSection, Limit, Limits,
-        RateLimitConfig, TlsSection, UpstreamConfig,
+        AdminSection, ClientAuthMode, Config, DefaultDecision, FleetSection, IdentityConfig, Limit,
+        Limits, RateLimitConfig, TlsSection, UpstreamConfig,
     },
     invalid,
     oauth::oauth_settings,
@@ -34,7 +34,7 @@ use crate::{
     tls::{
         CertificateFiles, Certificates, ClientAuth, TlsSettings, read_chain, read_key, read_roots,
     },
-    upstream::{ClientIdentity, UpstreamTls},
+    upstream::{ClientIdentity, IdentitySigner, UpstreamTls},
 };
 
 impl Config {
@@ -61,7 +61,8 @@ impl Config {
                     "an origin is scheme://host[:port] (http or https), or \"*\"",
                 )
             })?;
-        let upstream = upstream(&self.upstream, &self.mcp_path)?;
+        let resource = self.oauth.as_ref().map(|oauth| oauth.resource.as_str());
+        let upstream = upstream(&self.upstream, &self.mcp_path, resource)?;
         let (default_limit, tool_limits, rate_limit_status) = limits(&self.rate_limit)?;
         if self.audit.path.as_os_str().is_empty() {
             return Err(invalid("audit.path", "must not be empty"));
@@ -331,7 +332,11 @@ fn admin(section: &AdminSection) -> Result<Option<AdminSettings>, ConfigError> {
     }))
 }
 
-fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings, ConfigError> {
+fn upstream(
+    section: &UpstreamConfig,
+    mcp_path: &str,
+    issuer: Option<&str>,
+) -> Result<UpstreamSettings, ConfigError> {
     let url: Uri = section
         .url
         .parse()
@@ -387,6 +392,11 @@ fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings
             Ok(value)
         })
         .transpose()?;
+    let identity = section
+        .identity
+        .as_ref()
+        .map(|identity| identity_signer(identity, &url, &caller_header, issuer))
+        .transpose()?;
     Ok(UpstreamSettings {
         url,
         tls,
@@ -394,7 +404,71 @@ fn upstream(section: &UpstreamConfig, mcp_path: &str) -> Result<UpstreamSettings
         timeout: Duration::from_secs(section.timeout_secs),
         authorization,
         legacy_sse_path,
+        identity,
     })
+}
+
+/// `[upstream.identity]`: the key read (or the process's own made), the header checked.
+fn identity_signer(
+    section: &IdentityConfig,
+    url: &Uri,
+    caller_header: &HeaderName,
+    issuer: Option<&str>,
+) -> Result<Arc<IdentitySigner>, ConfigError> {
+    let header = HeaderName::from_bytes(section.header.as_bytes())
+        .map_err(|_| invalid("upstream.identity.header", "not a valid HTTP header name"))?;
+    if header == AUTHORIZATION || header == HOST || header == *caller_header {
+        return Err(invalid(
+            "upstream.identity.header",
+            "must not be Authorization, Host or the caller header",
+        ));
+    }
+    if !(10..=3600).contains(&section.lifetime_secs) {
+        return Err(invalid(
+            "upstream.identity.lifetime_secs",
+            "between 10 and 3600 (an assertion is reused for half of it)",
+        ));
+    }
+    let pkcs8 = match &section.key_file {
+        Some(path) => match read_key(path) {
+            Ok(rustls::pki_types::PrivateKeyDer::Pkcs8(key)) => key.secret_pkcs8_der().to_vec(),
+            Ok(_) => {
+                return Err(invalid(
+                    "upstream.identity.key_file",
+                    "must be a PKCS#8 key (BEGIN PRIVATE KEY): `openssl genpkey -algorithm ed25519`",
+                ));
+            }
+            Err(err) => return Err(invalid("upstream.identity.key_file", err.to_string())),
+        },
+        None => process_identity_key()
+            .ok_or_else(|| invalid("upstream.identity.key_file", "no key could be made"))?
+            .to_vec(),
+    };
+    IdentitySigner::new(
+        &pkcs8,
+        header,
+        section
+            .issuer
+            .clone()
+            .or_else(|| issuer.map(str::to_owned))
+            .unwrap_or_else(|| "mcp-gateway".to_owned()),
+        section.audience.clone().unwrap_or_else(|| url.to_string()),
+        Duration::from_secs(section.lifetime_secs),
+    )
+    .map(Arc::new)
+    .map_err(|message| invalid("upstream.identity.key_file", message))
+}
+
+/// The Ed25519 key this process signs with when no key file is configured: made once, so a
+/// reload keeps it (and the upstream's cached JWKS stays right).
+fn process_identity_key() -> Option<&'static [u8]> {
+    static KEY: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
+            .ok()
+            .map(|pair| pair.serialize_der())
+    })
+    .as_deref()
 }
 
 /// `proxy_protocol` and the balancers it is accepted from: both or neither.

@@ -74,11 +74,19 @@ fn is_oauth_probe(path: &str) -> bool {
         || ENDPOINTS.iter().any(|endpoint| path.ends_with(endpoint))
 }
 
+/// Where the public key of the identity assertions sent upstream is published.
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+
 /// The answer to a request for none of the MCP endpoints: the protected resource metadata
 /// where OAuth is configured, else a JSON 404 that says what is served.
 pub(super) fn not_served(in_force: &Snapshot, request: &Request<Incoming>) -> Response<ProxyBody> {
     let serving = &in_force.serving;
     let path = request.uri().path();
+    if path == JWKS_PATH
+        && let Some(identity) = &serving.upstream.identity
+    {
+        return metadata_response(request.method(), identity.jwks());
+    }
     let oauth = in_force.policy.oauth();
     if let Some(oauth) = oauth
         && let Some(document) = oauth.metadata_at(path, &serving.mcp_path)
@@ -100,7 +108,7 @@ pub(super) fn not_served(in_force: &Snapshot, request: &Request<Incoming>) -> Re
     )
 }
 
-/// The metadata is public and read by browser-based clients too (their fetch sends
+/// Metadata and keys are public, and read by browser-based clients too (their fetch sends
 /// `MCP-Protocol-Version`, so it is preflighted): any origin may read it.
 fn metadata_response(method: &Method, document: Bytes) -> Response<ProxyBody> {
     let mut response = match *method {

@@ -73,6 +73,20 @@ impl<L: Limiter> Gateway<L> {
     }
 }
 
+/// The groups a caller is in, as the identity assertion names them: a token's, or those of the
+/// `[groups.*]` rules of a configured user.
+pub(super) fn groups_of<'c>(caller: &'c Caller, minted: &'c Minted) -> Vec<&'c str> {
+    match minted.get() {
+        Some(verified) => verified.groups.iter().map(|group| &**group).collect(),
+        None => caller
+            .grants
+            .iter()
+            .flat_map(|grants| grants.origins())
+            .filter_map(|origin| origin.strip_prefix("groups."))
+            .collect(),
+    }
+}
+
 /// The one bearer token of the request.
 fn single_bearer<'h>(headers: &'h HeaderMap, oauth: &OAuth) -> Result<&'h [u8], Refusal> {
     let mut values = headers.get_all(AUTHORIZATION).iter();

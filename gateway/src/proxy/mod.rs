@@ -291,7 +291,7 @@ impl<L: Limiter> Gateway<L> {
             .identify(policy, request.headers(), call, minted)
             .await?;
         call.context.caller = Some(&caller.name);
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let body = read_body(
             call.endpoint,
             &parts.method,
@@ -321,6 +321,14 @@ impl<L: Limiter> Gateway<L> {
                 .ok_or_else(|| Refusal::too_many_in_flight(max))?
         };
         self.audit_before_forwarding(worker, call).await?;
+        if let Some(identity) = &serving.upstream.identity {
+            // Only the gateway's own assertion goes upstream, never one a client sent.
+            parts.headers.remove(&identity.header);
+            let groups = identify::groups_of(caller, minted);
+            if let Some(assertion) = identity.assertion(&caller.name, &groups) {
+                parts.headers.insert(identity.header.clone(), assertion);
+            }
+        }
         let upstream = Upstreamed {
             serving,
             caller: &caller.name,

@@ -12,9 +12,11 @@ use hyper::{
     http::{request, uri::PathAndQuery},
 };
 
+mod identity;
 mod pool;
 mod tls;
 
+pub use identity::IdentitySigner;
 pub use pool::{ConnectionPool, PoolError, PooledBody};
 pub use tls::{ClientIdentity, UpstreamTls};
 

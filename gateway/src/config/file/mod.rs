@@ -250,6 +250,30 @@ pub struct UpstreamConfig {
     /// each stream announces. Unset: the legacy transport is not served.
     #[serde(default)]
     pub sse_path: Option<String>,
+    /// A signed assertion of who calls (a JWT the upstream verifies with the gateway's JWKS at
+    /// `/.well-known/jwks.json`), sent beside the caller header.
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// `[upstream.identity]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// PKCS#8 PEM private key, Ed25519 or ECDSA P-256. Unset: an Ed25519 key made at start (one
+    /// per process: nodes of a fleet should share a file).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    #[serde(default = "defaults::identity_header")]
+    pub header: String,
+    /// The assertion's `aud`; unset: the upstream's URL.
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// The assertion's `iss`; unset: `oauth.resource`, or "mcp-gateway".
+    #[serde(default)]
+    pub issuer: Option<String>,
+    #[serde(default = "defaults::identity_lifetime_secs")]
+    pub lifetime_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -370,6 +394,12 @@ mod defaults {
     }
     pub fn caller_header() -> String {
         "X-MCP-Caller".into()
+    }
+    pub fn identity_header() -> String {
+        "X-MCP-Identity".into()
+    }
+    pub fn identity_lifetime_secs() -> u64 {
+        60
     }
     pub fn timeout_secs() -> u64 {
         300
