@@ -212,6 +212,91 @@ async fn tokens_of_the_real_authorization_server_call_tools_as_their_subject_wit
     assert_eq!(call_line["issuer"], idp.issuer());
 }
 
+/// What `tests/peers/oauth_client.mjs` (the SDK's own OAuth client) did, signing in as `login`.
+fn sign_in_and_call(gateway: &Gateway, login: &str, tool: &str) -> Value {
+    let output = std::process::Command::new("node")
+        .arg(e2e_tests::workspace_root().join("tests/peers/oauth_client.mjs"))
+        .args([&gateway.url(), login, tool])
+        .current_dir(e2e_tests::workspace_root().join("tests/peers"))
+        .output()
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|err| {
+            panic!(
+                "no report ({err}): {stdout}\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+    assert_eq!(report["error"], Value::Null, "{report}\n{}", gateway.logs());
+    report
+}
+
+#[tokio::test]
+async fn the_sdks_oauth_client_discovers_registers_signs_in_and_calls_and_each_user_sees_their_own_tools()
+ {
+    let setup = Setup::new();
+    let server = GrantsServer::start(false);
+    let idp = AuthServer::start(
+        free_port(),
+        &setup.resource(),
+        "k1",
+        &[("TOKEN_GROUPS", r#"{"alice":["support"],"bob":["writers"]}"#)],
+    );
+    let gateway = setup.gateway(&server.url(), &idp.issuer(), "", "");
+
+    let alice = sign_in_and_call(&gateway, "alice", "tickets_search");
+    assert_eq!(
+        alice["steps"],
+        json!([
+            "registered",
+            "authorize",
+            "login form",
+            "consent form",
+            "redirected back with a code",
+            "401",
+            "token"
+        ]),
+        "{alice}"
+    );
+    // The SDK took the resource and scopes from the gateway's challenge and metadata.
+    assert_eq!(alice["resource"], setup.resource());
+    assert_eq!(alice["scope"], "mcp:tools");
+    assert_eq!(
+        alice["iss"],
+        idp.issuer(),
+        "RFC 9207: the issuer in the response"
+    );
+    assert_eq!(
+        alice["tools"],
+        json!([
+            "tickets_search",
+            "tickets_get",
+            "tickets_create",
+            "tickets_update",
+            "tickets_delete"
+        ])
+    );
+    assert_eq!(alice["call"], "called tickets_search");
+
+    let bob = sign_in_and_call(&gateway, "bob", "deploy");
+    assert_eq!(bob["tools"], json!(["deploy"]), "{bob}");
+    assert_eq!(bob["call"], "called deploy");
+    let callers: Vec<Value> = gateway
+        .audit_lines()
+        .into_iter()
+        .filter(|line| line["method"] == "tools/call" && line["event"] == "request")
+        .map(|line| json!([line["caller"], line["tool"], line["auth"]]))
+        .collect();
+    assert_eq!(
+        callers,
+        [
+            json!(["alice", "tickets_search", "oauth"]),
+            json!(["bob", "deploy", "oauth"]),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn a_request_without_a_valid_token_is_told_where_to_sign_in_and_why_it_was_refused() {
     let setup = Setup::new();

@@ -9,7 +9,7 @@
 // Clients: "gateway-test" (secret "test-secret", client credentials, introspection),
 // "svc-support" and "svc-other" (secret "test-secret", client credentials), and dynamic
 // registration for public clients (authorization code + PKCE). Logins (devInteractions) accept
-// any user name.
+// any user name; the consent form asks once per client.
 import Provider from "oidc-provider";
 import { generateKeyPair, exportJWK } from "jose";
 
@@ -59,17 +59,6 @@ const provider = new Provider(issuer, {
         };
       },
     },
-  },
-  loadExistingGrant: async (ctx) => {
-    // Consent is implied for these tests: grant what is asked.
-    const grant = new ctx.oidc.provider.Grant({
-      clientId: ctx.oidc.client.clientId,
-      accountId: ctx.oidc.session.accountId,
-    });
-    grant.addOIDCScope("openid offline_access");
-    grant.addResourceScope(resource, SCOPES);
-    await grant.save();
-    return grant;
   },
   extraTokenClaims: async (_ctx, token) => {
     const who = token.accountId || token.clientId;
