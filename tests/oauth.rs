@@ -6,7 +6,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use e2e_tests::{
-    ALICE_KEY, AuthServer, Gateway, GrantsServer, Options, free_port, post, sdk_client, send,
+    ALICE_KEY, AuthServer, Gateway, GrantsServer, Options, eventually, free_port, post, raw_post,
+    raw_request, sdk_client, send,
 };
 use hyper::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -15,12 +16,15 @@ use serde_json::{Value, json};
 /// authorization server before either starts.
 struct Setup {
     addr: SocketAddr,
+    /// `[blocking] auth_failures`: high, unless a test is about blocks.
+    auth_failures: u32,
 }
 
 impl Setup {
     fn new() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            auth_failures: 1000,
         }
     }
 
@@ -33,7 +37,7 @@ impl Setup {
         let sections = format!(
             r#"
 [blocking]
-auth_failures = 1000
+auth_failures = {}
 [authorization]
 default = "deny"
 [groups.support]
@@ -51,6 +55,7 @@ issuer = "{issuer}"
 groups_claim = "groups"
 {extra}
 "#,
+            self.auth_failures,
             self.resource()
         );
         Gateway::start_with(
@@ -600,4 +605,62 @@ async fn opaque_tokens_are_checked_by_introspection_with_the_gateways_own_client
             .unwrap()
             .contains("not active")
     );
+}
+
+#[tokio::test]
+async fn forged_tokens_count_as_failed_authentications_and_block_their_source() {
+    let mut setup = Setup::new();
+    setup.auth_failures = 3;
+    let server = GrantsServer::start(true);
+    let idp = AuthServer::start(
+        free_port(),
+        &setup.resource(),
+        "k1",
+        &[("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#)],
+    );
+    let gateway = setup.gateway(&server.url(), &idp.issuer(), "", "");
+    let token = idp
+        .client_token("svc-support", &setup.resource(), "mcp:tools")
+        .await;
+    // The real token with another signature: well-formed, of the right issuer, not its own.
+    let (signed, _) = token.rsplit_once('.').unwrap();
+    let forged = format!("{signed}.{}", "A".repeat(86));
+    let offender: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let good: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let body = call("tickets_search");
+    for _ in 0..3 {
+        let answer = raw_request(
+            offender,
+            gateway.addr,
+            &raw_post(gateway.addr, &bearer(&forged), &body),
+        )
+        .await
+        .expect("answer");
+        assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+        assert!(answer.contains("signature is not valid"), "{answer}");
+    }
+    eventually("the block is audited", || {
+        gateway
+            .audit_lines()
+            .iter()
+            .any(|line| line["event"] == "block")
+    });
+    assert!(
+        raw_request(
+            offender,
+            gateway.addr,
+            &raw_post(gateway.addr, &bearer(&token), &body)
+        )
+        .await
+        .is_err(),
+        "the blocked source is refused even with a valid token"
+    );
+    let answer = raw_request(
+        good,
+        gateway.addr,
+        &raw_post(gateway.addr, &bearer(&token), &body),
+    )
+    .await
+    .expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
