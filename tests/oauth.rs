@@ -445,7 +445,13 @@ async fn a_rotated_signing_key_is_fetched_when_a_token_names_it_and_known_keys_o
         "k1",
         &[("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#)],
     );
-    let gateway = setup.gateway(&server.url(), &idp.issuer(), "", "");
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let gateway = setup.gateway(
+        &server.url(),
+        &idp.issuer(),
+        "",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
     let ok = |answer: &e2e_tests::Answer| {
         assert_eq!(
             answer.status,
@@ -531,6 +537,22 @@ async fn a_rotated_signing_key_is_fetched_when_a_token_names_it_and_known_keys_o
         "{:?}",
         answer.headers
     );
+    // The gateway says so, and stays ready: the keys it knows still verify.
+    let ready = send(Method::GET, &format!("http://{admin}/readyz"), &[], "").await;
+    assert_eq!(ready.status, StatusCode::OK, "{}", ready.text());
+    let issuer = &ready.json()["oauth"]["issuers"][0];
+    assert_eq!(issuer["keys"], 1, "{issuer}");
+    assert!(
+        issuer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect")),
+        "{issuer}"
+    );
+    let metrics = send(Method::GET, &format!("http://{admin}/metrics"), &[], "")
+        .await
+        .text();
+    let failing = format!("oauth_keys_refresh_failing{{issuer=\"http://127.0.0.1:{port}\"}} 1");
+    assert!(metrics.contains(&failing), "{metrics}");
     // Tokens verified before keep working.
     ok(&post(
         &gateway,

@@ -138,6 +138,14 @@ pub async fn metrics(admin: &Admin) -> Response<Full<Bytes>> {
     if let Some(health) = admin.gateway.fleet() {
         metrics.fleet.update(health);
     }
+    let in_force = admin.gateway.in_force();
+    metrics.oauth.update(
+        in_force
+            .policy
+            .oauth()
+            .map(crate::oauth::OAuth::key_status)
+            .unwrap_or_default(),
+    );
     match admin.gateway.protection().snapshot().await {
         Ok(snapshot) => metrics.kernel.update(&snapshot, admin.xdp_mode),
         Err(err) => tracing::warn!(error = %err, "metrics without blocks: {err}"),

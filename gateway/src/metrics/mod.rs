@@ -12,9 +12,11 @@
 
 mod fleet;
 mod kernel;
+mod oauth;
 
 pub use fleet::FleetCollector;
 pub use kernel::KernelCollector;
+pub use oauth::OAuthCollector;
 
 use std::{
     collections::HashSet,
@@ -61,6 +63,8 @@ pub struct Metrics {
     pub kernel: Arc<KernelCollector>,
     /// The fleet's Redis link, as of the last scrape (fleet mode).
     pub fleet: Arc<FleetCollector>,
+    /// The OAuth issuers' keys, as of the last scrape.
+    pub oauth: Arc<OAuthCollector>,
 }
 
 /// The labels of `mcp_gateway_requests_total`.
@@ -149,6 +153,7 @@ impl Metrics {
             upstream: PoolStats::default(),
             kernel: Arc::default(),
             fleet: Arc::default(),
+            oauth: Arc::default(),
         };
         metrics.register(audit, offenses);
         metrics
@@ -231,6 +236,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(Arc::clone(&self.kernel)));
         registry.register_collector(Box::new(Arc::clone(&self.fleet)));
+        registry.register_collector(Box::new(Arc::clone(&self.oauth)));
     }
 
     /// The OpenMetrics text of every metric.
