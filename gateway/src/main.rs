@@ -79,6 +79,13 @@ enum Command {
         /// without them the tool counts as not listed yet, as in the running gateway.
         #[arg(long)]
         annotations: Option<String>,
+        /// Explain for a caller with an access token (`[oauth]`) in these groups (as its
+        /// groups claim lists them), instead of a `[[users]]` entry.
+        #[arg(long, value_delimiter = ',')]
+        groups: Option<Vec<String>>,
+        /// With a token: the scopes it carries.
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -182,6 +189,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             prompt,
             resource,
             annotations,
+            groups,
+            scopes,
             json,
         }) => {
             let settings = load(&config, &RunArgs::default())?;
@@ -195,13 +204,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|text| serde_json::from_str::<serde_json::Value>(&text))
                 .transpose()
                 .context("--annotations: not a JSON object")?;
-            let explanation = authz::explain(
-                &settings.policy,
-                &user,
-                category,
-                &name,
-                annotations.as_ref(),
-            )?;
+            let oauth = settings.policy.oauth.as_deref();
+            let explanation = match (oauth, groups) {
+                (Some(oauth), Some(groups)) => gateway::oauth::explain(
+                    oauth,
+                    &user,
+                    &groups,
+                    &scopes,
+                    category,
+                    &name,
+                    annotations.as_ref(),
+                ),
+                (None, Some(_)) => anyhow::bail!("--groups: this configuration has no [oauth]"),
+                (_, None) => authz::explain(
+                    &settings.policy,
+                    &user,
+                    category,
+                    &name,
+                    annotations.as_ref(),
+                )?,
+            };
             if json {
                 print_output(&format!("{}\n", explanation.to_json()))?;
             } else {
@@ -236,8 +258,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             target,
         }) => {
             let settings = load(&file, &RunArgs::default())?;
+            let oauth = settings
+                .policy
+                .oauth
+                .as_deref()
+                .map_or(String::new(), |oauth| {
+                    let issuers: Vec<&str> = oauth
+                        .issuers
+                        .iter()
+                        .map(|issuer| issuer.issuer.as_str())
+                        .collect();
+                    format!(
+                        ", access tokens for {} from {}",
+                        oauth.resource,
+                        issuers.join(", ")
+                    )
+                });
             print_output(&format!(
-                "{}: ok ({} users, upstream {})\n",
+                "{}: ok ({} users{oauth}, upstream {})\n",
                 file.display(),
                 settings.policy.users.len(),
                 settings.serving.upstream.url

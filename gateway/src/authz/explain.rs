@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Category, ToolHints, hints::Hints};
+use super::{Category, Grants, ToolHints, hints::Hints};
 use crate::config::PolicySettings;
 
 /// The decision for one question, as `gateway explain` prints it.
@@ -38,11 +38,29 @@ pub fn explain(
         .iter()
         .find(|candidate| candidate.name == user)
         .ok_or_else(|| UnknownUser(user.to_owned()))?;
+    Ok(decide(
+        found.grants.as_deref(),
+        user,
+        category,
+        name,
+        annotations,
+    ))
+}
+
+/// Decides for a caller with `grants` (`None`: no rule applies): a configured user's, or those
+/// an access token's groups and scopes give (`oauth::explain`).
+pub fn decide(
+    grants: Option<&Grants>,
+    user: &str,
+    category: Category,
+    name: &str,
+    annotations: Option<&Value>,
+) -> Explanation {
     let hints = || match annotations {
         Some(annotations) => ToolHints::Listed(Hints::from_annotations(Some(annotations))),
         None => ToolHints::Unlisted,
     };
-    let (allowed, reason, rules) = match &found.grants {
+    let (allowed, reason, rules) = match grants {
         Some(grants) => {
             let verdict = grants.decide(category, name, hints);
             let rules = grants.origins().map(str::to_owned).collect();
@@ -54,14 +72,14 @@ pub fn explain(
             Vec::new(),
         ),
     };
-    Ok(Explanation {
+    Explanation {
         user: user.to_owned(),
         category,
         name: name.to_owned(),
         allowed,
         reason,
         rules,
-    })
+    }
 }
 
 impl Explanation {

@@ -16,7 +16,7 @@ mod hints;
 mod patterns;
 mod stream;
 
-pub use explain::{Explanation, UnknownUser, explain};
+pub use explain::{Explanation, UnknownUser, decide, explain};
 pub use filter::{ListFilter, ListKind};
 pub use grants::{Category, Grants, Reason, Rule, ToolHints, Verdict};
 pub use hints::{Hint, Hints, Listed, Mirrored, ToolCatalog};

@@ -13,6 +13,7 @@
 //! The token itself never goes further: it is not logged, not audited (the audit line says
 //! `auth = "oauth"` and the issuer), and removed before the request is forwarded.
 
+mod explain;
 mod fetch;
 mod keys;
 mod token;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 use hyper::header::HeaderValue;
 use lru::LruCache;
 
+pub use explain::explain;
 pub use fetch::IdpClient;
 pub use keys::{KeySet, KeySets, KeyStatus};
 

@@ -280,3 +280,40 @@ fn the_metadata_names_the_resource_and_its_issuers_at_both_well_known_paths() {
         "Bearer resource_metadata=\"https://mcp.example.com/.well-known/oauth-protected-resource/mcp\", scope=\"mcp:tools\""
     );
 }
+
+#[test]
+fn explain_answers_for_a_token_as_a_request_with_it_would_be_answered() {
+    let fixture = fixture(
+        r#"[[oauth.tool_scopes]]
+tools = ["deploy"]
+scopes = ["tickets:write"]"#,
+    );
+    let settings = fixture.oauth.settings();
+    let strings = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let ask = |groups: &[&str], scopes: &[&str], tool: &str| {
+        explain(
+            settings,
+            "alice",
+            &strings(groups),
+            &strings(scopes),
+            crate::authz::Category::Tools,
+            tool,
+            None,
+        )
+    };
+    assert!(ask(&["support"], &["mcp:tools"], "tickets_get").allowed);
+    let denied = ask(&["support"], &["mcp:tools"], "deploy");
+    assert!(!denied.allowed);
+    assert!(
+        denied.reason.contains("lacks scope tickets:write"),
+        "{}",
+        denied.reason
+    );
+    // The scope that deploy needs also puts the token in the writers group.
+    let writer = ask(&[], &["tickets:write"], "deploy");
+    assert!(writer.allowed, "{}", writer.reason);
+    assert_eq!(
+        writer.rules[0],
+        "a token's groups and scopes put it in: writers"
+    );
+}

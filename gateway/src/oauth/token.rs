@@ -266,35 +266,54 @@ fn token_caller(
         .filter_map(|claim| claims.get(*claim))
         .flat_map(listed)
         .collect();
+    let claimed: Vec<Box<str>> = config
+        .groups_claim
+        .as_ref()
+        .and_then(|claim| claims.get(claim))
+        .map(listed)
+        .unwrap_or_default();
+    let (groups, grants) = grants_of(settings, &claimed, &scopes);
+    let name: Arc<str> = format!("{}{name}", config.caller_prefix).into();
+    Ok(TokenCaller {
+        caller: Caller::from_token(name, grants),
+        issuer: config.issuer.as_str().into(),
+        groups: groups.into_iter().map(Box::from).collect(),
+        scopes: scopes.into_iter().collect::<HashSet<_>>(),
+        expires_at,
+    })
+}
+
+/// The `[groups.*]` a caller is in, by the groups its token claims (names, or aliases of names)
+/// and by its scopes (`scope_groups`), and what they grant. Also what `gateway explain` asks.
+pub fn grants_of<'s, S: AsRef<str>>(
+    settings: &'s OAuthSettings,
+    claimed_groups: &[S],
+    scopes: &[S],
+) -> (Vec<&'s str>, Option<Arc<Grants>>) {
     let section = &settings.section;
     let mut groups: Vec<&str> = Vec::new();
-    if let Some(claim) = &config.groups_claim
-        && let Some(value) = claims.get(claim)
-    {
-        for group in listed(value) {
-            let name = section
-                .group_aliases
-                .get(&*group)
-                .map(String::as_str)
-                .or_else(|| {
-                    settings
-                        .groups
-                        .get_key_value(&*group)
-                        .map(|(k, _)| k.as_str())
-                });
-            if let Some(name) = name
-                && !groups.contains(&name)
-            {
-                groups.push(name);
-            }
-        }
-    }
-    for scope in &scopes {
-        if let Some(group) = section.scope_groups.get(&**scope)
-            && !groups.contains(&group.as_str())
+    let mut add = |group: Option<&'s str>| {
+        if let Some(group) = group
+            && !groups.contains(&group)
         {
             groups.push(group);
         }
+    };
+    for group in claimed_groups {
+        let group = group.as_ref();
+        add(section
+            .group_aliases
+            .get(group)
+            .map(String::as_str)
+            .or_else(|| {
+                settings
+                    .groups
+                    .get_key_value(group)
+                    .map(|(name, _)| name.as_str())
+            }));
+    }
+    for scope in scopes {
+        add(section.scope_groups.get(scope.as_ref()).map(String::as_str));
     }
     let rules: Vec<Arc<Rule>> = groups
         .iter()
@@ -302,14 +321,7 @@ fn token_caller(
         .collect();
     let grants = (settings.default_deny || !rules.is_empty())
         .then(|| Arc::new(Grants::new(rules, settings.default_deny)));
-    let name: Arc<str> = format!("{}{name}", config.caller_prefix).into();
-    Ok(TokenCaller {
-        caller: Caller::from_token(name, grants),
-        issuer: config.issuer.as_str().into(),
-        groups: groups.iter().map(|group| Box::from(*group)).collect(),
-        scopes: scopes.into_iter().collect::<HashSet<_>>(),
-        expires_at,
-    })
+    (groups, grants)
 }
 
 /// The strings of a claim that lists: an array of strings, or one space-separated string.
