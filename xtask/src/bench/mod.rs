@@ -7,6 +7,7 @@ mod callers;
 mod fleet;
 mod flood;
 pub mod load;
+mod oauth;
 mod proxy;
 mod report;
 mod sse;
@@ -48,6 +49,8 @@ pub enum Scenario {
     Tls,
     /// Fleet mode: two nodes on Redis vs one alone; block propagation between nodes.
     Fleet,
+    /// OAuth access tokens: a cached token vs a static key; a signature check per request.
+    Oauth,
 }
 
 /// How long and how often each measurement runs, and what else to measure.
@@ -93,6 +96,9 @@ pub fn run(root: &Path, scenario: Scenario, plan: Plan) -> Result<()> {
     }
     if wanted(Scenario::Tls) {
         report.add(tls::run(&bench)?);
+    }
+    if wanted(Scenario::Oauth) {
+        report.add(oauth::run(&bench)?);
     }
     if wanted(Scenario::Fleet) {
         report.add(fleet::run(&bench)?);
