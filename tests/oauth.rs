@@ -70,8 +70,28 @@ groups_claim = "groups"
     }
 }
 
+/// The groups claim of the service client svc-support's tokens.
+const SUPPORT: &str = r#"{"svc-support":["support"]}"#;
+
+impl Setup {
+    /// The authorization server on `port`, issuing tokens for this gateway.
+    fn idp(&self, port: u16, kid: &str, env: &[(&str, &str)]) -> AuthServer {
+        AuthServer::start(port, &self.resource(), kid, env)
+    }
+
+    /// A client-credentials token of `client` for this gateway.
+    async fn token(&self, idp: &AuthServer, client: &str, scope: &str) -> String {
+        idp.client_token(client, &self.resource(), scope).await
+    }
+}
+
 fn bearer(token: &str) -> String {
     format!("Bearer {token}")
+}
+
+/// A `tools/call` of `tool` with `token` as the bearer credential.
+async fn call_with(gateway: &Gateway, token: &str, tool: &str) -> e2e_tests::Answer {
+    post(gateway, &[("authorization", &bearer(token))], &call(tool)).await
 }
 
 fn call(tool: &str) -> String {
@@ -105,17 +125,10 @@ fn tool_names(report: &Value) -> Vec<&str> {
 async fn tokens_of_the_real_authorization_server_call_tools_as_their_subject_with_their_groups() {
     let setup = Setup::new();
     let server = GrantsServer::start(false);
-    let idp = AuthServer::start(
-        free_port(),
-        &setup.resource(),
-        "k1",
-        &[("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#)],
-    );
+    let idp = setup.idp(free_port(), "k1", &[("TOKEN_GROUPS", SUPPORT)]);
     let gateway = setup.gateway(&server.url(), &idp.issuer(), "", "[upstream.identity]");
 
-    let support = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
+    let support = setup.token(&idp, "svc-support", "mcp:tools").await;
     let report = sdk_report(&gateway, &support, "tickets_search,deploy");
     assert_eq!(
         tool_names(&report),
@@ -132,8 +145,8 @@ async fn tokens_of_the_real_authorization_server_call_tools_as_their_subject_wit
     assert_ne!(report["calls"]["deploy"], "ok", "{report}");
 
     // A scope that maps onto a group grants its tools too.
-    let writer = idp
-        .client_token("svc-other", &setup.resource(), "mcp:tools tickets:write")
+    let writer = setup
+        .token(&idp, "svc-other", "mcp:tools tickets:write")
         .await;
     let report = sdk_report(&gateway, &writer, "deploy,tickets_search");
     assert_eq!(tool_names(&report), ["deploy"]);
@@ -242,9 +255,8 @@ async fn the_sdks_oauth_client_discovers_registers_signs_in_and_calls_and_each_u
  {
     let setup = Setup::new();
     let server = GrantsServer::start(false);
-    let idp = AuthServer::start(
+    let idp = setup.idp(
         free_port(),
-        &setup.resource(),
         "k1",
         &[("TOKEN_GROUPS", r#"{"alice":["support"],"bob":["writers"]}"#)],
     );
@@ -306,8 +318,8 @@ async fn the_sdks_oauth_client_discovers_registers_signs_in_and_calls_and_each_u
 async fn a_request_without_a_valid_token_is_told_where_to_sign_in_and_why_it_was_refused() {
     let setup = Setup::new();
     let server = GrantsServer::start(true);
-    let idp = AuthServer::start(free_port(), &setup.resource(), "k1", &[("TTL", "2")]);
-    let other_idp = AuthServer::start(free_port(), &setup.resource(), "k1", &[]);
+    let idp = setup.idp(free_port(), "k1", &[("TTL", "2")]);
+    let other_idp = setup.idp(free_port(), "k1", &[]);
     let gateway = setup.gateway(
         &server.url(),
         &idp.issuer(),
@@ -386,27 +398,13 @@ async fn a_request_without_a_valid_token_is_told_where_to_sign_in_and_why_it_was
     )
     .await;
     refused(&garbage, "not a well-formed access token");
-    let foreign = other_idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
-    let answer = post(
-        &gateway,
-        &[("authorization", &bearer(&foreign))],
-        &call("x"),
-    )
-    .await;
+    let foreign = setup.token(&other_idp, "svc-support", "mcp:tools").await;
+    let answer = call_with(&gateway, &foreign, "x").await;
     refused(&answer, "issuer is not accepted");
 
     // A token without the scope a tool needs: 403 insufficient_scope naming every scope needed.
-    let reader = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
-    let answer = post(
-        &gateway,
-        &[("authorization", &bearer(&reader))],
-        &call("tickets_delete"),
-    )
-    .await;
+    let reader = setup.token(&idp, "svc-support", "mcp:tools").await;
+    let answer = call_with(&gateway, &reader, "tickets_delete").await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN, "{}", answer.text());
     let challenge = answer.headers["www-authenticate"].to_str().unwrap();
     assert!(
@@ -425,7 +423,7 @@ async fn a_request_without_a_valid_token_is_told_where_to_sign_in_and_why_it_was
 
     // Expired (TTL 2 s, no clock skew allowed).
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    let answer = post(&gateway, &[("authorization", &bearer(&reader))], &call("x")).await;
+    let answer = call_with(&gateway, &reader, "x").await;
     refused(&answer, "expired");
     let lines = gateway.audit_lines();
     assert!(
@@ -439,12 +437,7 @@ async fn a_rotated_signing_key_is_fetched_when_a_token_names_it_and_known_keys_o
     let setup = Setup::new();
     let server = GrantsServer::start(true);
     let port = free_port();
-    let idp = AuthServer::start(
-        port,
-        &setup.resource(),
-        "k1",
-        &[("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#)],
-    );
+    let idp = setup.idp(port, "k1", &[("TOKEN_GROUPS", SUPPORT)]);
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let gateway = setup.gateway(
         &server.url(),
@@ -461,47 +454,21 @@ async fn a_rotated_signing_key_is_fetched_when_a_token_names_it_and_known_keys_o
             gateway.logs()
         );
     };
-    let first = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
-    let second = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
-    ok(&post(
-        &gateway,
-        &[("authorization", &bearer(&first))],
-        &call("tickets_search"),
-    )
-    .await);
+    let first = setup.token(&idp, "svc-support", "mcp:tools").await;
+    let second = setup.token(&idp, "svc-support", "mcp:tools").await;
+    ok(&call_with(&gateway, &first, "tickets_search").await);
 
     // The IdP goes away: a token never seen before still verifies with the keys known.
     drop(idp);
-    ok(&post(
-        &gateway,
-        &[("authorization", &bearer(&second))],
-        &call("tickets_search"),
-    )
-    .await);
+    ok(&call_with(&gateway, &second, "tickets_search").await);
 
     // It comes back with a new key (a rotation): the new kid is fetched when a token names it.
-    let idp = AuthServer::start(
-        port,
-        &setup.resource(),
-        "k2",
-        &[("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#)],
-    );
-    let rotated = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
+    let idp = setup.idp(port, "k2", &[("TOKEN_GROUPS", SUPPORT)]);
+    let rotated = setup.token(&idp, "svc-support", "mcp:tools").await;
     // Unknown kids refresh the keys at most every 10 s: the first tries may come too soon.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
-        let answer = post(
-            &gateway,
-            &[("authorization", &bearer(&rotated))],
-            &call("tickets_search"),
-        )
-        .await;
+        let answer = call_with(&gateway, &rotated, "tickets_search").await;
         if answer.status == StatusCode::OK {
             break;
         }
@@ -516,18 +483,11 @@ async fn a_rotated_signing_key_is_fetched_when_a_token_names_it_and_known_keys_o
 
     // Rotated again, and the IdP down before the gateway could fetch: the new kid is refused.
     drop(idp);
-    let idp = AuthServer::start(port, &setup.resource(), "k3", &[]);
-    let unseen = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
+    let idp = setup.idp(port, "k3", &[]);
+    let unseen = setup.token(&idp, "svc-support", "mcp:tools").await;
     drop(idp);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    let answer = post(
-        &gateway,
-        &[("authorization", &bearer(&unseen))],
-        &call("tickets_search"),
-    )
-    .await;
+    let answer = call_with(&gateway, &unseen, "tickets_search").await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.text());
     assert!(
         answer.headers["www-authenticate"]
@@ -554,26 +514,17 @@ async fn a_rotated_signing_key_is_fetched_when_a_token_names_it_and_known_keys_o
     let failing = format!("oauth_keys_refresh_failing{{issuer=\"http://127.0.0.1:{port}\"}} 1");
     assert!(metrics.contains(&failing), "{metrics}");
     // Tokens verified before keep working.
-    ok(&post(
-        &gateway,
-        &[("authorization", &bearer(&rotated))],
-        &call("tickets_search"),
-    )
-    .await);
+    ok(&call_with(&gateway, &rotated, "tickets_search").await);
 }
 
 #[tokio::test]
 async fn opaque_tokens_are_checked_by_introspection_with_the_gateways_own_client() {
     let setup = Setup::new();
     let server = GrantsServer::start(true);
-    let idp = AuthServer::start(
+    let idp = setup.idp(
         free_port(),
-        &setup.resource(),
         "k1",
-        &[
-            ("OPAQUE", "1"),
-            ("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#),
-        ],
+        &[("OPAQUE", "1"), ("TOKEN_GROUPS", SUPPORT)],
     );
     let secret = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(secret.path(), "test-secret\n").unwrap();
@@ -586,16 +537,9 @@ async fn opaque_tokens_are_checked_by_introspection_with_the_gateways_own_client
             secret.path().display()
         ),
     );
-    let token = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
+    let token = setup.token(&idp, "svc-support", "mcp:tools").await;
     assert_eq!(token.matches('.').count(), 0, "an opaque token: {token}");
-    let answer = post(
-        &gateway,
-        &[("authorization", &bearer(&token))],
-        &call("tickets_search"),
-    )
-    .await;
+    let answer = call_with(&gateway, &token, "tickets_search").await;
     assert_eq!(
         answer.status,
         StatusCode::OK,
@@ -603,12 +547,7 @@ async fn opaque_tokens_are_checked_by_introspection_with_the_gateways_own_client
         answer.text(),
         gateway.logs()
     );
-    let answer = post(
-        &gateway,
-        &[("authorization", &bearer(&token))],
-        &call("deploy"),
-    )
-    .await;
+    let answer = call_with(&gateway, &token, "deploy").await;
     assert_eq!(
         answer.status,
         StatusCode::FORBIDDEN,
@@ -634,16 +573,9 @@ async fn forged_tokens_count_as_failed_authentications_and_block_their_source() 
     let mut setup = Setup::new();
     setup.auth_failures = 3;
     let server = GrantsServer::start(true);
-    let idp = AuthServer::start(
-        free_port(),
-        &setup.resource(),
-        "k1",
-        &[("TOKEN_GROUPS", r#"{"svc-support":["support"]}"#)],
-    );
+    let idp = setup.idp(free_port(), "k1", &[("TOKEN_GROUPS", SUPPORT)]);
     let gateway = setup.gateway(&server.url(), &idp.issuer(), "", "");
-    let token = idp
-        .client_token("svc-support", &setup.resource(), "mcp:tools")
-        .await;
+    let token = setup.token(&idp, "svc-support", "mcp:tools").await;
     // The real token with another signature: well-formed, of the right issuer, not its own.
     let (signed, _) = token.rsplit_once('.').unwrap();
     let forged = format!("{signed}.{}", "A".repeat(86));
