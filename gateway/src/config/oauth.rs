@@ -291,6 +291,12 @@ fn issuer_settings(
             Ok(alg)
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if !section.caller_prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            field("caller_prefix"),
+            "printable ASCII without spaces",
+        ));
+    }
     if section.caller_claim.is_empty() {
         return Err(invalid(field("caller_claim"), "must not be empty"));
     }

@@ -120,16 +120,16 @@ impl KeySet {
         if has_key(&keys, kid) {
             return Ok(keys);
         }
-        let attempted = lock(&self.state).last_attempt;
-        if attempted.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
-            return Err(self.missing(kid));
-        }
         {
+            // A refresh under way (the first one at start, say) is waited for, not refused.
             let _one = self.refreshing.lock().await;
-            // Another request may have refreshed while this one waited.
-            let again = lock(&self.state).last_attempt;
-            if again == attempted {
-                self.refresh().await;
+            let keys = self.current();
+            if has_key(&keys, kid) {
+                return Ok(keys);
+            }
+            let attempted = lock(&self.state).last_attempt;
+            if attempted.is_none_or(|at| at.elapsed() >= MIN_REFRESH_INTERVAL) {
+                self.fetch_and_store().await;
             }
         }
         let keys = self.current();
@@ -166,8 +166,14 @@ impl KeySet {
         }
     }
 
-    /// Fetches the keys now; on failure the known ones stay.
+    /// Fetches the keys now (after any refresh under way); on failure the known ones stay.
     pub async fn refresh(&self) {
+        let _one = self.refreshing.lock().await;
+        self.fetch_and_store().await;
+    }
+
+    /// [`Self::refresh`], with `refreshing` held.
+    async fn fetch_and_store(&self) {
         lock(&self.state).last_attempt = Some(Instant::now());
         let fetched = self.fetch().await;
         let mut state = lock(&self.state);

@@ -88,7 +88,7 @@ pub enum TokenError {
     UnknownKey,
     #[error("the token lacks the {0} claim")]
     MissingClaim(&'static str),
-    #[error("the token does not name its subject in the configured caller claim")]
+    #[error("the token's caller claim is missing, or not a printable ASCII name of at most 256 bytes")]
     NoCallerClaim,
     #[error("the token is not active")]
     Inactive,
@@ -103,7 +103,8 @@ pub(crate) struct Issuer {
     keys: Arc<KeySet>,
     /// By algorithm.
     validations: Vec<(jsonwebtoken::Algorithm, jsonwebtoken::Validation)>,
-    introspection_endpoint: tokio::sync::OnceCell<Option<String>>,
+    /// The introspection endpoint of the issuer's metadata, once discovered.
+    introspection_endpoint: Mutex<Option<String>>,
 }
 
 impl Issuer {
@@ -113,16 +114,17 @@ impl Issuer {
         if let Some(endpoint) = &introspection.endpoint {
             return Some(endpoint.clone());
         }
-        self.introspection_endpoint
-            .get_or_init(|| async {
-                keys::discover(&self.settings.client, &self.settings.issuer)
-                    .await
-                    .map_err(|error| tracing::warn!(%error, "issuer metadata for introspection"))
-                    .ok()
-                    .and_then(|metadata| metadata.introspection_endpoint)
-            })
+        if let Some(known) = lock(&self.introspection_endpoint).clone() {
+            return Some(known);
+        }
+        // Not remembered when discovery fails: the next opaque token tries again.
+        let discovered = keys::discover(&self.settings.client, &self.settings.issuer)
             .await
-            .clone()
+            .map_err(|error| tracing::warn!(%error, "issuer metadata for introspection"))
+            .ok()
+            .and_then(|metadata| metadata.introspection_endpoint)?;
+        *lock(&self.introspection_endpoint) = Some(discovered.clone());
+        Some(discovered)
     }
 }
 
@@ -146,7 +148,7 @@ impl OAuth {
                 keys: key_sets.get(&issuer.keys, &issuer.client),
                 validations: token::validations(issuer, skew),
                 settings: issuer.clone(),
-                introspection_endpoint: tokio::sync::OnceCell::new(),
+                introspection_endpoint: Mutex::new(None),
             })
             .collect();
         let capacity =

@@ -258,7 +258,11 @@ fn token_caller(
         Some(Value::Number(number)) => number.to_string(),
         _ => return Err(TokenError::NoCallerClaim),
     };
-    if name.is_empty() || name.len() > MAX_NAME_BYTES || name.chars().any(char::is_control) {
+    // Sent upstream in the caller header, as the names of [[users]] are: printable ASCII only.
+    if name.is_empty()
+        || name.len() + config.caller_prefix.len() > MAX_NAME_BYTES
+        || !name.bytes().all(|b| (0x20..0x7f).contains(&b))
+    {
         return Err(TokenError::NoCallerClaim);
     }
     let scopes: Vec<Box<str>> = ["scope", "scp"]
