@@ -88,10 +88,14 @@ pub enum TokenError {
     UnknownKey,
     #[error("the token lacks the {0} claim")]
     MissingClaim(&'static str),
-    #[error("the token's caller claim is missing, or not a printable ASCII name of at most 256 bytes")]
+    #[error(
+        "the token's caller claim is missing, or not a printable ASCII name of at most 256 bytes"
+    )]
     NoCallerClaim,
     #[error("the token is not active")]
     Inactive,
+    #[error("this caller's tokens have been revoked")]
+    Revoked,
     /// Not the client's fault: the IdP's keys or introspection endpoint cannot be reached.
     #[error("the identity provider cannot be reached to check this token; retry shortly")]
     KeysUnavailable,
@@ -136,6 +140,7 @@ pub struct OAuth {
     introspections: tokio::sync::Semaphore,
     metadata: Bytes,
     challenge: HeaderValue,
+    revoked: HashSet<String>,
 }
 
 impl OAuth {
@@ -158,6 +163,7 @@ impl OAuth {
             .into();
         let challenge = header_value(&challenge(&settings, None, None));
         Self {
+            revoked: settings.section.revoked_callers.iter().cloned().collect(),
             issuers,
             verified: Mutex::new(LruCache::new(capacity)),
             introspections: tokio::sync::Semaphore::new(MAX_CONCURRENT_INTROSPECTIONS),
@@ -180,10 +186,12 @@ impl OAuth {
     pub async fn authenticate(&self, token: &[u8]) -> Result<Arc<TokenCaller>, TokenError> {
         let digest = Sha256Digest::of(token);
         let now = unix_now();
-        if let Some(known) = lock(&self.verified).get(&digest)
-            && now < known.expires_at
-        {
-            return Ok(Arc::clone(known));
+        let known = lock(&self.verified)
+            .get(&digest)
+            .filter(|known| now < known.expires_at)
+            .cloned();
+        if let Some(known) = known {
+            return self.unless_revoked(known);
         }
         let token = std::str::from_utf8(token).map_err(|_| TokenError::Malformed)?;
         let mut verified = if token.bytes().filter(|b| *b == b'.').count() == 2 {
@@ -200,6 +208,13 @@ impl OAuth {
             .saturating_add(self.settings.section.clock_skew_secs);
         let verified = Arc::new(verified);
         lock(&self.verified).put(digest, Arc::clone(&verified));
+        self.unless_revoked(verified)
+    }
+
+    fn unless_revoked(&self, verified: Arc<TokenCaller>) -> Result<Arc<TokenCaller>, TokenError> {
+        if !self.revoked.is_empty() && self.revoked.contains(&*verified.caller.name) {
+            return Err(TokenError::Revoked);
+        }
         Ok(verified)
     }
 

@@ -317,3 +317,17 @@ scopes = ["tickets:write"]"#,
         "a token's groups and scopes put it in: writers"
     );
 }
+
+#[tokio::test]
+async fn a_revoked_caller_is_refused_even_with_a_token_verified_before() {
+    let fixture = fixture(r#"revoked_callers = ["mallory"]"#);
+    let token = fixture.signer.sign(&claims("mallory", json!({})));
+    assert_eq!(fixture.check(&token).await.err(), Some(TokenError::Revoked));
+    assert_eq!(
+        fixture.check(&token).await.err(),
+        Some(TokenError::Revoked),
+        "remembered, and still refused"
+    );
+    let alice = fixture.signer.sign(&claims("alice", json!({})));
+    assert!(fixture.check(&alice).await.is_ok());
+}

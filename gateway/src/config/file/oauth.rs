@@ -44,6 +44,10 @@ pub struct OAuthSection {
     /// per token and not once per request.
     #[serde(default = "defaults::token_cache_entries")]
     pub token_cache_entries: usize,
+    /// Callers (names as the caller claim and prefix make them) whose tokens are refused at once,
+    /// before they expire: a revocation that a reload applies.
+    #[serde(default)]
+    pub revoked_callers: Vec<String>,
     /// `resource_name` in the metadata, shown by some clients.
     #[serde(default)]
     pub resource_name: Option<String>,
