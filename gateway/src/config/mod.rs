@@ -25,7 +25,7 @@ pub use file::{
     Limit, Limits, OAuthSection, OnUnavailable, RateLimitConfig, TlsSection, ToolScopesConfig,
     UpstreamConfig, UserConfig, XdpModeConfig, XdpRateSection, XdpSection,
 };
-pub use oauth::{IntrospectionSettings, IssuerSettings, KeySource, OAuthSettings, form_urlencode};
+pub use oauth::{IntrospectionSettings, IssuerSettings, KeySource, OAuthSettings};
 pub use protection::parse_prefix;
 pub use settings::{
     AdminAddress, AdminSettings, AuditSettings, BlockingPolicy, ConnectionLimits, Escalation,

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::{
     authz::{Patterns, Rule, Separator},
-    oauth::IdpClient,
+    oauth::{IdpClient, form_urlencode, is_loopback},
     tls::read_roots,
     upstream::UpstreamTls,
 };
@@ -50,6 +50,26 @@ pub struct OAuthSettings {
     /// The rules of every `[groups.*]`, by name: what a token's groups and scopes grant.
     pub groups: Arc<HashMap<String, Arc<Rule>>>,
     pub default_deny: bool,
+}
+
+impl OAuthSettings {
+    /// Every scope a request calling `tools` needs: the required ones, then those of the tool
+    /// rules that match one of them, each once.
+    pub fn scopes_for<'t>(&self, tools: impl IntoIterator<Item = &'t str> + Clone) -> Vec<String> {
+        let mut needed = self.section.required_scopes.clone();
+        for (patterns, scopes) in &self.tool_scopes {
+            let matches =
+                |tool: &str| matches!(patterns.check(tool), crate::authz::Match::Allowed(_));
+            if tools.clone().into_iter().any(matches) {
+                for scope in scopes {
+                    if !needed.contains(scope) {
+                        needed.push(scope.clone());
+                    }
+                }
+            }
+        }
+        needed
+    }
 }
 
 impl std::fmt::Debug for OAuthSettings {
@@ -101,7 +121,7 @@ pub(super) fn oauth_settings(
             "an absolute URL: https://mcp.example.com/mcp",
         ));
     };
-    if scheme != "https" && !(scheme == "http" && is_loopback_host(authority.host())) {
+    if scheme != "https" && !(scheme == "http" && is_loopback(authority.host())) {
         return Err(invalid(
             "oauth.resource",
             "must be https:// (clients refuse OAuth over plain HTTP, except to localhost)",
@@ -357,37 +377,14 @@ fn introspection(
     })
 }
 
-/// `application/x-www-form-urlencoded` of one value.
-pub fn form_urlencode(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                out.push(char::from(byte));
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
 /// An https:// URL, or http:// to a loopback host.
 fn check_url(url: &str) -> Result<(), String> {
     let uri: Uri = url.parse().map_err(|err| format!("not a URL: {err}"))?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("https"), Some(_)) => Ok(()),
-        (Some("http"), Some(authority)) if is_loopback_host(authority.host()) => Ok(()),
+        (Some("http"), Some(authority)) if is_loopback(authority.host()) => Ok(()),
         _ => Err(format!(
             "{url:?}: an https:// URL (http:// only to a loopback address)"
         )),
     }
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let host = host.trim_matches(['[', ']']);
-    host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -33,14 +33,12 @@ pub fn explain(
             }
         ),
     );
-    let mut needed = settings.section.required_scopes.clone();
-    if category == Category::Tools {
-        for (patterns, tool_scopes) in &settings.tool_scopes {
-            if matches!(patterns.check(name), authz::Match::Allowed(_)) {
-                needed.extend(tool_scopes.iter().cloned());
-            }
-        }
-    }
+    let tools = if category == Category::Tools {
+        vec![name]
+    } else {
+        Vec::new()
+    };
+    let needed = settings.scopes_for(tools);
     let missing: Vec<&str> = needed
         .iter()
         .filter(|scope| !scopes.contains(scope))

@@ -76,6 +76,7 @@ impl IdpClient {
             .await
     }
 
+    /// One exchange, within [`TIMEOUT`] in all.
     async fn send(
         &self,
         method: Method,
@@ -83,7 +84,8 @@ impl IdpClient {
         form: Option<String>,
         authorization: Option<&str>,
     ) -> Result<Fetched, FetchError> {
-        tokio::time::timeout(TIMEOUT, self.exchange(method, url, form, authorization))
+        let exchange = self.exchange(method, url, form, authorization);
+        tokio::time::timeout(TIMEOUT, exchange)
             .await
             .map_err(|_| FetchError::Timeout(url.to_owned()))?
     }
@@ -178,7 +180,9 @@ where
     sender.send_request(request).await
 }
 
-fn is_loopback(host: &str) -> bool {
+/// `localhost`, or a loopback address (brackets of an IPv6 authority allowed).
+pub fn is_loopback(host: &str) -> bool {
+    let host = host.trim_matches(['[', ']']);
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -199,6 +203,21 @@ fn max_age(headers: &hyper::HeaderMap) -> Option<Duration> {
         }
     }
     max_age
+}
+
+/// `application/x-www-form-urlencoded` of one value.
+pub fn form_urlencode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                out.push(char::from(byte));
+            }
+            b' ' => out.push('+'),
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use hyper::header::HeaderValue;
 use lru::LruCache;
 
 pub use explain::explain;
-pub use fetch::IdpClient;
+pub use fetch::{IdpClient, form_urlencode, is_loopback};
 pub use keys::{KeySet, KeySets, KeyStatus};
 
 use crate::{
@@ -220,20 +220,8 @@ impl OAuth {
 
     /// Every scope a call of `tool` needs: the required ones and those of its tool rules.
     pub fn scopes_for(&self, tools: &[(&str, u32)]) -> Vec<String> {
-        let mut needed = self.settings.section.required_scopes.clone();
-        for (patterns, scopes) in &self.settings.tool_scopes {
-            if tools
-                .iter()
-                .any(|(tool, _)| matches!(patterns.check(tool), crate::authz::Match::Allowed(_)))
-            {
-                for scope in scopes {
-                    if !needed.contains(scope) {
-                        needed.push(scope.clone());
-                    }
-                }
-            }
-        }
-        needed
+        self.settings
+            .scopes_for(tools.iter().map(|(tool, _)| *tool))
     }
 
     /// `WWW-Authenticate` of a 401: where the metadata is and which scopes to ask for, and the

@@ -195,7 +195,7 @@ pub(super) async fn introspect(
         };
         let form = format!(
             "token={}&token_type_hint=access_token",
-            crate::config::form_urlencode(token)
+            super::form_urlencode(token)
         );
         let answer = issuer
             .settings
